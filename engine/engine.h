@@ -1,0 +1,87 @@
+/* engine.h -- the only interface server/ (and the CLI) use to compute.
+ *
+ * An engine owns one loaded model (mmapped GGUF, tokenizer, thread pool,
+ * scratch buffers) and a set of sequences, each with its own KV state.
+ * engine_step() runs ONE forward pass over a batch of (sequence, new tokens)
+ * items -- decode tokens of many sequences and prompt chunks mixed -- and
+ * returns logits. It is called from one thread at a time (the engine/worker
+ * thread); everything else here is cheap and may be called from the loop
+ * thread while no step is running.
+ *
+ * Errors: negative return codes; setup paths take a message buffer. */
+#ifndef QKVD_ENGINE_H
+#define QKVD_ENGINE_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include "tokenizer.h"
+#include "sampler.h"
+
+typedef struct engine engine; /* opaque */
+
+typedef struct engine_params {
+    const char *model_path;
+    int32_t n_threads;      /* <= 0: number of online CPUs */
+    int32_t n_ctx;          /* max tokens per sequence; <= 0: the model's trained context */
+    int32_t max_seqs;       /* max live sequences (KV states); default 16 */
+    int32_t max_batch_tokens; /* max tokens in one engine_step; default 512 */
+} engine_params;
+
+void engine_params_default(engine_params *p);
+
+typedef struct engine_info {
+    char arch[32];            /* "llama", "qwen2" */
+    char name[128];           /* general.name or file stem */
+    const char *model_path;
+    int32_t n_vocab, n_ctx_train, n_ctx, n_embd, n_layer, n_head, n_head_kv, head_dim, n_ff;
+    float rope_base, norm_eps;
+    uint64_t n_params;
+    uint64_t weight_bytes;    /* bytes of all weight tensors */
+    uint64_t kv_bytes_per_token; /* 2 * n_layer * n_head_kv * head_dim * sizeof(elem) */
+    const char *chat_template; /* tokenizer.chat_template (NUL-terminated copy) or NULL */
+    const char *weight_type;   /* dominant weight type name, e.g. "q4_0" */
+} engine_info;
+
+/* Load the model at p->model_path. 0 or negative with a message in err
+ * (names the file and what is wrong). *out owned by the caller: engine_free. */
+int engine_load(const engine_params *p, engine **out, char *err, size_t errlen);
+void engine_free(engine *e); /* accepts NULL */
+
+const engine_info *engine_get_info(const engine *e);
+const tokenizer *engine_tokenizer(const engine *e);
+
+/* Sequences. seq_create returns an id >= 0, or -1 when max_seqs are live. */
+int32_t engine_seq_create(engine *e);
+void engine_seq_free(engine *e, int32_t seq);          /* frees its KV */
+int32_t engine_seq_len(const engine *e, int32_t seq);  /* tokens in its KV */
+/* Drop the KV of positions >= n (rewind, e.g. to reuse a shared prefix). */
+void engine_seq_truncate(engine *e, int32_t seq, int32_t n);
+/* Copy src's KV (first n positions) into dst (n > 1 sharing a prompt). */
+int engine_seq_copy(engine *e, int32_t dst, int32_t src, int32_t n);
+
+enum engine_out {
+    ENGINE_OUT_NONE = 0,   /* just extend the KV */
+    ENGINE_OUT_LAST = 1,   /* logits of the last token of the item */
+    ENGINE_OUT_ALL = 2,    /* logits of every token of the item (logprobs, echo, ppl) */
+    ENGINE_OUT_EMBD = 3    /* mean-pooled, L2-normalised final hidden state of the item's tokens */
+};
+
+typedef struct engine_item {
+    int32_t seq;
+    const int32_t *tokens;  /* appended at positions seq_len .. seq_len + n_tokens - 1 */
+    int32_t n_tokens;
+    enum engine_out out;
+    /* filled by engine_step: */
+    float *logits;          /* ENGINE_OUT_LAST: n_vocab floats; ALL: n_tokens * n_vocab;
+                               EMBD: n_embd floats. Owned by the engine, valid until the next step. */
+} engine_item;
+
+/* One forward pass over all items (total tokens <= max_batch_tokens; an item
+ * whose sequence would pass n_ctx fails the step with -ERANGE, nothing is
+ * changed). Returns 0 or a negative error code. */
+int engine_step(engine *e, engine_item *items, int32_t n_items);
+
+/* Tokens/s helpers for bench: time spent in the last step (seconds). */
+double engine_last_step_seconds(const engine *e);
+
+#endif

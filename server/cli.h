@@ -1,0 +1,14 @@
+/* cli.h -- the qkvd subcommands. Each returns the process exit code. */
+#ifndef QKVD_CLI_H
+#define QKVD_CLI_H
+
+int cli_run(int argc, char **argv);        /* qkvd run -m F -p P -n N */
+int cli_info(int argc, char **argv);       /* qkvd info -m F */
+int cli_tokenize(int argc, char **argv);   /* qkvd tokenize -m F -p TEXT */
+int cli_logprobs(int argc, char **argv);   /* qkvd logprobs -m F --tokens 1,2,3 */
+int cli_bench(int argc, char **argv);      /* qkvd bench -m F -p 512 -n 128 */
+int cli_make_model(int argc, char **argv); /* qkvd make-model ... */
+int cli_template(int argc, char **argv);   /* qkvd template --chat-template-file F --messages M */
+int cli_serve(int argc, char **argv);      /* qkvd serve ... */
+
+#endif

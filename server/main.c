@@ -1,0 +1,34 @@
+/* main.c -- `qkvd SUBCOMMAND ...`: dispatch to the subcommands in cli.h. */
+#include <stdio.h>
+#include <string.h>
+#include "cli.h"
+
+typedef struct subcommand {
+    const char *name;
+    int (*fn)(int argc, char **argv);
+    const char *help;
+} subcommand;
+
+/* Subcommands register here as they land. */
+static const subcommand commands[] = {
+    {NULL, NULL, NULL}
+};
+
+static void usage(FILE *to) {
+    fprintf(to, "usage: qkvd COMMAND [options]   (qkvd COMMAND --help for its options)\n\ncommands:\n");
+    for (const subcommand *c = commands; c->name; c++)
+        fprintf(to, "  %-12s %s\n", c->name, c->help);
+}
+
+int main(int argc, char **argv) {
+    if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) {
+        usage(argc < 2 ? stderr : stdout);
+        return argc < 2 ? 2 : 0;
+    }
+    for (const subcommand *c = commands; c->name; c++)
+        if (!strcmp(argv[1], c->name))
+            return c->fn(argc - 1, argv + 1);
+    fprintf(stderr, "qkvd: unknown command '%s'\n", argv[1]);
+    usage(stderr);
+    return 2;
+}

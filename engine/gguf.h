@@ -131,6 +131,17 @@ void gguf_writer_copy_kv(gguf_writer *w, const gguf_kv *kv);
 void gguf_writer_add_tensor(gguf_writer *w, const char *name, enum qk_type type,
                             uint32_t n_dims, const uint64_t *ne, const void *data);
 
+/* Producer of a tensor's bytes at write time (so a big model is never held
+ * in memory whole): fill dst with exactly `size` bytes of gguf tensor data.
+ * Returns 0, or negative with a message in err (the write then fails). */
+typedef int (*gguf_tensor_fill_fn)(void *ctx, void *dst, size_t size, char *err, size_t errlen);
+
+/* Add a tensor whose data comes from fill(ctx, ...) during gguf_writer_write.
+ * ctx is not owned and must stay valid until the write returns. */
+void gguf_writer_add_tensor_fill(gguf_writer *w, const char *name, enum qk_type type,
+                                 uint32_t n_dims, const uint64_t *ne,
+                                 gguf_tensor_fill_fn fill, void *ctx);
+
 /* Write the file (atomically: to path.tmp, then rename). 0 or negative with err. */
 int gguf_writer_write(gguf_writer *w, const char *path, char *err, size_t errlen);
 

@@ -1,0 +1,356 @@
+/* forward.c -- llama-family forward pass: embeddings, attention blocks with
+ * RoPE and GQA, SwiGLU FFN, final norm, logits / pooled embeddings.
+ *
+ * All tokens of all items of a step go through the matrix products together
+ * (one weight pass per step); attention runs per item, since each item sees
+ * only its own sequence's KV. Element-wise work is split over token rows on
+ * the pool when the step is large, and done inline for decode. */
+#include "forward.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include "attention.h"
+
+/* Token rows per element-wise task. */
+#define FWD_ROWS_PER_TASK 16
+
+enum fwd_op {
+    FWD_OP_EMBED,     /* x[t] = token_embd[token[t]] */
+    FWD_OP_NORM,      /* xn[t] = rmsnorm(x[t]) * norm_w */
+    FWD_OP_ADD_NORM,  /* x[t] += tmp[t]; xn[t] = rmsnorm(x[t]) * norm_w */
+    FWD_OP_ADD,       /* x[t] += tmp[t] */
+    FWD_OP_QKV_POST,  /* biases, RoPE, K/V into the cache */
+    FWD_OP_SWIGLU     /* g[t] = silu(g[t]) * u[t] */
+};
+
+typedef struct fwd_chunk { /* ATTN_Q_CHUNK or fewer query rows of one item */
+    int32_t seq, t0, n, pos0;
+} fwd_chunk;
+
+struct forward {
+    const model *m;
+    threadpool *tp;
+    matmul *mm;
+    kv_cache *kv;        /* of the current step */
+    int32_t max_tok, n_ctx, n_threads;
+    int32_t qd, kd;      /* n_head * head_dim, n_head_kv * head_dim */
+    attn_shape shape;
+    /* Activations, [max_tok][width]. */
+    float *x, *xn, *q, *k, *v, *att, *tmp, *g, *u;
+    float *rope_cos, *rope_sin;   /* [max_tok][n_rot/2] */
+    double *inv_freq;             /* [n_rot/2] */
+    int32_t *tok, *tok_seq, *tok_pos; /* [max_tok] */
+    fwd_chunk *chunks;            /* [max_tok] */
+    int32_t n_chunks;
+    float *attn_scratch;          /* [n_threads][ATTN_Q_CHUNK * n_ctx] */
+    size_t attn_scratch_floats;
+    int32_t *out_rows;            /* [max_tok] token index of each logits row */
+    float *hid;                   /* [max_tok][n_embd] normed rows for the output matrix */
+    float *embd;                  /* [max_tok][n_embd] pooled embeddings per item */
+    float *logits;                /* [logits_cap][n_vocab] */
+    int32_t logits_cap;
+    /* The current element-wise job. */
+    enum fwd_op op;
+    int32_t n_tok, layer;
+    const float *norm_w;
+};
+
+matmul *forward_matmul(forward *f) { return f->mm; }
+
+void forward_free(forward *f) {
+    if (!f) return;
+    matmul_free(f->mm);
+    free(f->x); free(f->xn); free(f->q); free(f->k); free(f->v); free(f->att);
+    free(f->tmp); free(f->g); free(f->u); free(f->rope_cos); free(f->rope_sin);
+    free(f->inv_freq); free(f->tok); free(f->tok_seq); free(f->tok_pos); free(f->chunks);
+    free(f->attn_scratch); free(f->out_rows); free(f->hid); free(f->embd); free(f->logits);
+    free(f);
+}
+
+static float *fwd_alloc(size_t rows, size_t width) {
+    return aligned_alloc(64, ((rows * width * sizeof(float)) + 63) & ~(size_t)63);
+}
+
+forward *forward_create(const model *m, threadpool *tp, int32_t max_tok, int32_t n_ctx,
+                        char *err, size_t errlen) {
+    const model_hparams *hp = &m->hp;
+    forward *f = calloc(1, sizeof *f);
+    if (!f) goto oom;
+    f->m = m;
+    f->tp = tp;
+    f->max_tok = max_tok;
+    f->n_ctx = n_ctx;
+    f->n_threads = threadpool_n_threads(tp);
+    f->qd = hp->n_head * hp->head_dim;
+    f->kd = hp->n_head_kv * hp->head_dim;
+    f->shape.n_head = hp->n_head;
+    f->shape.n_head_kv = hp->n_head_kv;
+    f->shape.head_dim = hp->head_dim;
+    f->shape.scale = 1.0f / sqrtf((float)hp->head_dim);
+    size_t T = (size_t)max_tok, E = (size_t)hp->n_embd, F = (size_t)hp->n_ff;
+    int64_t max_cols = hp->n_embd;
+    if (hp->n_ff > max_cols) max_cols = hp->n_ff;
+    if (f->qd > max_cols) max_cols = f->qd;
+    f->mm = matmul_create(tp, max_cols, max_tok);
+    f->x = fwd_alloc(T, E);
+    f->xn = fwd_alloc(T, E);
+    f->tmp = fwd_alloc(T, E);
+    f->q = fwd_alloc(T, (size_t)f->qd);
+    f->att = fwd_alloc(T, (size_t)f->qd);
+    f->k = fwd_alloc(T, (size_t)f->kd);
+    f->v = fwd_alloc(T, (size_t)f->kd);
+    f->g = fwd_alloc(T, F);
+    f->u = fwd_alloc(T, F);
+    f->rope_cos = fwd_alloc(T, (size_t)hp->n_rot / 2);
+    f->rope_sin = fwd_alloc(T, (size_t)hp->n_rot / 2);
+    f->inv_freq = calloc((size_t)hp->n_rot / 2, sizeof(double));
+    f->tok = calloc(T, sizeof(int32_t));
+    f->tok_seq = calloc(T, sizeof(int32_t));
+    f->tok_pos = calloc(T, sizeof(int32_t));
+    f->chunks = calloc(T, sizeof(fwd_chunk));
+    f->out_rows = calloc(T, sizeof(int32_t));
+    f->hid = fwd_alloc(T, E);
+    f->embd = fwd_alloc(T, E);
+    f->attn_scratch_floats = attention_scratch_floats(ATTN_Q_CHUNK, n_ctx);
+    f->attn_scratch = fwd_alloc((size_t)f->n_threads, f->attn_scratch_floats);
+    if (!f->mm || !f->x || !f->xn || !f->tmp || !f->q || !f->att || !f->k || !f->v || !f->g ||
+        !f->u || !f->rope_cos || !f->rope_sin || !f->inv_freq || !f->tok || !f->tok_seq ||
+        !f->tok_pos || !f->chunks || !f->out_rows || !f->hid || !f->embd || !f->attn_scratch)
+        goto oom;
+    /* theta_i = pos * base^(-2i/n_rot) [/ rope_freqs[i]], in double: the
+     * exact references are computed in float64. */
+    for (int32_t i = 0; i < hp->n_rot / 2; i++) {
+        double fr = pow((double)hp->rope_base, -2.0 * i / hp->n_rot);
+        if (m->rope_freqs) fr /= (double)m->rope_freqs[i];
+        f->inv_freq[i] = fr;
+    }
+    return f;
+oom:
+    snprintf(err, errlen, "out of memory allocating activation buffers for %d tokens", max_tok);
+    forward_free(f);
+    return NULL;
+}
+
+static void fwd_rmsnorm(float *out, const float *x, const float *w, int32_t n, float eps) {
+    double ss = 0;
+    for (int32_t i = 0; i < n; i++) ss += (double)x[i] * x[i];
+    float scale = (float)(1.0 / sqrt(ss / n + eps));
+    for (int32_t i = 0; i < n; i++) out[i] = x[i] * scale * w[i];
+}
+
+static void fwd_rope(float *x, int32_t n_heads, int32_t hd, int32_t n_rot,
+                     enum model_rope_style style, const float *c, const float *s) {
+    int32_t half = n_rot / 2;
+    for (int32_t h = 0; h < n_heads; h++) {
+        float *v = x + (size_t)h * hd;
+        if (style == MODEL_ROPE_NEOX) {
+            for (int32_t i = 0; i < half; i++) {
+                float a = v[i], b = v[i + half];
+                v[i] = a * c[i] - b * s[i];
+                v[i + half] = a * s[i] + b * c[i];
+            }
+        } else {
+            for (int32_t i = 0; i < half; i++) {
+                float a = v[2 * i], b = v[2 * i + 1];
+                v[2 * i] = a * c[i] - b * s[i];
+                v[2 * i + 1] = a * s[i] + b * c[i];
+            }
+        }
+    }
+}
+
+static void fwd_rows(forward *f, int32_t t0, int32_t t1) {
+    const model *m = f->m;
+    const model_hparams *hp = &m->hp;
+    const int32_t E = hp->n_embd;
+    switch (f->op) {
+    case FWD_OP_EMBED:
+        for (int32_t t = t0; t < t1; t++)
+            quant_dequantize_row(m->tok_embd.type,
+                                 (const uint8_t *)m->tok_embd.data +
+                                     (size_t)f->tok[t] * m->tok_embd.row_bytes,
+                                 f->x + (size_t)t * E, E);
+        break;
+    case FWD_OP_ADD_NORM:
+    case FWD_OP_ADD:
+        for (int32_t t = t0; t < t1; t++) {
+            float *x = f->x + (size_t)t * E;
+            const float *d = f->tmp + (size_t)t * E;
+            for (int32_t i = 0; i < E; i++) x[i] += d[i];
+        }
+        if (f->op == FWD_OP_ADD) break;
+        /* fall through */
+    case FWD_OP_NORM:
+        for (int32_t t = t0; t < t1; t++)
+            fwd_rmsnorm(f->xn + (size_t)t * E, f->x + (size_t)t * E, f->norm_w, E, hp->norm_eps);
+        break;
+    case FWD_OP_QKV_POST: {
+        const model_layer *L = &m->layers[f->layer];
+        const int32_t half = hp->n_rot / 2;
+        for (int32_t t = t0; t < t1; t++) {
+            float *q = f->q + (size_t)t * f->qd;
+            float *k = f->k + (size_t)t * f->kd;
+            float *v = f->v + (size_t)t * f->kd;
+            if (L->bq) for (int32_t i = 0; i < f->qd; i++) q[i] += L->bq[i];
+            if (L->bk) for (int32_t i = 0; i < f->kd; i++) k[i] += L->bk[i];
+            if (L->bv) for (int32_t i = 0; i < f->kd; i++) v[i] += L->bv[i];
+            const float *c = f->rope_cos + (size_t)t * half, *s = f->rope_sin + (size_t)t * half;
+            fwd_rope(q, hp->n_head, hp->head_dim, hp->n_rot, m->arch->rope, c, s);
+            fwd_rope(k, hp->n_head_kv, hp->head_dim, hp->n_rot, m->arch->rope, c, s);
+            float *kc, *vc;
+            kv_cache_span(f->kv, f->tok_seq[t], f->layer, f->tok_pos[t], &kc, &vc);
+            memcpy(kc, k, (size_t)f->kd * sizeof(float));
+            memcpy(vc, v, (size_t)f->kd * sizeof(float));
+        }
+        break;
+    }
+    case FWD_OP_SWIGLU: {
+        const size_t F = (size_t)hp->n_ff;
+        for (size_t i = (size_t)t0 * F; i < (size_t)t1 * F; i++) {
+            float g = f->g[i];
+            f->g[i] = g / (1.0f + expf(-g)) * f->u[i];
+        }
+        break;
+    }
+    }
+}
+
+static void fwd_rows_task(void *ctx, int32_t task, int32_t thread) {
+    (void)thread;
+    forward *f = ctx;
+    int32_t t0 = task * FWD_ROWS_PER_TASK, t1 = t0 + FWD_ROWS_PER_TASK;
+    if (t1 > f->n_tok) t1 = f->n_tok;
+    fwd_rows(f, t0, t1);
+}
+
+static void fwd_run_rows(forward *f, enum fwd_op op, int32_t n_tok, const float *norm_w) {
+    f->op = op;
+    f->n_tok = n_tok;
+    f->norm_w = norm_w;
+    int32_t tasks = (n_tok + FWD_ROWS_PER_TASK - 1) / FWD_ROWS_PER_TASK;
+    if (tasks <= 1) fwd_rows(f, 0, n_tok);
+    else threadpool_run(f->tp, tasks, fwd_rows_task, f);
+}
+
+static void fwd_attn_task(void *ctx, int32_t task, int32_t thread) {
+    forward *f = ctx;
+    int32_t n_head = f->shape.n_head, hd = f->shape.head_dim;
+    const fwd_chunk *c = &f->chunks[task / n_head];
+    int32_t h = task % n_head;
+    attention_causal(f->kv, c->seq, f->layer, &f->shape, h,
+                     f->q + (size_t)c->t0 * f->qd + (size_t)h * hd, (size_t)f->qd, c->n, c->pos0,
+                     f->att + (size_t)c->t0 * f->qd + (size_t)h * hd, (size_t)f->qd,
+                     f->attn_scratch + (size_t)thread * f->attn_scratch_floats);
+}
+
+int forward_step(forward *f, kv_cache *kv, engine_item *items, int32_t n_items) {
+    const model *m = f->m;
+    const model_hparams *hp = &m->hp;
+    const int32_t E = hp->n_embd, V = hp->n_vocab, half = hp->n_rot / 2;
+    f->kv = kv;
+
+    /* Lay the batch out: token rows, positions, attention chunks, output rows. */
+    int32_t T = 0, n_out = 0;
+    f->n_chunks = 0;
+    for (int32_t i = 0; i < n_items; i++) {
+        engine_item *it = &items[i];
+        int32_t pos0 = kv_cache_seq_len(kv, it->seq);
+        for (int32_t j = 0; j < it->n_tokens; j++) {
+            f->tok[T + j] = it->tokens[j];
+            f->tok_seq[T + j] = it->seq;
+            f->tok_pos[T + j] = pos0 + j;
+        }
+        for (int32_t j = 0; j < it->n_tokens; j += ATTN_Q_CHUNK) {
+            fwd_chunk *c = &f->chunks[f->n_chunks++];
+            c->seq = it->seq;
+            c->t0 = T + j;
+            c->n = it->n_tokens - j < ATTN_Q_CHUNK ? it->n_tokens - j : ATTN_Q_CHUNK;
+            c->pos0 = pos0 + j;
+        }
+        if (it->out == ENGINE_OUT_LAST) f->out_rows[n_out++] = T + it->n_tokens - 1;
+        else if (it->out == ENGINE_OUT_ALL)
+            for (int32_t j = 0; j < it->n_tokens; j++) f->out_rows[n_out++] = T + j;
+        T += it->n_tokens;
+    }
+    if (n_out > f->logits_cap) {
+        free(f->logits);
+        f->logits_cap = 0;
+        f->logits = fwd_alloc((size_t)n_out, (size_t)V);
+        if (!f->logits) return -ENOMEM;
+        f->logits_cap = n_out;
+    }
+
+    for (int32_t t = 0; t < T; t++) {
+        double p = f->tok_pos[t];
+        if (hp->rope_scaling == MODEL_ROPE_SCALING_LINEAR) p /= hp->rope_scale_factor;
+        for (int32_t i = 0; i < half; i++) {
+            double th = p * f->inv_freq[i];
+            f->rope_cos[(size_t)t * half + i] = (float)cos(th);
+            f->rope_sin[(size_t)t * half + i] = (float)sin(th);
+        }
+    }
+
+    fwd_run_rows(f, FWD_OP_EMBED, T, NULL);
+    fwd_run_rows(f, FWD_OP_NORM, T, m->layers[0].attn_norm);
+    for (int32_t il = 0; il < hp->n_layer; il++) {
+        const model_layer *L = &m->layers[il];
+        f->layer = il;
+        const mm_matrix *qkv[3] = {&L->wq, &L->wk, &L->wv};
+        float *qkv_out[3] = {f->q, f->k, f->v};
+        matmul_run(f->mm, 3, qkv, f->xn, T, qkv_out);
+        fwd_run_rows(f, FWD_OP_QKV_POST, T, NULL);
+        threadpool_run(f->tp, f->n_chunks * hp->n_head, fwd_attn_task, f);
+        const mm_matrix *wo[1] = {&L->wo};
+        float *wo_out[1] = {f->tmp};
+        matmul_run(f->mm, 1, wo, f->att, T, wo_out);
+        fwd_run_rows(f, FWD_OP_ADD_NORM, T, L->ffn_norm);
+        const mm_matrix *gu[2] = {&L->gate, &L->up};
+        float *gu_out[2] = {f->g, f->u};
+        matmul_run(f->mm, 2, gu, f->xn, T, gu_out);
+        fwd_run_rows(f, FWD_OP_SWIGLU, T, NULL);
+        const mm_matrix *dn[1] = {&L->down};
+        float *dn_out[1] = {f->tmp};
+        matmul_run(f->mm, 1, dn, f->g, T, dn_out);
+        /* Fuse the residual with the next layer's attention norm (or the
+         * final norm, which feeds the output rows). */
+        const float *next = il + 1 < hp->n_layer ? m->layers[il + 1].attn_norm : m->output_norm;
+        fwd_run_rows(f, FWD_OP_ADD_NORM, T, next);
+    }
+
+    /* xn now holds the final-normed hidden states of every token. */
+    for (int32_t r = 0; r < n_out; r++)
+        memcpy(f->hid + (size_t)r * E, f->xn + (size_t)f->out_rows[r] * E, (size_t)E * sizeof(float));
+    if (n_out > 0) {
+        const mm_matrix *out[1] = {&m->output};
+        float *lg[1] = {f->logits};
+        matmul_run(f->mm, 1, out, f->hid, n_out, lg);
+    }
+    int32_t r = 0, t = 0;
+    for (int32_t i = 0; i < n_items; i++) {
+        engine_item *it = &items[i];
+        it->logits = NULL;
+        if (it->out == ENGINE_OUT_LAST) {
+            it->logits = f->logits + (size_t)r++ * V;
+        } else if (it->out == ENGINE_OUT_ALL) {
+            it->logits = f->logits + (size_t)r * V;
+            r += it->n_tokens;
+        } else if (it->out == ENGINE_OUT_EMBD) {
+            float *e = f->embd + (size_t)i * E;
+            for (int32_t d = 0; d < E; d++) {
+                double s = 0;
+                for (int32_t j = 0; j < it->n_tokens; j++) s += f->xn[(size_t)(t + j) * E + d];
+                e[d] = (float)(s / it->n_tokens);
+            }
+            double nn = 0;
+            for (int32_t d = 0; d < E; d++) nn += (double)e[d] * e[d];
+            float inv = nn > 0 ? (float)(1.0 / sqrt(nn)) : 0.0f;
+            for (int32_t d = 0; d < E; d++) e[d] *= inv;
+            it->logits = e;
+        }
+        t += it->n_tokens;
+    }
+    return 0;
+}

@@ -1,0 +1,163 @@
+/* matmul.c -- threaded GEMV/GEMM over quantized weights (see matmul.h). */
+#include "matmul.h"
+
+#include <cblas.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* Rows per decode task: enough to amortise the task claim, small enough that
+ * the two cores finish together. Rounded to a multiple of 16. */
+#define MM_GEMV_ROWS_MIN 16
+/* Floats in one dequantized f32 tile per thread (~256 KiB: fits L2 with room
+ * for OpenBLAS's packed panels). */
+#define MM_TILE_FLOATS (64 * 1024)
+
+struct matmul {
+    threadpool *tp;
+    int32_t n_threads;
+    int64_t max_cols;
+    int32_t max_tok;
+    int32_t gemm_threshold;   /* n_tok >= this: dequantize + sgemm */
+    int32_t gemv_max_tok;     /* activation buffers hold this many tokens */
+    size_t act_stride;        /* bytes per token in act buffers */
+    uint8_t *act[MM_MAX_MATS];/* quantised activations per distinct vec_dot_type */
+    float *tiles;             /* [n_threads][tile_floats] */
+    size_t tile_floats;
+    /* The current job. */
+    int32_t n_mats;
+    const mm_matrix *W[MM_MAX_MATS];
+    const uint8_t *act_of[MM_MAX_MATS];
+    float *y[MM_MAX_MATS];
+    const float *x;
+    int32_t n_tok;
+    int64_t rows_per_task[MM_MAX_MATS];
+    int32_t task_start[MM_MAX_MATS + 1];
+};
+
+matmul *matmul_create(threadpool *tp, int64_t max_cols, int32_t max_tok) {
+    matmul *m = calloc(1, sizeof *m);
+    if (!m) return NULL;
+    m->tp = tp;
+    m->n_threads = threadpool_n_threads(tp);
+    m->max_cols = max_cols;
+    m->max_tok = max_tok > 0 ? max_tok : 1;
+    m->gemm_threshold = 8;
+    m->gemv_max_tok = 32; /* largest threshold matmul_set_gemm_threshold accepts, minus one */
+    if (m->gemv_max_tok > m->max_tok) m->gemv_max_tok = m->max_tok;
+    /* The widest activation row: f32 (float weights) is the largest format. */
+    m->act_stride = ((size_t)max_cols * sizeof(float) + 63) & ~(size_t)63;
+    for (int i = 0; i < MM_MAX_MATS; i++) {
+        m->act[i] = aligned_alloc(64, m->act_stride * (size_t)m->gemv_max_tok);
+        if (!m->act[i]) { matmul_free(m); return NULL; }
+    }
+    m->tile_floats = MM_TILE_FLOATS;
+    if (m->tile_floats < (size_t)max_cols * 16) m->tile_floats = (size_t)max_cols * 16;
+    m->tiles = aligned_alloc(64, m->tile_floats * sizeof(float) * (size_t)m->n_threads);
+    if (!m->tiles) { matmul_free(m); return NULL; }
+    return m;
+}
+
+void matmul_free(matmul *m) {
+    if (!m) return;
+    for (int i = 0; i < MM_MAX_MATS; i++) free(m->act[i]);
+    free(m->tiles);
+    free(m);
+}
+
+void matmul_set_gemm_threshold(matmul *m, int32_t n_tok) {
+    if (n_tok < 1) n_tok = 1;
+    if (n_tok > m->gemv_max_tok + 1) n_tok = m->gemv_max_tok + 1;
+    m->gemm_threshold = n_tok;
+}
+
+/* Find the matrix a flat task index belongs to. */
+static int mm_task_matrix(const matmul *m, int32_t task) {
+    int j = 0;
+    while (j + 1 < m->n_mats && task >= m->task_start[j + 1]) j++;
+    return j;
+}
+
+static void mm_gemv_task(void *ctx, int32_t task, int32_t thread) {
+    (void)thread;
+    matmul *m = ctx;
+    int j = mm_task_matrix(m, task);
+    const mm_matrix *W = m->W[j];
+    int64_t r0 = (int64_t)(task - m->task_start[j]) * m->rows_per_task[j];
+    int64_t r1 = r0 + m->rows_per_task[j];
+    if (r1 > W->n_rows) r1 = W->n_rows;
+    /* Tokens loop inside the row block: the block's weights stay in L1/L2
+     * while every token is dotted against it. */
+    for (int32_t t = 0; t < m->n_tok; t++)
+        quant_gemv_rows(W->type, W->data, m->act_of[j] + (size_t)t * m->act_stride,
+                        m->y[j] + (size_t)t * (size_t)W->n_rows, W->n_cols, r0, r1);
+}
+
+static void mm_gemm_task(void *ctx, int32_t task, int32_t thread) {
+    matmul *m = ctx;
+    int j = mm_task_matrix(m, task);
+    const mm_matrix *W = m->W[j];
+    int64_t r0 = (int64_t)(task - m->task_start[j]) * m->rows_per_task[j];
+    int64_t nr = m->rows_per_task[j];
+    if (r0 + nr > W->n_rows) nr = W->n_rows - r0;
+    int64_t K = W->n_cols;
+    const float *wt;
+    if (W->type == QK_F32) {
+        wt = (const float *)((const uint8_t *)W->data + (size_t)r0 * W->row_bytes);
+    } else {
+        float *tile = m->tiles + (size_t)thread * m->tile_floats;
+        const uint8_t *src = (const uint8_t *)W->data + (size_t)r0 * W->row_bytes;
+        for (int64_t r = 0; r < nr; r++)
+            quant_dequantize_row(W->type, src + (size_t)r * W->row_bytes, tile + (size_t)r * K, K);
+        wt = tile;
+    }
+    /* Y[:, r0:r0+nr] = X (n_tok x K) * Wt^T (K x nr) */
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m->n_tok, (int)nr, (int)K,
+                1.0f, m->x, (int)K, wt, (int)K, 0.0f, m->y[j] + r0, (int)W->n_rows);
+}
+
+void matmul_run(matmul *m, int32_t n_mats, const mm_matrix *const *W, const float *x,
+                int32_t n_tok, float *const *y) {
+    if (n_mats <= 0 || n_tok <= 0) return;
+    if (n_mats > MM_MAX_MATS) n_mats = MM_MAX_MATS;
+    m->n_mats = n_mats;
+    m->x = x;
+    m->n_tok = n_tok;
+    int gemm = n_tok >= m->gemm_threshold;
+    int32_t tasks = 0;
+    int n_act = 0;
+    enum qk_type act_types[MM_MAX_MATS];
+    for (int j = 0; j < n_mats; j++) {
+        m->W[j] = W[j];
+        m->y[j] = y[j];
+        m->task_start[j] = tasks;
+        int64_t rows;
+        if (gemm) {
+            rows = (int64_t)(m->tile_floats / (size_t)W[j]->n_cols);
+            if (rows > 256) rows = 256;
+            rows &= ~(int64_t)15;
+            if (rows < 16) rows = 16;
+        } else {
+            /* ~8 tasks per thread over all matrices, for balance. */
+            int64_t total = 0;
+            for (int i = 0; i < n_mats; i++) total += W[i]->n_rows;
+            rows = total / ((int64_t)m->n_threads * 8);
+            rows = (rows + 15) & ~(int64_t)15;
+            if (rows < MM_GEMV_ROWS_MIN) rows = MM_GEMV_ROWS_MIN;
+            /* Quantise the activations once per distinct vec_dot_type. */
+            enum qk_type vt = quant_traits(W[j]->type)->vec_dot_type;
+            int a = 0;
+            while (a < n_act && act_types[a] != vt) a++;
+            if (a == n_act) {
+                act_types[n_act++] = vt;
+                for (int32_t t = 0; t < n_tok; t++)
+                    quant_prepare_act(W[j]->type, x + (size_t)t * (size_t)W[j]->n_cols,
+                                      m->act[a] + (size_t)t * m->act_stride, W[j]->n_cols);
+            }
+            m->act_of[j] = m->act[a];
+        }
+        m->rows_per_task[j] = rows;
+        tasks += (int32_t)((W[j]->n_rows + rows - 1) / rows);
+    }
+    m->task_start[n_mats] = tasks;
+    threadpool_run(m->tp, tasks, gemm ? mm_gemm_task : mm_gemv_task, m);
+}

@@ -1,10 +1,515 @@
-/* quant_avx2.c -- AVX2/FMA/F16C kernels (compiled with those flags; only
- * called after quant_init saw the CPU support them). */
+/* quant_avx2.c -- AVX2/FMA/F16C dot products and activation quantisers.
+ *
+ * Compiled with -mavx2 -mfma -mf16c; quant_init installs these only after
+ * __builtin_cpu_supports saw all three. Each kernel computes the same sum as
+ * its scalar twin in quant.c (integer products per block, then one float
+ * multiply-add per block), only the float summation order differs.
+ *
+ * Decode is memory-bound: each kernel streams its weight row once, keeps two
+ * independent accumulator chains so FMA latency never stalls the loop, and
+ * touches the activation row (hot in L1) freely. */
 #include "quant_internal.h"
 
 #include <immintrin.h>
+#include <math.h>
+#include <string.h>
+
+static inline float fp16_to_f32(uint16_t h) { return _cvtsh_ss(h); }
+
+static inline float hsum_ps(__m256 v)
+{
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+static inline int hsum_epi32(__m256i v)
+{
+    __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4e));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xb1));
+    return _mm_cvtsi128_si32(s);
+}
+
+/* 32 nibbles of 16 bytes: low nibbles in bytes 0..15, high in 16..31
+ * (ggml's element order for Q4/Q5 blocks). */
+static inline __m256i nibbles_32(const uint8_t *p)
+{
+    __m128i t = _mm_loadu_si128((const __m128i *)p);
+    __m256i b = _mm256_insertf128_si256(_mm256_castsi128_si256(t), _mm_srli_epi16(t, 4), 1);
+    return _mm256_and_si256(b, _mm256_set1_epi8(0x0F));
+}
+
+/* Byte k = 0xFF if bit k of the 32-bit little-endian word at p is set. */
+static inline __m256i bits_32(const uint8_t *p)
+{
+    uint32_t x;
+    memcpy(&x, p, 4);
+    const __m256i shuf = _mm256_set_epi64x(0x0303030303030303, 0x0202020202020202,
+                                           0x0101010101010101, 0x0000000000000000);
+    __m256i bytes = _mm256_shuffle_epi8(_mm256_set1_epi32((int)x), shuf);
+    bytes = _mm256_or_si256(bytes, _mm256_set1_epi64x(0x7fbfdfeff7fbfdfe));
+    return _mm256_cmpeq_epi8(bytes, _mm256_set1_epi64x(-1));
+}
+
+/* Sum of products of unsigned bytes a (< 128 in magnitude pairs) and signed
+ * bytes b, as 8 int32 lanes. maddubs cannot saturate here: |a*b + a*b| <=
+ * 2*128*127. */
+static inline __m256i dot_us8(__m256i a, __m256i b)
+{
+    return _mm256_madd_epi16(_mm256_maddubs_epi16(a, b), _mm256_set1_epi16(1));
+}
+
+/* Signed x signed bytes: move x's sign onto y (maddubs wants one unsigned). */
+static inline __m256i dot_ss8(__m256i x, __m256i y)
+{
+    return dot_us8(_mm256_sign_epi8(x, x), _mm256_sign_epi8(y, x));
+}
+
+/* ---- float weights ----------------------------------------------------- */
+
+static float dot_f32(const void *w, const void *act, int64_t n)
+{
+    const float *x = w, *y = act;
+    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    int64_t i = 0;
+    for (; i + 32 <= n; i += 32) {
+        a0 = _mm256_fmadd_ps(_mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i), a0);
+        a1 = _mm256_fmadd_ps(_mm256_loadu_ps(x + i + 8), _mm256_loadu_ps(y + i + 8), a1);
+        a2 = _mm256_fmadd_ps(_mm256_loadu_ps(x + i + 16), _mm256_loadu_ps(y + i + 16), a2);
+        a3 = _mm256_fmadd_ps(_mm256_loadu_ps(x + i + 24), _mm256_loadu_ps(y + i + 24), a3);
+    }
+    for (; i + 8 <= n; i += 8)
+        a0 = _mm256_fmadd_ps(_mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i), a0);
+    float s = hsum_ps(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
+    for (; i < n; i++) s += x[i] * y[i];
+    return s;
+}
+
+static inline __m256 load_f16x8(const uint16_t *p)
+{
+    return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p));
+}
+
+static float dot_f16(const void *w, const void *act, int64_t n)
+{
+    const uint16_t *x = w;
+    const float *y = act;
+    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    int64_t i = 0;
+    for (; i + 32 <= n; i += 32) {
+        a0 = _mm256_fmadd_ps(load_f16x8(x + i), _mm256_loadu_ps(y + i), a0);
+        a1 = _mm256_fmadd_ps(load_f16x8(x + i + 8), _mm256_loadu_ps(y + i + 8), a1);
+        a2 = _mm256_fmadd_ps(load_f16x8(x + i + 16), _mm256_loadu_ps(y + i + 16), a2);
+        a3 = _mm256_fmadd_ps(load_f16x8(x + i + 24), _mm256_loadu_ps(y + i + 24), a3);
+    }
+    for (; i + 8 <= n; i += 8)
+        a0 = _mm256_fmadd_ps(load_f16x8(x + i), _mm256_loadu_ps(y + i), a0);
+    float s = hsum_ps(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
+    for (; i < n; i++) s += fp16_to_f32(x[i]) * y[i];
+    return s;
+}
+
+static inline __m256 load_bf16x8(const uint16_t *p)
+{
+    __m256i v = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)p));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(v, 16));
+}
+
+static float dot_bf16(const void *w, const void *act, int64_t n)
+{
+    const uint16_t *x = w;
+    const float *y = act;
+    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    int64_t i = 0;
+    for (; i + 32 <= n; i += 32) {
+        a0 = _mm256_fmadd_ps(load_bf16x8(x + i), _mm256_loadu_ps(y + i), a0);
+        a1 = _mm256_fmadd_ps(load_bf16x8(x + i + 8), _mm256_loadu_ps(y + i + 8), a1);
+        a2 = _mm256_fmadd_ps(load_bf16x8(x + i + 16), _mm256_loadu_ps(y + i + 16), a2);
+        a3 = _mm256_fmadd_ps(load_bf16x8(x + i + 24), _mm256_loadu_ps(y + i + 24), a3);
+    }
+    for (; i + 8 <= n; i += 8)
+        a0 = _mm256_fmadd_ps(load_bf16x8(x + i), _mm256_loadu_ps(y + i), a0);
+    float s = hsum_ps(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
+    for (; i < n; i++) {
+        uint32_t u = (uint32_t)x[i] << 16;
+        float f;
+        memcpy(&f, &u, 4);
+        s += f * y[i];
+    }
+    return s;
+}
+
+/* ---- 32-element block types -------------------------------------------- */
+
+/* Each block: integer dot as 8 int32 lanes -> float -> acc += d * that.
+ * Two accumulators (even/odd blocks) hide the FMA latency. */
+
+static float dot_q4_0(const void *w, const void *act, int64_t n)
+{
+    const block_q4_0 *x = w;
+    const block_q8_0 *y = act;
+    const int64_t nb = n / QK4_0;
+    const __m256i off = _mm256_set1_epi8(8);
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+    int64_t i = 0;
+    for (; i + 2 <= nb; i += 2) {
+        __m256i qx0 = _mm256_sub_epi8(nibbles_32(x[i].qs), off);
+        __m256i qx1 = _mm256_sub_epi8(nibbles_32(x[i + 1].qs), off);
+        __m256i p0 = dot_ss8(qx0, _mm256_loadu_si256((const __m256i *)y[i].qs));
+        __m256i p1 = dot_ss8(qx1, _mm256_loadu_si256((const __m256i *)y[i + 1].qs));
+        __m256 d0 = _mm256_set1_ps(fp16_to_f32(x[i].d) * fp16_to_f32(y[i].d));
+        __m256 d1 = _mm256_set1_ps(fp16_to_f32(x[i + 1].d) * fp16_to_f32(y[i + 1].d));
+        acc0 = _mm256_fmadd_ps(d0, _mm256_cvtepi32_ps(p0), acc0);
+        acc1 = _mm256_fmadd_ps(d1, _mm256_cvtepi32_ps(p1), acc1);
+    }
+    for (; i < nb; i++) {
+        __m256i qx = _mm256_sub_epi8(nibbles_32(x[i].qs), off);
+        __m256i p = dot_ss8(qx, _mm256_loadu_si256((const __m256i *)y[i].qs));
+        __m256 d = _mm256_set1_ps(fp16_to_f32(x[i].d) * fp16_to_f32(y[i].d));
+        acc0 = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p), acc0);
+    }
+    return hsum_ps(_mm256_add_ps(acc0, acc1));
+}
+
+static float dot_q8_0(const void *w, const void *act, int64_t n)
+{
+    const block_q8_0 *x = w;
+    const block_q8_0 *y = act;
+    const int64_t nb = n / QK8_0;
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+    int64_t i = 0;
+    for (; i + 2 <= nb; i += 2) {
+        __m256i p0 = dot_ss8(_mm256_loadu_si256((const __m256i *)x[i].qs),
+                             _mm256_loadu_si256((const __m256i *)y[i].qs));
+        __m256i p1 = dot_ss8(_mm256_loadu_si256((const __m256i *)x[i + 1].qs),
+                             _mm256_loadu_si256((const __m256i *)y[i + 1].qs));
+        __m256 d0 = _mm256_set1_ps(fp16_to_f32(x[i].d) * fp16_to_f32(y[i].d));
+        __m256 d1 = _mm256_set1_ps(fp16_to_f32(x[i + 1].d) * fp16_to_f32(y[i + 1].d));
+        acc0 = _mm256_fmadd_ps(d0, _mm256_cvtepi32_ps(p0), acc0);
+        acc1 = _mm256_fmadd_ps(d1, _mm256_cvtepi32_ps(p1), acc1);
+    }
+    for (; i < nb; i++) {
+        __m256i p = dot_ss8(_mm256_loadu_si256((const __m256i *)x[i].qs),
+                            _mm256_loadu_si256((const __m256i *)y[i].qs));
+        __m256 d = _mm256_set1_ps(fp16_to_f32(x[i].d) * fp16_to_f32(y[i].d));
+        acc0 = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p), acc0);
+    }
+    return hsum_ps(_mm256_add_ps(acc0, acc1));
+}
+
+static float dot_q4_1(const void *w, const void *act, int64_t n)
+{
+    const block_q4_1 *x = w;
+    const block_q8_1 *y = act;
+    const int64_t nb = n / QK4_1;
+    __m256 acc = _mm256_setzero_ps();
+    float summs = 0;
+    for (int64_t i = 0; i < nb; i++) {
+        __m256i p = dot_us8(nibbles_32(x[i].qs), _mm256_loadu_si256((const __m256i *)y[i].qs));
+        __m256 d = _mm256_set1_ps(fp16_to_f32(x[i].d) * fp16_to_f32(y[i].d));
+        acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p), acc);
+        summs += fp16_to_f32(x[i].m) * fp16_to_f32(y[i].s);
+    }
+    return hsum_ps(acc) + summs;
+}
+
+static float dot_q5_0(const void *w, const void *act, int64_t n)
+{
+    const block_q5_0 *x = w;
+    const block_q8_0 *y = act;
+    const int64_t nb = n / QK5_0;
+    __m256 acc = _mm256_setzero_ps();
+    for (int64_t i = 0; i < nb; i++) {
+        /* (nibble | bit << 4) - 16 == nibble | (bit ? 0 : 0xF0) as int8 */
+        __m256i hi = _mm256_andnot_si256(bits_32(x[i].qh), _mm256_set1_epi8((char)0xF0));
+        __m256i qx = _mm256_or_si256(nibbles_32(x[i].qs), hi);
+        __m256i p = dot_ss8(qx, _mm256_loadu_si256((const __m256i *)y[i].qs));
+        __m256 d = _mm256_set1_ps(fp16_to_f32(x[i].d) * fp16_to_f32(y[i].d));
+        acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p), acc);
+    }
+    return hsum_ps(acc);
+}
+
+static float dot_q5_1(const void *w, const void *act, int64_t n)
+{
+    const block_q5_1 *x = w;
+    const block_q8_1 *y = act;
+    const int64_t nb = n / QK5_1;
+    __m256 acc = _mm256_setzero_ps();
+    float summs = 0;
+    for (int64_t i = 0; i < nb; i++) {
+        __m256i hi = _mm256_and_si256(bits_32(x[i].qh), _mm256_set1_epi8(0x10));
+        __m256i qx = _mm256_or_si256(nibbles_32(x[i].qs), hi);
+        __m256i p = dot_us8(qx, _mm256_loadu_si256((const __m256i *)y[i].qs));
+        __m256 d = _mm256_set1_ps(fp16_to_f32(x[i].d) * fp16_to_f32(y[i].d));
+        acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p), acc);
+        summs += fp16_to_f32(x[i].m) * fp16_to_f32(y[i].s);
+    }
+    return hsum_ps(acc) + summs;
+}
+
+/* ---- K types ----------------------------------------------------------- */
+
+/* Unpack Q4_K/Q5_K scales[12] into 8 scales then 8 mins, as 16 int16. */
+static inline __m256i k4_scales_mins(const uint8_t *s)
+{
+    uint32_t u[4];
+    memcpy(u, s, 12);
+    const uint32_t m1 = 0x3f3f3f3f, m2 = 0x0f0f0f0f, m3 = 0x03030303;
+    u[3] = ((u[2] >> 4) & m2) | (((u[1] >> 6) & m3) << 4);
+    uint32_t aux = u[1] & m1;
+    u[1] = (u[2] & m2) | (((u[0] >> 6) & m3) << 4);
+    u[2] = aux;
+    u[0] &= m1;
+    return _mm256_cvtepu8_epi16(_mm_set_epi32((int)u[3], (int)u[2], (int)u[1], (int)u[0]));
+}
+
+/* Broadcast int16 lane k (0..7) of each 128-bit half. */
+static inline __m256i bcast16(__m256i v, int k)
+{
+    return _mm256_shuffle_epi8(v, _mm256_set1_epi16((short)(((2 * k + 1) << 8) | (2 * k))));
+}
+
+/* min term: sum_j m_j * (sum of the 32 activations of sub-block j) */
+static inline __m128 k_min_term(__m256i mins_and_scales, const int16_t *bsums)
+{
+    __m256i q8sums = _mm256_loadu_si256((const __m256i *)bsums);
+    __m128i q8s = _mm_hadd_epi16(_mm256_castsi256_si128(q8sums), _mm256_extracti128_si256(q8sums, 1));
+    __m128i prod = _mm_madd_epi16(_mm256_extracti128_si256(mins_and_scales, 1), q8s);
+    return _mm_cvtepi32_ps(prod);
+}
+
+static float dot_q4_K(const void *w, const void *act, int64_t n)
+{
+    const block_q4_K *x = w;
+    const block_q8_K *y = act;
+    const int64_t nb = n / QK_K;
+    const __m256i m4 = _mm256_set1_epi8(0xF);
+    __m256 acc = _mm256_setzero_ps();
+    __m128 acc_m = _mm_setzero_ps();
+    for (int64_t i = 0; i < nb; i++) {
+        const float d = y[i].d * fp16_to_f32(x[i].d);
+        const float dmin = -y[i].d * fp16_to_f32(x[i].dmin);
+        __m256i ms = k4_scales_mins(x[i].scales);
+        acc_m = _mm_fmadd_ps(_mm_set1_ps(dmin), k_min_term(ms, y[i].bsums), acc_m);
+        __m256i sc = _mm256_permute2x128_si256(ms, ms, 0x00); /* scales in both halves */
+        const uint8_t *q4 = x[i].qs;
+        const int8_t *q8 = y[i].qs;
+        __m256i sumi = _mm256_setzero_si256();
+        for (int j = 0; j < QK_K / 64; j++, q4 += 32, q8 += 64) {
+            __m256i bits = _mm256_loadu_si256((const __m256i *)q4);
+            __m256i lo = _mm256_and_si256(bits, m4);
+            __m256i hi = _mm256_and_si256(_mm256_srli_epi16(bits, 4), m4);
+            __m256i pl = _mm256_maddubs_epi16(lo, _mm256_loadu_si256((const __m256i *)q8));
+            __m256i ph = _mm256_maddubs_epi16(hi, _mm256_loadu_si256((const __m256i *)(q8 + 32)));
+            pl = _mm256_madd_epi16(bcast16(sc, 2 * j), pl);
+            ph = _mm256_madd_epi16(bcast16(sc, 2 * j + 1), ph);
+            sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(pl, ph));
+        }
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
+    }
+    __m128 m = _mm_add_ps(acc_m, _mm_movehl_ps(acc_m, acc_m));
+    m = _mm_add_ss(m, _mm_movehdup_ps(m));
+    return hsum_ps(acc) + _mm_cvtss_f32(m);
+}
+
+static float dot_q5_K(const void *w, const void *act, int64_t n)
+{
+    const block_q5_K *x = w;
+    const block_q8_K *y = act;
+    const int64_t nb = n / QK_K;
+    const __m256i m4 = _mm256_set1_epi8(0xF);
+    __m256 acc = _mm256_setzero_ps();
+    __m128 acc_m = _mm_setzero_ps();
+    for (int64_t i = 0; i < nb; i++) {
+        const float d = y[i].d * fp16_to_f32(x[i].d);
+        const float dmin = -y[i].d * fp16_to_f32(x[i].dmin);
+        __m256i ms = k4_scales_mins(x[i].scales);
+        acc_m = _mm_fmadd_ps(_mm_set1_ps(dmin), k_min_term(ms, y[i].bsums), acc_m);
+        __m256i sc = _mm256_permute2x128_si256(ms, ms, 0x00);
+        const uint8_t *q5 = x[i].qs;
+        const int8_t *q8 = y[i].qs;
+        const __m256i hbits = _mm256_loadu_si256((const __m256i *)x[i].qh);
+        __m256i hmask = _mm256_set1_epi8(1);
+        __m256i sumi = _mm256_setzero_si256();
+        int bit = 0;
+        for (int j = 0; j < QK_K / 64; j++, q5 += 32, q8 += 64) {
+            __m256i bits = _mm256_loadu_si256((const __m256i *)q5);
+            /* isolate bit `bit` of each qh byte, move it to bit 4 */
+            __m256i h0 = _mm256_slli_epi16(_mm256_srli_epi16(_mm256_and_si256(hbits, hmask), bit), 4);
+            hmask = _mm256_slli_epi16(hmask, 1);
+            bit++;
+            __m256i h1 = _mm256_slli_epi16(_mm256_srli_epi16(_mm256_and_si256(hbits, hmask), bit), 4);
+            hmask = _mm256_slli_epi16(hmask, 1);
+            bit++;
+            __m256i lo = _mm256_add_epi8(_mm256_and_si256(bits, m4), h0);
+            __m256i hi = _mm256_add_epi8(_mm256_and_si256(_mm256_srli_epi16(bits, 4), m4), h1);
+            __m256i pl = _mm256_maddubs_epi16(lo, _mm256_loadu_si256((const __m256i *)q8));
+            __m256i ph = _mm256_maddubs_epi16(hi, _mm256_loadu_si256((const __m256i *)(q8 + 32)));
+            pl = _mm256_madd_epi16(bcast16(sc, 2 * j), pl);
+            ph = _mm256_madd_epi16(bcast16(sc, 2 * j + 1), ph);
+            sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(pl, ph));
+        }
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
+    }
+    __m128 m = _mm_add_ps(acc_m, _mm_movehl_ps(acc_m, acc_m));
+    m = _mm_add_ss(m, _mm_movehdup_ps(m));
+    return hsum_ps(acc) + _mm_cvtss_f32(m);
+}
+
+/* Scales of 16-element sub-blocks 2k and 2k+1 as int16: 8 lanes each. */
+static inline __m256i q6_scale_pair(__m128i scales, int k)
+{
+    const __m128i shuf = _mm_set_epi64x(0x0101010101010101ll * (2 * k + 1), 0x0101010101010101ll * (2 * k));
+    return _mm256_cvtepi8_epi16(_mm_shuffle_epi8(scales, shuf));
+}
+
+static float dot_q6_K(const void *w, const void *act, int64_t n)
+{
+    const block_q6_K *x = w;
+    const block_q8_K *y = act;
+    const int64_t nb = n / QK_K;
+    const __m256i m4 = _mm256_set1_epi8(0xF), m2 = _mm256_set1_epi8(3), m32 = _mm256_set1_epi8(32);
+    __m256 acc = _mm256_setzero_ps();
+    for (int64_t i = 0; i < nb; i++) {
+        const float d = y[i].d * fp16_to_f32(x[i].d);
+        const __m128i scales = _mm_loadu_si128((const __m128i *)x[i].scales);
+        const uint8_t *ql = x[i].ql, *qh = x[i].qh;
+        const int8_t *q8 = y[i].qs;
+        __m256i sumi = _mm256_setzero_si256();
+        for (int j = 0; j < 2; j++, ql += 64, qh += 32, q8 += 128) {
+            __m256i b1 = _mm256_loadu_si256((const __m256i *)ql);
+            __m256i b2 = _mm256_loadu_si256((const __m256i *)(ql + 32));
+            __m256i bh = _mm256_loadu_si256((const __m256i *)qh);
+            __m256i q[4];
+            q[0] = _mm256_or_si256(_mm256_and_si256(b1, m4), _mm256_slli_epi16(_mm256_and_si256(bh, m2), 4));
+            q[1] = _mm256_or_si256(_mm256_and_si256(b2, m4),
+                                   _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(bh, 2), m2), 4));
+            q[2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(b1, 4), m4),
+                                   _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(bh, 4), m2), 4));
+            q[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(b2, 4), m4),
+                                   _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(bh, 6), m2), 4));
+            for (int k = 0; k < 4; k++) {
+                __m256i a = _mm256_loadu_si256((const __m256i *)(q8 + 32 * k));
+                /* (q - 32) * a  ==  q * a - 32 * a, both without saturation */
+                __m256i p = _mm256_sub_epi16(_mm256_maddubs_epi16(q[k], a), _mm256_maddubs_epi16(m32, a));
+                p = _mm256_madd_epi16(q6_scale_pair(scales, 4 * j + k), p);
+                sumi = _mm256_add_epi32(sumi, p);
+            }
+        }
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
+    }
+    return hsum_ps(acc);
+}
+
+/* ---- activation quantisers --------------------------------------------- */
+
+static inline float hmax_ps(__m256 v)
+{
+    __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+    m = _mm_max_ss(m, _mm_movehdup_ps(m));
+    return _mm_cvtss_f32(m);
+}
+
+/* Round 32 floats * id to int8 in element order; returns their int sum. */
+static inline int quant32(const float *x, __m256 id, int8_t *out)
+{
+    __m256i i0 = _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(_mm256_loadu_ps(x), id), _MM_FROUND_TO_NEAREST_INT));
+    __m256i i1 = _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(_mm256_loadu_ps(x + 8), id), _MM_FROUND_TO_NEAREST_INT));
+    __m256i i2 = _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(_mm256_loadu_ps(x + 16), id), _MM_FROUND_TO_NEAREST_INT));
+    __m256i i3 = _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(_mm256_loadu_ps(x + 24), id), _MM_FROUND_TO_NEAREST_INT));
+    int sum = hsum_epi32(_mm256_add_epi32(_mm256_add_epi32(i0, i1), _mm256_add_epi32(i2, i3)));
+    /* packs work per 128-bit lane; the permute restores element order */
+    __m256i p = _mm256_packs_epi16(_mm256_packs_epi32(i0, i1), _mm256_packs_epi32(i2, i3));
+    p = _mm256_permutevar8x32_epi32(p, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+    _mm256_storeu_si256((__m256i *)out, p);
+    return sum;
+}
+
+static inline float absmax32(const float *x)
+{
+    const __m256 sign = _mm256_set1_ps(-0.0f);
+    __m256 m = _mm256_andnot_ps(sign, _mm256_loadu_ps(x));
+    m = _mm256_max_ps(m, _mm256_andnot_ps(sign, _mm256_loadu_ps(x + 8)));
+    m = _mm256_max_ps(m, _mm256_andnot_ps(sign, _mm256_loadu_ps(x + 16)));
+    m = _mm256_max_ps(m, _mm256_andnot_ps(sign, _mm256_loadu_ps(x + 24)));
+    return hmax_ps(m);
+}
+
+static void act_q8_0(const float *x, void *dst, int64_t n)
+{
+    block_q8_0 *b = dst;
+    for (int64_t i = 0; i < n / QK8_0; i++, x += QK8_0) {
+        float amax = absmax32(x);
+        float d = amax / 127, id = d ? 1.0f / d : 0.0f;
+        b[i].d = _cvtss_sh(d, 0);
+        quant32(x, _mm256_set1_ps(id), b[i].qs);
+    }
+}
+
+static void act_q8_1(const float *x, void *dst, int64_t n)
+{
+    block_q8_1 *b = dst;
+    for (int64_t i = 0; i < n / QK8_1; i++, x += QK8_1) {
+        float amax = absmax32(x);
+        float d = amax / 127, id = d ? 1.0f / d : 0.0f;
+        b[i].d = _cvtss_sh(d, 0);
+        int sum = quant32(x, _mm256_set1_ps(id), b[i].qs);
+        b[i].s = _cvtss_sh(sum * d, 0);
+    }
+}
+
+static void act_q8_K(const float *x, void *dst, int64_t n)
+{
+    block_q8_K *b = dst;
+    for (int64_t i = 0; i < n / QK_K; i++, x += QK_K) {
+        __m256 vmax = _mm256_loadu_ps(x), vmin = vmax;
+        for (int j = 8; j < QK_K; j += 8) {
+            __m256 v = _mm256_loadu_ps(x + j);
+            vmax = _mm256_max_ps(vmax, v);
+            vmin = _mm256_min_ps(vmin, v);
+        }
+        float mx = hmax_ps(vmax), mn = -hmax_ps(_mm256_sub_ps(_mm256_setzero_ps(), vmin));
+        /* the signed value of largest magnitude maps to -127 */
+        float max = fabsf(mn) > fabsf(mx) ? mn : mx;
+        if (max == 0.0f) {
+            memset(&b[i], 0, sizeof(b[i]));
+            continue;
+        }
+        float iscale = -127.f / max;
+        __m256 vs = _mm256_set1_ps(iscale);
+        for (int j = 0; j < QK_K; j += 32) {
+            quant32(x + j, vs, b[i].qs + j);
+        }
+        for (int j = 0; j < QK_K / 16; j++) {
+            __m128i q = _mm_loadu_si128((const __m128i *)(b[i].qs + 16 * j));
+            __m128i s = _mm_madd_epi16(_mm_maddubs_epi16(_mm_set1_epi8(1), q), _mm_set1_epi16(1));
+            s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4e));
+            s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xb1));
+            b[i].bsums[j] = (int16_t)_mm_cvtsi128_si32(s);
+        }
+        b[i].d = 1 / iscale;
+    }
+}
 
 void quant__avx2_fill(quant__kernels *k)
 {
     k->name = "avx2";
+    k->dot[QK_F32] = dot_f32;
+    k->dot[QK_F16] = dot_f16;
+    k->dot[QK_BF16] = dot_bf16;
+    k->dot[QK_Q4_0] = dot_q4_0;
+    k->dot[QK_Q4_1] = dot_q4_1;
+    k->dot[QK_Q5_0] = dot_q5_0;
+    k->dot[QK_Q5_1] = dot_q5_1;
+    k->dot[QK_Q8_0] = dot_q8_0;
+    k->dot[QK_Q4_K] = dot_q4_K;
+    k->dot[QK_Q5_K] = dot_q5_K;
+    k->dot[QK_Q6_K] = dot_q6_K;
+    k->act[QK_Q8_0] = act_q8_0;
+    k->act[QK_Q8_1] = act_q8_1;
+    k->act[QK_Q8_K] = act_q8_K;
 }

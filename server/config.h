@@ -1,0 +1,49 @@
+/* config.h -- `qkvd serve` configuration: one table of options.
+ *
+ * Every option has a name (the long flag and the config-file key), an
+ * environment variable QKVD_<NAME> (dashes as underscores, upper case), a
+ * type, a default and a help line. Precedence: command-line flag > environment
+ * > config file (--config FILE / QKVD_CONFIG, a flat JSON object whose keys
+ * are option names with '-' or '_') > built-in default. */
+#ifndef QKVD_CONFIG_H
+#define QKVD_CONFIG_H
+
+#include <stddef.h>
+#include <stdio.h>
+
+typedef struct serve_config {
+    char *host;              /* listen address */
+    int port;                /* 0 = ephemeral (printed at start-up) */
+    char *model;             /* GGUF path */
+    char *model_alias;       /* id served in /v1/models; default: file stem */
+    int threads;             /* engine threads; 0 = all CPUs */
+    int ctx;                 /* context per sequence; 0 = model's trained context */
+    int max_seqs;            /* live sequences (sum of n over running requests) */
+    int batch_tokens;        /* max tokens in one engine step */
+    char *api_key;           /* "" = no auth */
+    long max_body;           /* request body limit, bytes */
+    int max_tokens;          /* default and cap for max_tokens */
+    int queue_len;           /* waiting requests before 503 */
+    double request_timeout;  /* seconds a generation may run; 0 = none */
+    int conn_timeout;        /* idle connection timeout, seconds */
+    char *cors_origins;      /* "" = CORS off; "*" or comma list */
+    double grace_period;     /* seconds to finish running requests on SIGTERM */
+    char *chat_template_file;/* "" = the model's template (ChatML fallback) */
+    char *log_format;        /* "text" or "json" */
+    char *config;            /* config file path ("" = none) */
+} serve_config;
+
+/* Parse defaults, config file, environment (envp-style getter: NULL uses
+ * getenv) and argv (argv[0] is the subcommand name, skipped). Returns 0 when
+ * ready, 1 when --help was printed to `out`, or -1 with a message in err.
+ * Strings in cfg are malloc'd: serve_config_free. */
+int serve_config_parse(serve_config *cfg, int argc, char **argv,
+                       const char *(*get_env)(const char *name),
+                       char *err, size_t errlen, FILE *out);
+void serve_config_free(serve_config *cfg); /* accepts a zeroed or half-built cfg */
+/* Print the option table (flag, env, default, help). */
+void serve_config_print_help(FILE *out);
+/* Write every option with its effective value as a JSON object to out. */
+void serve_config_dump(const serve_config *cfg, FILE *out);
+
+#endif

@@ -1,0 +1,73 @@
+/* request.h -- parse and validate OpenAI request bodies (jansson) into plain
+ * structs, on the loop thread. Every known field is type- and range-checked;
+ * a bad one gives a 400 api_error whose `param` names it. Unknown fields are
+ * ignored (vendor extras; docs/api.md lists the ones we know of). */
+#ifndef QKVD_REQUEST_H
+#define QKVD_REQUEST_H
+
+#include <jansson.h>
+#include <stddef.h>
+#include <stdint.h>
+#include "errors.h"
+#include "sampler.h"
+
+#define GEN_MAX_STOP 4
+#define GEN_MAX_N 128
+#define GEN_MAX_PROMPTS 64
+
+enum gen_kind { GEN_CHAT = 1, GEN_COMPLETION = 2 };
+
+/* One prompt: either text (tokenised later with the model) or token ids. */
+typedef struct gen_prompt {
+    char *text; size_t text_len;      /* owned; NULL when tokens are given */
+    int32_t *tokens; int32_t n_tokens; /* owned; NULL when text is given */
+} gen_prompt;
+
+typedef struct gen_request {
+    enum gen_kind kind;
+    char *model;                /* requested model id, or NULL */
+    json_t *messages;           /* chat: validated, normalised (text parts joined); own ref */
+    gen_prompt *prompts;        /* completions: n_prompts entries */
+    int32_t n_prompts;
+    int32_t max_tokens;         /* -1: not given (server default applies) */
+    int32_t n;                  /* choices per prompt */
+    char *stop[GEN_MAX_STOP];   /* owned, non-empty */
+    size_t stop_len[GEN_MAX_STOP];
+    int32_t n_stop;
+    sampler_params sp;          /* sp.bias_* point into bias_ids/bias_vals below */
+    int has_seed;
+    int32_t *bias_ids; float *bias_vals;
+    int logprobs;               /* chat: logprobs true; completions: logprobs given */
+    int32_t top_logprobs;       /* alternatives per token */
+    int echo;                   /* completions: prepend the prompt */
+    int stream, include_usage;
+    char *user;                 /* owned or NULL */
+} gen_request;
+
+/* Parse a chat (kind GEN_CHAT) or completions body. n_vocab > 0 checks token
+ * ids (prompt tokens, logit_bias keys) against it. 0 or -1 with err filled.
+ * On success *out owns its allocations: gen_request_free. On failure *out is
+ * left freed. */
+int request_parse_generation(enum gen_kind kind, const char *body, size_t len, int32_t n_vocab,
+                             gen_request *out, api_error *err);
+void gen_request_free(gen_request *r); /* accepts a zeroed or half-built request */
+
+typedef struct embd_request {
+    char *model;
+    gen_prompt *inputs; int32_t n_inputs;
+    int base64;                 /* encoding_format "base64" */
+    int32_t dimensions;         /* 0: not given */
+} embd_request;
+
+/* Parse an /v1/embeddings body. Same conventions as request_parse_generation. */
+int request_parse_embeddings(const char *body, size_t len, int32_t n_vocab,
+                             embd_request *out, api_error *err);
+void embd_request_free(embd_request *r);
+
+/* Parse body as a JSON object; 400 "invalid JSON" otherwise. Caller owns the result. */
+json_t *request_parse_object(const char *body, size_t len, api_error *err);
+/* Validate a chat `messages` value and return a normalised copy (content
+ * arrays of text parts joined into one string). NULL with err on error. */
+json_t *request_messages_normalise(const json_t *messages, api_error *err);
+
+#endif

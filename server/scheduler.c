@@ -1,0 +1,539 @@
+/* scheduler.c -- FIFO admission, batched engine steps, sampling and stop
+ * strings on the loop thread (see scheduler.h). */
+#include "scheduler.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include "tokenizer.h"
+
+enum slot_state { SLOT_WAIT, SLOT_PREFILL, SLOT_DECODE, SLOT_DONE };
+
+/* One choice of a generation (or one input of an embeddings job). */
+typedef struct sched_slot {
+    int32_t seq;             /* engine sequence, -1 when none */
+    int32_t prompt;          /* index into the job's prompts */
+    int32_t leader;          /* slot that prefills this prompt (itself for leaders) */
+    enum slot_state state;
+    int32_t n_fed;           /* leader: prompt tokens already in the KV */
+    int32_t *hist;           /* prompt + generated tokens, cap_hist entries */
+    int64_t n_hist, cap_hist;
+    int32_t n_gen;           /* generated tokens */
+    int32_t next;            /* sampled token to feed in the next step */
+    sampler *smp;
+    tok_stream ts;
+    char *held;              /* text not yet emitted: a possible stop-string prefix */
+    size_t n_held, cap_held;
+} sched_slot;
+
+struct sched_job {
+    sched_job *next, *prev;
+    enum sched_kind kind;
+    sched_job_ops ops;
+    void *user;
+    int cancelled, finished, running;
+    int32_t n_prompts;
+    int32_t **prompts, *prompt_len;
+    int32_t n, n_slots, n_done;
+    sched_slot *slots;
+    int32_t max_tokens;
+    char *stop[4];
+    size_t stop_len[4];
+    int32_t n_stop;
+    int logprobs;
+    uint64_t deadline_ms;    /* uv_now() deadline, 0 = none */
+    int32_t seqs_needed;     /* reserved at admission, returned at free */
+    int32_t embd_seq, embd_next;
+};
+
+typedef struct job_list { sched_job *head, *tail; int32_t n; } job_list;
+
+struct sched {
+    uv_loop_t *loop;
+    engine *e;
+    const tokenizer *tok;
+    int32_t n_vocab, n_embd, n_ctx;
+    int32_t max_seqs, batch_tokens, queue_len;
+    int32_t free_seqs;
+    job_list queued, running;
+    /* The step in flight (read by the worker thread only while in_flight). */
+    int in_flight;
+    uv_work_t work;
+    engine_item *items;
+    sched_job **item_job;
+    int32_t *item_slot, *item_chunk;
+    int32_t n_items, cap_items;
+    int step_rc;
+    float *scratch;          /* n_vocab logits copy: the sampler modifies its input */
+    char text[4096];         /* one token's text */
+};
+
+static void list_push(job_list *l, sched_job *j) {
+    j->next = NULL;
+    j->prev = l->tail;
+    if (l->tail) l->tail->next = j; else l->head = j;
+    l->tail = j;
+    l->n++;
+}
+
+static void list_remove(job_list *l, sched_job *j) {
+    if (j->prev) j->prev->next = j->next; else l->head = j->next;
+    if (j->next) j->next->prev = j->prev; else l->tail = j->prev;
+    j->next = j->prev = NULL;
+    l->n--;
+}
+
+sched *sched_create(uv_loop_t *loop, int32_t max_seqs, int32_t batch_tokens, int32_t queue_len) {
+    sched *s = calloc(1, sizeof *s);
+    if (!s) abort();
+    s->loop = loop;
+    s->max_seqs = max_seqs;
+    s->batch_tokens = batch_tokens;
+    s->queue_len = queue_len;
+    s->free_seqs = max_seqs;
+    s->cap_items = 2 * max_seqs + 2;
+    s->items = calloc((size_t)s->cap_items, sizeof *s->items);
+    s->item_job = calloc((size_t)s->cap_items, sizeof *s->item_job);
+    s->item_slot = calloc((size_t)s->cap_items, sizeof *s->item_slot);
+    s->item_chunk = calloc((size_t)s->cap_items, sizeof *s->item_chunk);
+    if (!s->items || !s->item_job || !s->item_slot || !s->item_chunk) abort();
+    return s;
+}
+
+void sched_set_engine(sched *s, engine *e) {
+    const engine_info *info = engine_get_info(e);
+    s->e = e;
+    s->tok = engine_tokenizer(e);
+    s->n_vocab = info->n_vocab;
+    s->n_embd = info->n_embd;
+    s->n_ctx = info->n_ctx;
+    free(s->scratch);
+    s->scratch = malloc((size_t)s->n_vocab * sizeof(float));
+    if (!s->scratch) abort();
+}
+
+static void job_free(sched *s, sched_job *j) {
+    for (int32_t i = 0; i < j->n_slots; i++) {
+        sched_slot *sl = &j->slots[i];
+        if (sl->seq >= 0 && s->e) engine_seq_free(s->e, sl->seq);
+        sampler_free(sl->smp);
+        free(sl->hist);
+        free(sl->held);
+    }
+    if (j->embd_seq >= 0 && s->e) engine_seq_free(s->e, j->embd_seq);
+    if (j->running) s->free_seqs += j->seqs_needed;
+    for (int32_t i = 0; i < j->n_prompts; i++) free(j->prompts[i]);
+    free(j->prompts);
+    free(j->prompt_len);
+    for (int32_t i = 0; i < j->n_stop; i++) free(j->stop[i]);
+    free(j->slots);
+    free(j);
+}
+
+void sched_destroy(sched *s) {
+    if (!s) return;
+    while (s->queued.head) { sched_job *j = s->queued.head; list_remove(&s->queued, j); job_free(s, j); }
+    while (s->running.head) { sched_job *j = s->running.head; list_remove(&s->running, j); job_free(s, j); }
+    free(s->items);
+    free(s->item_job);
+    free(s->item_slot);
+    free(s->item_chunk);
+    free(s->scratch);
+    free(s);
+}
+
+/* All choices done or failed: tell the owner once; freed at the next cleanup. */
+static void job_complete(sched_job *j, const api_error *err) {
+    if (j->finished || j->cancelled) return;
+    j->finished = 1;
+    if (j->ops.on_done) j->ops.on_done(j->user, err);
+    j->user = NULL;
+}
+
+static void job_fail(sched_job *j, int status, const char *fmt, const char *detail) {
+    api_error e;
+    api_error_set(&e, status, NULL, NULL, NULL, fmt, detail);
+    job_complete(j, &e);
+}
+
+static void slot_emit(sched_job *j, int32_t idx, const char *p, size_t n) {
+    if (n && j->ops.on_text && !j->finished && !j->cancelled) j->ops.on_text(j->user, idx, p, n);
+}
+
+static void slot_finish(sched *s, sched_job *j, int32_t idx, const char *reason, int flush) {
+    sched_slot *sl = &j->slots[idx];
+    if (flush) {
+        int64_t n = tok_stream_flush(&sl->ts, s->text, (int64_t)sizeof s->text);
+        if (sl->held) {
+            slot_emit(j, idx, sl->held, sl->n_held);
+            sl->n_held = 0;
+        }
+        slot_emit(j, idx, s->text, (size_t)n);
+    }
+    sl->state = SLOT_DONE;
+    /* The KV goes back at once; followers already hold their own copy. */
+    if (sl->seq >= 0) {
+        engine_seq_free(s->e, sl->seq);
+        sl->seq = -1;
+    }
+    if (j->ops.on_finish && !j->finished && !j->cancelled) j->ops.on_finish(j->user, idx, reason);
+    if (++j->n_done == j->n_slots) job_complete(j, NULL);
+}
+
+/* Look for stop strings in the held text. Emits what is certainly text and
+ * keeps back a suffix that could still become a stop string. 1 = stopped. */
+static int slot_stop_check(sched_job *j, int32_t idx) {
+    sched_slot *sl = &j->slots[idx];
+    size_t best = (size_t)-1;
+    for (int32_t k = 0; k < j->n_stop; k++) {
+        const char *p = memmem(sl->held, sl->n_held, j->stop[k], j->stop_len[k]);
+        if (p && (size_t)(p - sl->held) < best) best = (size_t)(p - sl->held);
+    }
+    if (best != (size_t)-1) {
+        slot_emit(j, idx, sl->held, best);
+        sl->n_held = 0;
+        return 1;
+    }
+    size_t keep = 0;
+    for (int32_t k = 0; k < j->n_stop; k++) {
+        size_t m = j->stop_len[k] - 1 < sl->n_held ? j->stop_len[k] - 1 : sl->n_held;
+        for (; m > keep; m--)
+            if (!memcmp(sl->held + sl->n_held - m, j->stop[k], m)) { keep = m; break; }
+    }
+    slot_emit(j, idx, sl->held, sl->n_held - keep);
+    memmove(sl->held, sl->held + sl->n_held - keep, keep);
+    sl->n_held = keep;
+    return 0;
+}
+
+/* Sample the next token of a slot from logits (n_vocab floats, copied first). */
+static void slot_sample(sched *s, sched_job *j, int32_t idx, const float *logits) {
+    sched_slot *sl = &j->slots[idx];
+    sampler_result r;
+    memcpy(s->scratch, logits, (size_t)s->n_vocab * sizeof(float));
+    int32_t tok = sampler_sample(sl->smp, s->scratch, sl->hist, sl->n_hist, &r);
+    if (tok < 0 || tok >= s->n_vocab) {
+        job_fail(j, 500, "sampling failed (%s)", "no token");
+        return;
+    }
+    if (sl->n_hist < sl->cap_hist) sl->hist[sl->n_hist++] = tok;
+    sl->n_gen++;
+    if (tokenizer_is_eog(s->tok, tok)) {
+        slot_finish(s, j, idx, "stop", 1);
+        return;
+    }
+    if (j->logprobs && j->ops.on_token && !j->finished) j->ops.on_token(j->user, idx, tok, &r);
+    int64_t n = tok_stream_push(&sl->ts, s->tok, tok, 0, s->text, (int64_t)sizeof s->text);
+    if (n > (int64_t)sizeof s->text) n = (int64_t)sizeof s->text;
+    if (sl->held) {
+        if (sl->n_held + (size_t)n > sl->cap_held) {
+            /* Cannot happen with the sizes chosen at submit; emit rather than lose text. */
+            slot_emit(j, idx, sl->held, sl->n_held);
+            sl->n_held = 0;
+        }
+        memcpy(sl->held + sl->n_held, s->text, (size_t)n);
+        sl->n_held += (size_t)n;
+        if (slot_stop_check(j, idx)) {
+            slot_finish(s, j, idx, "stop", 0);
+            return;
+        }
+    } else {
+        slot_emit(j, idx, s->text, (size_t)n);
+    }
+    if (sl->n_gen >= j->max_tokens || engine_seq_len(s->e, sl->seq) + 1 > s->n_ctx) {
+        slot_finish(s, j, idx, "length", 1);
+        return;
+    }
+    sl->next = tok;
+    sl->state = SLOT_DECODE;
+}
+
+/* A leader's prompt is in its KV: share it with the followers, then every
+ * choice of that prompt samples its first token from the same logits. */
+static void prefill_done(sched *s, sched_job *j, int32_t leader, const float *logits) {
+    sched_slot *ld = &j->slots[leader];
+    int32_t len = j->prompt_len[ld->prompt];
+    for (int32_t i = 0; i < j->n_slots; i++) {
+        sched_slot *sl = &j->slots[i];
+        if (i == leader || sl->leader != leader) continue;
+        if (engine_seq_copy(s->e, sl->seq, ld->seq, len) < 0) {
+            job_fail(j, 503, "could not copy the prompt's KV cache (%s)", "engine_seq_copy failed");
+            return;
+        }
+    }
+    if (j->max_tokens == 0) {
+        for (int32_t i = 0; i < j->n_slots; i++)
+            if (j->slots[i].leader == leader) slot_finish(s, j, i, "length", 1);
+        return;
+    }
+    for (int32_t i = 0; i < j->n_slots && !j->finished; i++)
+        if (j->slots[i].leader == leader) slot_sample(s, j, i, logits);
+}
+
+/* Reserve sequences for queued jobs in order, as long as they fit. */
+static void sched_admit(sched *s) {
+    while (s->queued.head) {
+        sched_job *j = s->queued.head;
+        if (j->seqs_needed > s->free_seqs) break;
+        int ok = 1;
+        if (j->kind == SCHED_EMBED) {
+            j->embd_seq = engine_seq_create(s->e);
+            ok = j->embd_seq >= 0;
+        } else {
+            for (int32_t i = 0; i < j->n_slots && ok; i++) {
+                j->slots[i].seq = engine_seq_create(s->e);
+                ok = j->slots[i].seq >= 0;
+            }
+        }
+        if (!ok) {
+            for (int32_t i = 0; i < j->n_slots; i++)
+                if (j->slots[i].seq >= 0) { engine_seq_free(s->e, j->slots[i].seq); j->slots[i].seq = -1; }
+            if (j->embd_seq >= 0) { engine_seq_free(s->e, j->embd_seq); j->embd_seq = -1; }
+            break;
+        }
+        list_remove(&s->queued, j);
+        s->free_seqs -= j->seqs_needed;
+        j->running = 1;
+        for (int32_t i = 0; i < j->n_slots; i++)
+            if (j->kind == SCHED_GENERATE && j->slots[i].leader == i) j->slots[i].state = SLOT_PREFILL;
+        list_push(&s->running, j);
+    }
+}
+
+/* Free finished and cancelled jobs (only between steps: their sequences
+ * may be in the batch in flight), and end those past their deadline. */
+static void sched_cleanup(sched *s) {
+    uint64_t now = uv_now(s->loop);
+    for (sched_job *j = s->running.head, *nx; j; j = nx) {
+        nx = j->next;
+        if (!j->finished && !j->cancelled && j->deadline_ms && now >= j->deadline_ms) {
+            /* request-timeout: cut every unfinished choice as if max_tokens was reached */
+            if (j->kind == SCHED_EMBED) job_fail(j, 503, "request timed out (%s)", "request-timeout");
+            for (int32_t i = 0; i < j->n_slots && !j->finished; i++)
+                if (j->slots[i].state != SLOT_DONE) slot_finish(s, j, i, "length", 1);
+        }
+        if (j->finished || j->cancelled) {
+            list_remove(&s->running, j);
+            job_free(s, j);
+        }
+    }
+    for (sched_job *j = s->queued.head, *nx; j; j = nx) {
+        nx = j->next;
+        if (!j->cancelled && j->deadline_ms && now >= j->deadline_ms)
+            job_fail(j, 503, "request timed out waiting for a free slot (%s)", "request-timeout");
+        if (j->finished || j->cancelled) {
+            list_remove(&s->queued, j);
+            job_free(s, j);
+        }
+    }
+}
+
+static void sched_plan(sched *s);
+
+static void sched_work_cb(uv_work_t *w) {
+    sched *s = w->data;
+    s->step_rc = engine_step(s->e, s->items, s->n_items);
+}
+
+static void sched_after_cb(uv_work_t *w, int status) {
+    sched *s = w->data;
+    s->in_flight = 0;
+    if (s->step_rc < 0 || status < 0) {
+        char why[64];
+        snprintf(why, sizeof why, "engine_step returned %d", s->step_rc < 0 ? s->step_rc : status);
+        for (int32_t i = 0; i < s->n_items; i++) job_fail(s->item_job[i], 500, "inference step failed (%s)", why);
+    } else {
+        for (int32_t i = 0; i < s->n_items; i++) {
+            sched_job *j = s->item_job[i];
+            if (j->finished || j->cancelled) continue;
+            engine_item *it = &s->items[i];
+            if (j->kind == SCHED_EMBED) {
+                if (j->ops.on_embd) j->ops.on_embd(j->user, j->embd_next, it->logits, s->n_embd);
+                engine_seq_truncate(s->e, j->embd_seq, 0);
+                if (++j->embd_next == j->n_prompts) job_complete(j, NULL);
+                continue;
+            }
+            int32_t idx = s->item_slot[i];
+            sched_slot *sl = &j->slots[idx];
+            if (sl->state == SLOT_PREFILL) {
+                sl->n_fed += s->item_chunk[i];
+                if (sl->n_fed == j->prompt_len[sl->prompt]) {
+                    sl->state = SLOT_WAIT;
+                    prefill_done(s, j, idx, it->logits);
+                }
+            } else if (sl->state == SLOT_DECODE) {
+                slot_sample(s, j, idx, it->logits);
+            }
+        }
+    }
+    s->n_items = 0;
+    sched_plan(s);
+}
+
+static void item_add(sched *s, sched_job *j, int32_t slot, int32_t seq, const int32_t *toks, int32_t n,
+                     enum engine_out out) {
+    int32_t k = s->n_items++;
+    s->items[k] = (engine_item){.seq = seq, .tokens = toks, .n_tokens = n, .out = out, .logits = NULL};
+    s->item_job[k] = j;
+    s->item_slot[k] = slot;
+    s->item_chunk[k] = n;
+}
+
+/* Between steps: clean up, admit, and start the next step if there is work. */
+static void sched_plan(sched *s) {
+    if (s->in_flight || !s->e) return;
+    sched_cleanup(s);
+    sched_admit(s);
+    int32_t budget = s->batch_tokens;
+    s->n_items = 0;
+    /* Decode tokens first: they keep running streams moving. */
+    for (sched_job *j = s->running.head; j && budget > 0; j = j->next) {
+        if (j->kind != SCHED_GENERATE) continue;
+        for (int32_t i = 0; i < j->n_slots && budget > 0 && s->n_items < s->cap_items; i++) {
+            sched_slot *sl = &j->slots[i];
+            if (sl->state != SLOT_DECODE) continue;
+            item_add(s, j, i, sl->seq, &sl->next, 1, ENGINE_OUT_LAST);
+            budget--;
+        }
+    }
+    /* Then prompt chunks in arrival order with what is left of the budget. */
+    for (sched_job *j = s->running.head; j && budget > 0; j = j->next) {
+        if (s->n_items >= s->cap_items) break;
+        if (j->kind == SCHED_EMBED) {
+            int32_t len = j->prompt_len[j->embd_next];
+            if (len > budget) continue;
+            item_add(s, j, j->embd_next, j->embd_seq, j->prompts[j->embd_next], len, ENGINE_OUT_EMBD);
+            budget -= len;
+            continue;
+        }
+        for (int32_t i = 0; i < j->n_slots && budget > 0 && s->n_items < s->cap_items; i++) {
+            sched_slot *sl = &j->slots[i];
+            if (sl->state != SLOT_PREFILL) continue;
+            int32_t len = j->prompt_len[sl->prompt], left = len - sl->n_fed;
+            int32_t chunk = left < budget ? left : budget;
+            item_add(s, j, i, sl->seq, j->prompts[sl->prompt] + sl->n_fed, chunk,
+                     chunk == left ? ENGINE_OUT_LAST : ENGINE_OUT_NONE);
+            budget -= chunk;
+        }
+    }
+    if (!s->n_items) return;
+    s->in_flight = 1;
+    s->work.data = s;
+    if (uv_queue_work(s->loop, &s->work, sched_work_cb, sched_after_cb) < 0) {
+        s->in_flight = 0;
+        for (int32_t i = 0; i < s->n_items; i++) job_fail(s->item_job[i], 503, "could not start a step (%s)", "uv_queue_work");
+        s->n_items = 0;
+    }
+}
+
+int sched_submit(sched *s, const sched_job_spec *spec, const sched_job_ops *ops, void *user,
+                 sched_job **out, api_error *err) {
+    *out = NULL;
+    int32_t n_slots = spec->kind == SCHED_EMBED ? spec->n_prompts : spec->n_prompts * spec->n;
+    int32_t need = spec->kind == SCHED_EMBED ? 1 : n_slots;
+    int32_t queue_need = 0;
+    for (sched_job *q = s->queued.head; q; q = q->next) queue_need += q->seqs_needed;
+    const char *fail = NULL;
+    if (!s->e) {
+        api_error_set(err, 503, NULL, NULL, "model_loading", "the model is still loading");
+        fail = "";
+    } else if (need > s->max_seqs) {
+        api_error_set(err, 400, NULL, "n", "invalid_value",
+                      "this request needs %d sequences (prompts x n) but the server runs at most %d (--max-seqs)",
+                      (int)need, (int)s->max_seqs);
+        fail = "";
+    } else if (s->free_seqs < queue_need + need && s->queued.n >= s->queue_len) {
+        api_error_set(err, 503, NULL, NULL, "queue_full", "server busy: %d requests are waiting; retry later",
+                      (int)s->queued.n);
+        fail = "";
+    }
+    if (fail) {
+        for (int32_t i = 0; i < spec->n_prompts; i++) free(spec->prompts[i]);
+        return -1;
+    }
+    sched_job *j = calloc(1, sizeof *j);
+    if (!j) abort();
+    j->kind = spec->kind;
+    j->ops = *ops;
+    j->user = user;
+    j->n_prompts = spec->n_prompts;
+    j->prompts = malloc((size_t)spec->n_prompts * sizeof *j->prompts);
+    j->prompt_len = malloc((size_t)spec->n_prompts * sizeof *j->prompt_len);
+    if (!j->prompts || !j->prompt_len) abort();
+    memcpy(j->prompts, spec->prompts, (size_t)spec->n_prompts * sizeof *j->prompts);
+    memcpy(j->prompt_len, spec->prompt_len, (size_t)spec->n_prompts * sizeof *j->prompt_len);
+    j->n = spec->n;
+    j->n_slots = spec->kind == SCHED_EMBED ? 0 : n_slots;
+    j->seqs_needed = need;
+    j->max_tokens = spec->max_tokens;
+    j->logprobs = spec->sp.n_top_logprobs >= 0 && ops->on_token;
+    j->embd_seq = -1;
+    j->deadline_ms = spec->timeout_s > 0 ? uv_now(s->loop) + (uint64_t)(spec->timeout_s * 1000.0) : 0;
+    size_t max_stop = 0;
+    for (int32_t i = 0; i < spec->n_stop && i < 4; i++) {
+        j->stop[i] = malloc(spec->stop_len[i] + 1);
+        if (!j->stop[i]) abort();
+        memcpy(j->stop[i], spec->stop[i], spec->stop_len[i]);
+        j->stop[i][spec->stop_len[i]] = 0;
+        j->stop_len[i] = spec->stop_len[i];
+        if (spec->stop_len[i] > max_stop) max_stop = spec->stop_len[i];
+        j->n_stop++;
+    }
+    if (j->n_slots) {
+        j->slots = calloc((size_t)j->n_slots, sizeof *j->slots);
+        if (!j->slots) abort();
+    }
+    for (int32_t i = 0; i < j->n_slots; i++) {
+        sched_slot *sl = &j->slots[i];
+        sl->seq = -1;
+        sl->prompt = i / spec->n;
+        sl->leader = sl->prompt * spec->n;
+        sl->state = SLOT_WAIT;
+        int32_t len = j->prompt_len[sl->prompt];
+        int64_t cap = (int64_t)len + spec->max_tokens + 1;
+        if (cap > (int64_t)s->n_ctx + 1) cap = (int64_t)s->n_ctx + 1;
+        if (cap < len) cap = len;
+        sl->cap_hist = cap;
+        sl->hist = malloc((size_t)cap * sizeof(int32_t));
+        sampler_params sp = spec->sp;
+        sp.seed = spec->sp.seed + (uint64_t)i; /* distinct, reproducible streams per choice */
+        if (sp.n_top_logprobs < 0) sp.n_top_logprobs = 0;
+        sl->smp = sampler_create(&sp, s->n_vocab);
+        if (j->n_stop) {
+            sl->cap_held = max_stop + sizeof s->text + 16;
+            sl->held = malloc(sl->cap_held);
+        }
+        if (!sl->hist || !sl->smp || (j->n_stop && !sl->held)) {
+            api_error_set(err, 503, NULL, NULL, "out_of_memory", "out of memory for this request");
+            job_free(s, j);
+            return -1;
+        }
+        memcpy(sl->hist, j->prompts[sl->prompt], (size_t)len * sizeof(int32_t));
+        sl->n_hist = len;
+        tok_stream_init(&sl->ts, s->tok, spec->strip_leading_space);
+    }
+    list_push(&s->queued, j);
+    *out = j;
+    sched_plan(s);
+    return 0;
+}
+
+void sched_job_cancel(sched *s, sched_job *j) {
+    if (!j) return;
+    j->cancelled = 1;
+    j->user = NULL;
+    if (!s->in_flight) sched_plan(s); /* frees it now and lets the queue move */
+}
+
+void sched_cancel_all(sched *s) {
+    api_error e;
+    api_error_set(&e, 503, NULL, NULL, "shutting_down", "the server is shutting down");
+    for (sched_job *j = s->running.head; j; j = j->next) job_complete(j, &e);
+    for (sched_job *j = s->queued.head; j; j = j->next) job_complete(j, &e);
+    if (!s->in_flight) sched_cleanup(s);
+}
+
+int32_t sched_n_running(const sched *s) { return s->running.n; }
+int32_t sched_n_queued(const sched *s) { return s->queued.n; }
+int sched_busy(const sched *s) { return s->in_flight || s->running.n || s->queued.n; }

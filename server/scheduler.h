@@ -1,0 +1,87 @@
+/* scheduler.h -- between HTTP requests and engine steps.
+ *
+ * Jobs (a generation with n choices per prompt, or an embeddings batch) wait
+ * in a FIFO queue until enough sequences are free, then run. Every step batches
+ * what all running jobs need: one decode token per live choice plus prompt
+ * chunks (prefill) up to the token budget, and runs ONE engine_step on a
+ * worker thread (uv_queue_work). Its completion runs on the loop thread:
+ * sampling, detokenising, stop strings, callbacks to the job's owner, then the
+ * next step is planned. All scheduler state lives on the loop thread; the only
+ * cross-thread data is the item array of the step in flight.
+ *
+ * n > 1: the prompt is prefilled once, then copied (engine_seq_copy) into the
+ * other choices' sequences; every choice samples with its own sampler.
+ * Cancellation (client gone) takes effect at the next step boundary. */
+#ifndef QKVD_SCHEDULER_H
+#define QKVD_SCHEDULER_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <uv.h>
+#include "engine.h"
+#include "errors.h"
+#include "sampler.h"
+
+typedef struct sched sched;
+typedef struct sched_job sched_job;
+
+enum sched_kind { SCHED_GENERATE = 1, SCHED_EMBED = 2 };
+
+/* Callbacks to the job's owner, always on the loop thread. `user` is the
+ * owner's pointer given at submit. After on_done returns the job is freed:
+ * the owner must forget it. None is called after sched_job_cancel. */
+typedef struct sched_job_ops {
+    /* Every sampled token of choice `choice` (only when logprobs were asked):
+     * its id, and logprob/alternatives in r. Called before on_text for the
+     * text it produced. */
+    void (*on_token)(void *user, int32_t choice, int32_t token, const sampler_result *r);
+    /* Text of choice `choice` ready to be sent (complete UTF-8, stop strings removed). */
+    void (*on_text)(void *user, int32_t choice, const char *text, size_t len);
+    /* Choice finished: reason "stop" or "length". */
+    void (*on_finish)(void *user, int32_t choice, const char *reason);
+    /* Embedding of input `index` (n floats, valid during the call). */
+    void (*on_embd)(void *user, int32_t index, const float *v, int32_t n);
+    /* Everything finished (err NULL) or failed (err set; choices not yet
+     * finished get no on_finish). */
+    void (*on_done)(void *user, const api_error *err);
+} sched_job_ops;
+
+typedef struct sched_job_spec {
+    enum sched_kind kind;
+    int32_t n_prompts;
+    int32_t **prompts;        /* ownership passes to the job at submit (each malloc'd) */
+    int32_t *prompt_len;      /* n_prompts entries (copied) */
+    int32_t n;                /* choices per prompt (generate) */
+    int32_t max_tokens;       /* per choice */
+    sampler_params sp;        /* copied (bias arrays copied by the sampler) */
+    int32_t n_stop;
+    const char *const *stop;  /* copied */
+    const size_t *stop_len;
+    int strip_leading_space;  /* SPM: first piece's leading space is not text */
+    double timeout_s;         /* 0: none */
+} sched_job_spec;
+
+/* Create a scheduler on loop. Engine set later (sched_set_engine) once loaded.
+ * max_seqs / batch_tokens bound every step; queue_len bounds waiting jobs. */
+sched *sched_create(uv_loop_t *loop, int32_t max_seqs, int32_t batch_tokens, int32_t queue_len);
+/* The engine (owned by the caller, must outlive the scheduler's use). */
+void sched_set_engine(sched *s, engine *e);
+/* Free everything; call only when idle (no step in flight). */
+void sched_destroy(sched *s);
+
+/* Submit a job. 0 with *out set (the job belongs to the scheduler), or -1 with
+ * err (queue full -> 503, too many sequences -> 400, OOM -> 503); on error the
+ * prompts are freed here. */
+int sched_submit(sched *s, const sched_job_spec *spec, const sched_job_ops *ops, void *user,
+                 sched_job **out, api_error *err);
+/* The owner is gone: no more callbacks; resources go at the next step boundary. */
+void sched_job_cancel(sched *s, sched_job *j);
+/* End every job now (shutdown after the grace period): each gets on_done with a 503. */
+void sched_cancel_all(sched *s);
+
+/* Counts for /health, metrics and drain. */
+int32_t sched_n_running(const sched *s);
+int32_t sched_n_queued(const sched *s);
+int sched_busy(const sched *s); /* a step is in flight or jobs exist */
+
+#endif

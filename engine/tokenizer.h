@@ -79,4 +79,9 @@ int64_t tok_stream_push(tok_stream *s, const tokenizer *t, int32_t id, int rende
 /* Whatever is still held (invalid/incomplete bytes, flushed as U+FFFD). */
 int64_t tok_stream_flush(tok_stream *s, char *out, int64_t cap);
 
+/* The longest decoded text of any one token, in bytes. A tok_stream_push
+ * output buffer of 3 * (this + 4) bytes always suffices (output that does not
+ * fit is dropped, never written past cap). */
+int64_t tokenizer_max_token_bytes(const tokenizer *t);
+
 #endif

@@ -1,0 +1,119 @@
+/* tokenizer_spm.c -- SentencePiece-style tokenisation (tokenizer.ggml.model
+ * = "llama"): spaces become U+2581, then adjacent symbols are merged, always
+ * taking the pair whose concatenation is the vocabulary entry with the highest
+ * score (leftmost on ties), until no pair is in the vocabulary. Whatever is
+ * left that is not a token falls back to <0xXX> byte tokens, else <unk>. */
+#include <stdlib.h>
+#include <string.h>
+#include "tokenizer_internal.h"
+
+typedef struct sym {
+    int32_t prev, next;
+    uint32_t off, n;  /* bytes of the escaped text */
+} sym;
+
+typedef struct bigram {
+    float score;
+    int32_t left, right;
+    uint32_t size;
+} bigram;
+
+/* Max-heap on (score, then smaller left index). */
+static int better(const bigram *a, const bigram *b) {
+    if (a->score != b->score) return a->score > b->score;
+    return a->left < b->left;
+}
+
+static void heap_push(bigram *h, size_t *n, bigram b) {
+    size_t i = (*n)++;
+    h[i] = b;
+    while (i > 0) {
+        size_t p = (i - 1) / 2;
+        if (!better(&h[i], &h[p])) break;
+        bigram tmp = h[i]; h[i] = h[p]; h[p] = tmp;
+        i = p;
+    }
+}
+
+static bigram heap_pop(bigram *h, size_t *n) {
+    bigram top = h[0];
+    h[0] = h[--(*n)];
+    size_t i = 0;
+    for (;;) {
+        size_t l = 2 * i + 1, r = l + 1, m = i;
+        if (l < *n && better(&h[l], &h[m])) m = l;
+        if (r < *n && better(&h[r], &h[m])) m = r;
+        if (m == i) break;
+        bigram tmp = h[i]; h[i] = h[m]; h[m] = tmp;
+        i = m;
+    }
+    return top;
+}
+
+static void try_pair(const struct tokenizer *t, const char *text, const sym *s, int32_t l, int32_t r,
+                     bigram *h, size_t *hn) {
+    if (l < 0 || r < 0) return;
+    int32_t id = tok__find(t, text + s[l].off, s[l].n + s[r].n);
+    if (id < 0) return;
+    heap_push(h, hn, (bigram){t->score[id], l, r, s[l].n + s[r].n});
+}
+
+static void emit_bytes(const struct tokenizer *t, const char *p, uint32_t n, tok__out *out) {
+    for (uint32_t j = 0; j < n; j++) {
+        int32_t id = t->byte_id[(unsigned char)p[j]];
+        if (id < 0) id = t->unk;
+        if (id >= 0) tok__out_push(out, id);
+    }
+}
+
+int tok__spm_encode(const struct tokenizer *t, const char *raw, size_t rawlen, tok__out *out) {
+    if (rawlen == 0) return 0;
+    /* Escape spaces: ' ' -> U+2581 (3 bytes). */
+    size_t spaces = 0;
+    for (size_t i = 0; i < rawlen; i++) spaces += raw[i] == ' ';
+    size_t n = rawlen + 2 * spaces;
+    if (n > UINT32_MAX / 4) return -2;
+    char *text = malloc(n);
+    sym *s = malloc(n * sizeof *s);
+    bigram *h = malloc(3 * n * sizeof *h + sizeof *h);
+    if (!text || !s || !h) { free(text); free(s); free(h); return -2; }
+    size_t k = 0;
+    for (size_t i = 0; i < rawlen; i++) {
+        if (raw[i] == ' ') { text[k++] = (char)0xE2; text[k++] = (char)0x96; text[k++] = (char)0x81; }
+        else text[k++] = raw[i];
+    }
+
+    /* One symbol per UTF-8 character (by lead byte, clipped at the end). */
+    int32_t ns = 0;
+    for (size_t off = 0; off < n;) {
+        size_t l = (size_t)tok__utf8_len((unsigned char)text[off]);
+        if (l > n - off) l = n - off;
+        s[ns] = (sym){ns - 1, -1, (uint32_t)off, (uint32_t)l};
+        if (ns > 0) s[ns - 1].next = ns;
+        ns++;
+        off += l;
+    }
+
+    size_t hn = 0;
+    for (int32_t i = 1; i < ns; i++) try_pair(t, text, s, i - 1, i, h, &hn);
+    while (hn > 0) {
+        bigram b = heap_pop(h, &hn);
+        sym *L = &s[b.left], *R = &s[b.right];
+        /* Stale entry: one side was merged away or has grown since. */
+        if (L->n == 0 || R->n == 0 || L->n + R->n != b.size) continue;
+        L->n += R->n;
+        R->n = 0;
+        L->next = R->next;
+        if (R->next >= 0) s[R->next].prev = b.left;
+        try_pair(t, text, s, L->prev, b.left, h, &hn);
+        try_pair(t, text, s, b.left, L->next, h, &hn);
+    }
+
+    for (int32_t i = 0; i != -1 && ns > 0; i = s[i].next) {
+        int32_t id = tok__find(t, text + s[i].off, s[i].n);
+        if (id >= 0) tok__out_push(out, id);
+        else emit_bytes(t, text + s[i].off, s[i].n, out);
+    }
+    free(text); free(s); free(h);
+    return 0;
+}

@@ -1,0 +1,546 @@
+/* test_tokenizer.c -- the tokenizer against llama.cpp's reference vectors
+ * (../shared/vocab), the prompts of ../shared/reference/model-outputs.json,
+ * special-token parsing, BOS/EOS, round trips, streaming, load errors and
+ * speed. */
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <setjmp.h>
+#include <cmocka.h>
+
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "gguf.h"
+#include "tokenizer.h"
+
+#if defined(__SANITIZE_ADDRESS__)
+#define SANITIZED 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define SANITIZED 1
+#endif
+#endif
+#ifndef SANITIZED
+#define SANITIZED 0
+#endif
+
+/* ---- helpers ----------------------------------------------------------- */
+
+static const char *shared_dir(void) {
+    const char *s = getenv("QKVD_SHARED");
+    return s && *s ? s : "../shared";
+}
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static char *read_file(const char *path, size_t *len) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return NULL;
+    fseek(f, 0, SEEK_END);
+    long n = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    char *buf = malloc((size_t)n + 1);
+    if (buf && fread(buf, 1, (size_t)n, f) != (size_t)n) { free(buf); buf = NULL; }
+    fclose(f);
+    if (buf) { buf[n] = 0; *len = (size_t)n; }
+    return buf;
+}
+
+/* Open a GGUF from ../shared and load its tokenizer; NULL (and a skip
+ * message) when the file is absent. */
+static tokenizer *load_shared(const char *rel, double *load_ms) {
+    char path[1024], err[256];
+    snprintf(path, sizeof path, "%s/%s", shared_dir(), rel);
+    if (access(path, R_OK) != 0) return NULL;
+    gguf_file *f = NULL;
+    if (gguf_open(path, &f, err, sizeof err) != 0) fail_msg("gguf_open %s: %s", path, err);
+    tokenizer *t = NULL;
+    double t0 = now_s();
+    int rc = tokenizer_load(f, &t, err, sizeof err);
+    if (load_ms) *load_ms = (now_s() - t0) * 1e3;
+    gguf_close(f);
+    if (rc != 0) fail_msg("tokenizer_load %s: %s", path, err);
+    return t;
+}
+
+static int64_t enc(const tokenizer *t, const char *s, size_t n, int add_special, int parse_special,
+                   int32_t *ids, int64_t cap) {
+    int64_t r = tokenizer_encode(t, s, n, add_special, parse_special, ids, cap);
+    assert_true(r >= 0);
+    assert_true(r <= cap);
+    return r;
+}
+
+static void print_ids(const char *label, const int32_t *ids, int64_t n) {
+    printf("    %s:", label);
+    for (int64_t i = 0; i < n; i++) printf(" %d", ids[i]);
+    printf("\n");
+}
+
+/* ---- reference vectors ------------------------------------------------- */
+
+/* .inp: strings each followed by "\n__ggml_vocab_test__\n"; .out: one line
+ * of ids per string (no BOS). Every string is checked; the first mismatch is
+ * printed with input, expected and got. */
+static void check_vocab(const char *name) {
+    char rel[256], path[1024];
+    snprintf(rel, sizeof rel, "vocab/ggml-vocab-%s.gguf", name);
+    double load_ms = 0;
+    tokenizer *t = load_shared(rel, &load_ms);
+    if (!t) { printf("skip: %s/%s absent\n", shared_dir(), rel); skip(); }
+    size_t inl, outl;
+    snprintf(path, sizeof path, "%s/%s.inp", shared_dir(), rel);
+    char *inp = read_file(path, &inl);
+    snprintf(path, sizeof path, "%s/%s.out", shared_dir(), rel);
+    char *out = read_file(path, &outl);
+    assert_non_null(inp);
+    assert_non_null(out);
+
+    static const char sep[] = "\n__ggml_vocab_test__\n";
+    const size_t sepl = sizeof sep - 1;
+    char *ip = inp, *op = out;
+    int n_cases = 0, n_bad = 0;
+    int32_t *got = malloc(65536 * sizeof *got);
+    while (ip < inp + inl) {
+        char *e = memmem(ip, (size_t)(inp + inl - ip), sep, sepl);
+        size_t slen = e ? (size_t)(e - ip) : (size_t)(inp + inl - ip);
+        if (!e && slen == 0) break;
+        /* expected ids */
+        char *nl = strchr(op, '\n');
+        assert_non_null(nl);
+        *nl = 0;
+        int32_t want[4096];
+        int nw = 0;
+        for (char *p = op; *p;) {
+            char *q;
+            long v = strtol(p, &q, 10);
+            if (q == p) break;
+            want[nw++] = (int32_t)v;
+            p = q;
+        }
+        op = nl + 1;
+        int64_t n = enc(t, ip, slen, 0, 0, got, 65536);
+        int same = n == nw;
+        for (int i = 0; same && i < nw; i++) same = got[i] == want[i];
+        if (!same) {
+            if (n_bad == 0) {
+                printf("  %s: first mismatch, case %d, input '%.*s' (%zu bytes)\n", name, n_cases,
+                       (int)slen, ip, slen);
+                print_ids("expected", want, nw);
+                print_ids("got     ", got, n);
+            }
+            n_bad++;
+        }
+        n_cases++;
+        ip = e ? e + sepl : inp + inl;
+    }
+    printf("  %s: %d/%d cases match (load %.1f ms)\n", name, n_cases - n_bad, n_cases, load_ms);
+    free(got);
+    free(inp);
+    free(out);
+    tokenizer_free(t);
+    assert_true(n_cases >= 40);
+    assert_int_equal(n_bad, 0);
+}
+
+static void test_vocab_llama_spm(void **state) { (void)state; check_vocab("llama-spm"); }
+static void test_vocab_phi_3(void **state) { (void)state; check_vocab("phi-3"); }
+static void test_vocab_gpt_2(void **state) { (void)state; check_vocab("gpt-2"); }
+static void test_vocab_starcoder(void **state) { (void)state; check_vocab("starcoder"); }
+static void test_vocab_mpt(void **state) { (void)state; check_vocab("mpt"); }
+static void test_vocab_refact(void **state) { (void)state; check_vocab("refact"); }
+
+/* ---- prompts of the reference models ------------------------------------- */
+
+static void check_model_prompts(const char *model) {
+    char rel[256], path[1024];
+    snprintf(rel, sizeof rel, "models/%s", model);
+    tokenizer *t = load_shared(rel, NULL);
+    if (!t) { printf("skip: %s/%s absent\n", shared_dir(), rel); skip(); }
+    snprintf(path, sizeof path, "%s/reference/model-outputs.json", shared_dir());
+    json_error_t je;
+    json_t *root = json_load_file(path, JSON_ALLOW_NUL, &je);
+    if (!root) { tokenizer_free(t); printf("skip: %s: %s\n", path, je.text); skip(); }
+    json_t *cases = json_object_get(json_object_get(root, "models"), model);
+    assert_true(json_is_array(cases));
+    size_t i;
+    json_t *c;
+    int checked = 0;
+    json_array_foreach(cases, i, c) {
+        const char *prompt = json_string_value(json_object_get(c, "prompt"));
+        json_t *want = json_object_get(c, "prompt_tokens");
+        assert_non_null(prompt);
+        int32_t got[512];
+        int64_t n = enc(t, prompt, strlen(prompt), 1, 0, got, 512);
+        int same = (size_t)n == json_array_size(want);
+        for (int64_t k = 0; same && k < n; k++)
+            same = got[k] == json_integer_value(json_array_get(want, (size_t)k));
+        if (!same) {
+            printf("  %s: prompt '%s'\n", model, prompt);
+            print_ids("got", got, n);
+        }
+        assert_true(same);
+        /* and back: the decoded prompt is the prompt */
+        char text[1024];
+        int64_t m = tokenizer_decode(t, got, n, 0, text, sizeof text);
+        assert_int_equal(m, (int64_t)strlen(prompt));
+        assert_memory_equal(text, prompt, (size_t)m);
+        checked++;
+    }
+    assert_true(checked >= 1);
+    json_decref(root);
+    tokenizer_free(t);
+}
+
+static void test_stories260k_prompts(void **state) { (void)state; check_model_prompts("stories260K.gguf"); }
+static void test_tiny_qwen2_prompts(void **state) { (void)state; check_model_prompts("tiny-qwen2-f16.gguf"); }
+
+/* ---- special tokens, BOS/EOS --------------------------------------------- */
+
+static void test_special_parsing(void **state) {
+    (void)state;
+    tokenizer *g = load_shared("vocab/ggml-vocab-gpt-2.gguf", NULL);
+    tokenizer *s = load_shared("vocab/ggml-vocab-llama-spm.gguf", NULL);
+    if (!g || !s) { tokenizer_free(g); tokenizer_free(s); printf("skip: vocab files absent\n"); skip(); }
+    int32_t ids[256];
+    const char *txt = "Hi<|endoftext|>there";
+    int64_t n = enc(g, txt, strlen(txt), 0, 1, ids, 256);
+    assert_int_equal(n, 3);
+    assert_int_equal(ids[1], 50256);
+    assert_int_equal(tokenizer_find(g, "<|endoftext|>", 13), 50256);
+    n = enc(g, txt, strlen(txt), 0, 0, ids, 256);
+    assert_true(n > 3);
+    for (int64_t i = 0; i < n; i++) assert_int_not_equal(ids[i], 50256);
+    /* the text survives either way */
+    char buf[256];
+    int64_t m = tokenizer_decode(g, ids, n, 0, buf, sizeof buf);
+    assert_int_equal(m, (int64_t)strlen(txt));
+    assert_memory_equal(buf, txt, (size_t)m);
+
+    /* SPM: "<s>" is BOS only with parse_special; the text after a special
+     * token gets the leading space again (llama.cpp). */
+    const char *st = "<s>Hello";
+    n = enc(s, st, strlen(st), 0, 1, ids, 256);
+    int32_t plain[64];
+    int64_t pn = enc(s, "Hello", 5, 0, 0, plain, 64);
+    assert_int_equal(n, pn + 1);
+    assert_int_equal(ids[0], 1);
+    assert_memory_equal(ids + 1, plain, (size_t)pn * sizeof *plain);
+    n = enc(s, st, strlen(st), 0, 0, ids, 256);
+    for (int64_t i = 0; i < n; i++) assert_int_not_equal(ids[i], 1);
+    m = tokenizer_decode(s, ids, n, 0, buf, sizeof buf);
+    assert_int_equal(m, (int64_t)strlen(st));
+    assert_memory_equal(buf, st, (size_t)m);
+    /* control tokens render only on request */
+    assert_int_equal(tokenizer_token_to_bytes(s, 1, 0, buf, sizeof buf), 0);
+    assert_int_equal(tokenizer_token_to_bytes(s, 1, 1, buf, sizeof buf), 3);
+    assert_memory_equal(buf, "<s>", 3);
+    tokenizer_free(g);
+    tokenizer_free(s);
+}
+
+static void test_bos_eos(void **state) {
+    (void)state;
+    tokenizer *g = load_shared("vocab/ggml-vocab-gpt-2.gguf", NULL);
+    tokenizer *s = load_shared("vocab/ggml-vocab-llama-spm.gguf", NULL);
+    if (!g || !s) { tokenizer_free(g); tokenizer_free(s); printf("skip: vocab files absent\n"); skip(); }
+    int32_t ids[64];
+    assert_int_equal(tokenizer_kind(s), TOK_SPM);
+    assert_int_equal(tokenizer_kind(g), TOK_BPE);
+    assert_int_equal(tokenizer_bos(s), 1);
+    assert_int_equal(tokenizer_eos(s), 2);
+    assert_true(tokenizer_add_bos(s));
+    assert_false(tokenizer_add_eos(s));
+    int64_t n = enc(s, "Hello world", 11, 1, 0, ids, 64);
+    assert_int_equal(ids[0], 1);
+    assert_int_not_equal(ids[n - 1], 2);
+    int64_t n0 = enc(s, "Hello world", 11, 0, 0, ids, 64);
+    assert_int_equal(n, n0 + 1);
+    /* empty text: just BOS, or nothing */
+    assert_int_equal(enc(s, "", 0, 1, 0, ids, 64), 1);
+    assert_int_equal(ids[0], 1);
+    assert_int_equal(enc(s, "", 0, 0, 0, ids, 64), 0);
+    /* gpt-2 adds nothing */
+    assert_false(tokenizer_add_bos(g));
+    n = enc(g, "Hello", 5, 1, 0, ids, 64);
+    assert_int_equal(n, 1);
+    assert_int_equal(ids[0], 15496);
+    assert_true(tokenizer_is_eog(g, 50256));
+    assert_true(tokenizer_is_eog(s, 2));
+    assert_false(tokenizer_is_eog(s, 1));
+    /* the count is returned even when the buffer is too small */
+    assert_int_equal(tokenizer_encode(s, "Hello world", 11, 1, 0, ids, 1), n0 + 1);
+    assert_int_equal(ids[0], 1);
+    tokenizer_free(g);
+    tokenizer_free(s);
+}
+
+/* ---- tiny vocabularies built with the GGUF writer ------------------------ */
+
+static char tmp_path[256];
+
+static int write_tiny(const char *model, const char *pre, int add_eos) {
+    const char *toks[] = {"<unk>", "<s>", "</s>", "a", "b", "ab", "\xc4\xa0", "\xc4\xa0" "a"};
+    const char *merges[] = {"a b", "\xc4\xa0 a"};
+    int32_t types[] = {2, 3, 3, 1, 1, 1, 1, 1};
+    float scores[] = {0, 0, 0, -1, -1, -0.5f, -1, -0.5f};
+    gguf_writer *w = gguf_writer_create();
+    gguf_writer_set_str(w, "general.architecture", "llama");
+    gguf_writer_set_str(w, "tokenizer.ggml.model", model);
+    if (pre) gguf_writer_set_str(w, "tokenizer.ggml.pre", pre);
+    gguf_writer_set_arr_str(w, "tokenizer.ggml.tokens", toks, NULL, 8);
+    gguf_writer_set_arr_i32(w, "tokenizer.ggml.token_type", types, 8);
+    gguf_writer_set_arr_f32(w, "tokenizer.ggml.scores", scores, 8);
+    gguf_writer_set_arr_str(w, "tokenizer.ggml.merges", merges, NULL, 2);
+    gguf_writer_set_u32(w, "tokenizer.ggml.bos_token_id", 1);
+    gguf_writer_set_u32(w, "tokenizer.ggml.eos_token_id", 2);
+    gguf_writer_set_bool(w, "tokenizer.ggml.add_eos_token", add_eos);
+    snprintf(tmp_path, sizeof tmp_path, "/tmp/qkvd-test-tok-%d.gguf", (int)getpid());
+    char err[256];
+    int rc = gguf_writer_write(w, tmp_path, err, sizeof err);
+    gguf_writer_free(w);
+    if (rc != 0) printf("gguf_writer_write: %s\n", err);
+    return rc;
+}
+
+static int load_tmp(tokenizer **t, char *err, size_t errlen) {
+    gguf_file *f = NULL;
+    if (gguf_open(tmp_path, &f, err, errlen) != 0) fail_msg("gguf_open: %s", err);
+    int rc = tokenizer_load(f, t, err, errlen);
+    gguf_close(f);
+    unlink(tmp_path);
+    return rc;
+}
+
+static void test_unknown_pre_is_error(void **state) {
+    (void)state;
+    assert_int_equal(write_tiny("gpt2", "no-such-pre", 0), 0);
+    tokenizer *t = NULL;
+    char err[256] = "";
+    assert_true(load_tmp(&t, err, sizeof err) < 0);
+    assert_null(t);
+    assert_non_null(strstr(err, "no-such-pre"));
+    printf("  error: %s\n", err);
+
+    assert_int_equal(write_tiny("wordpiece9", NULL, 0), 0);
+    assert_true(load_tmp(&t, err, sizeof err) < 0);
+    assert_non_null(strstr(err, "wordpiece9"));
+}
+
+static void test_tiny_bpe_and_eos(void **state) {
+    (void)state;
+    assert_int_equal(write_tiny("gpt2", "gpt-2", 1), 0);
+    tokenizer *t = NULL;
+    char err[256] = "";
+    assert_int_equal(load_tmp(&t, err, sizeof err), 0);
+    int32_t ids[16];
+    /* "ab a" -> "ab" (merge a+b), " a" (merge Ġ+a), then EOS */
+    int64_t n = enc(t, "ab a", 4, 1, 0, ids, 16);
+    assert_int_equal(n, 3);
+    assert_int_equal(ids[0], 5);
+    assert_int_equal(ids[1], 7);
+    assert_int_equal(ids[2], 2);
+    /* characters outside the vocabulary are dropped, never a crash */
+    n = enc(t, "xyz\xff", 4, 0, 0, ids, 16);
+    assert_int_equal(n, 0);
+    tokenizer_free(t);
+
+    assert_int_equal(write_tiny("llama", NULL, 0), 0);
+    assert_int_equal(load_tmp(&t, err, sizeof err), 0);
+    /* SPM: "ab" merges; the unknown 'x' has no byte token -> <unk> */
+    n = enc(t, "abx", 3, 0, 0, ids, 16);
+    assert_true(n >= 2);
+    assert_int_equal(ids[n - 1], 0);
+    tokenizer_free(t);
+}
+
+/* ---- round trips and streaming ------------------------------------------ */
+
+static const char *const samples[] = {
+    "Hello world",
+    "  leading and trailing spaces  ",
+    "tabs\tand\nnew\r\nlines\n\n",
+    "emoji \xf0\x9f\xa6\x99 llama \xf0\x9f\x98\x80!",
+    "CJK \xe4\xbd\xa0\xe5\xa5\xbd\xe4\xb8\x96\xe7\x95\x8c and \xed\x95\x9c\xea\xb5\xad\xec\x96\xb4",
+    "accents: \xc3\xa9t\xc3\xa9, na\xc3\xafve, \xc3\x85ngstr\xc3\xb6m",
+    "code: for (int i = 0; i < 10; i++) { x += 1234567; }",
+    "'s 't 're 've 'm 'll 'd I'm can't",
+    "<s> </s> <|endoftext|> <unk>",
+};
+
+static void roundtrip(const tokenizer *t, const char *s, size_t n) {
+    int32_t ids[4096];
+    char buf[8192];
+    for (int add = 0; add <= 1; add++) {
+        int64_t k = enc(t, s, n, add, 0, ids, 4096);
+        int64_t m = tokenizer_decode(t, ids, k, 0, buf, sizeof buf);
+        if (m != (int64_t)n || memcmp(buf, s, n) != 0)
+            fail_msg("round trip of '%.*s' gave '%.*s'", (int)n, s, (int)m, buf);
+    }
+}
+
+static void test_roundtrip(void **state) {
+    (void)state;
+    const char *names[] = {"llama-spm", "phi-3", "gpt-2", "starcoder", "mpt", "refact"};
+    int any = 0;
+    for (size_t v = 0; v < 6; v++) {
+        char rel[128];
+        snprintf(rel, sizeof rel, "vocab/ggml-vocab-%s.gguf", names[v]);
+        tokenizer *t = load_shared(rel, NULL);
+        if (!t) continue;
+        any = 1;
+        for (size_t i = 0; i < sizeof samples / sizeof samples[0]; i++)
+            roundtrip(t, samples[i], strlen(samples[i]));
+        /* SPM byte fallback keeps even invalid UTF-8 (a bad lead byte right
+         * before a space swallows the escaped U+2581, as in llama.cpp, so
+         * the bad bytes here are followed by letters) */
+        if (tokenizer_kind(t) == TOK_SPM) {
+            const char bad[] = "ok\xff\xfe" "end \xe2\x82xy \x80z end";
+            roundtrip(t, bad, sizeof bad - 1);
+        }
+        tokenizer_free(t);
+    }
+    if (!any) { printf("skip: vocab files absent\n"); skip(); }
+}
+
+static void test_invalid_utf8_bpe(void **state) {
+    (void)state;
+    tokenizer *g = load_shared("vocab/ggml-vocab-gpt-2.gguf", NULL);
+    if (!g) { printf("skip: vocab absent\n"); skip(); }
+    /* invalid bytes become U+FFFD, as llama.cpp does */
+    const char bad[] = "a\xff" "b";
+    int32_t ids[32];
+    int64_t n = enc(g, bad, 3, 0, 0, ids, 32);
+    char buf[64];
+    int64_t m = tokenizer_decode(g, ids, n, 0, buf, sizeof buf);
+    assert_int_equal(m, 5);
+    assert_memory_equal(buf, "a\xef\xbf\xbd" "b", 5);
+    /* random garbage never crashes */
+    uint64_t x = 88172645463325252ull;
+    char junk[512];
+    int32_t big[2048];
+    for (int r = 0; r < 50; r++) {
+        for (size_t i = 0; i < sizeof junk; i++) {
+            x ^= x << 13; x ^= x >> 7; x ^= x << 17;
+            junk[i] = (char)(x >> 24);
+        }
+        int64_t k = tokenizer_encode(g, junk, sizeof junk, r & 1, r & 2, big, 2048);
+        assert_true(k >= 0 && k <= 2048);
+        char out[8192];
+        tokenizer_decode(g, big, k, 1, out, sizeof out);
+    }
+    tokenizer_free(g);
+}
+
+static void test_stream_split_character(void **state) {
+    (void)state;
+    tokenizer *s = load_shared("vocab/ggml-vocab-llama-spm.gguf", NULL);
+    if (!s) { printf("skip: vocab absent\n"); skip(); }
+    /* U+1F999 as four byte tokens: nothing comes out until the last one. */
+    int32_t ids[6];
+    ids[0] = tokenizer_bos(s);
+    ids[1] = tokenizer_find(s, "\xe2\x96\x81" "a", 4); /* " a" */
+    const char *hx[] = {"<0xF0>", "<0x9F>", "<0xA6>", "<0x99>"};
+    for (int i = 0; i < 4; i++) {
+        ids[2 + i] = tokenizer_find(s, hx[i], 6);
+        assert_true(ids[2 + i] >= 0);
+        assert_int_equal(tokenizer_attr(s, ids[2 + i]), TOK_ATTR_BYTE);
+    }
+    assert_true(ids[1] >= 0);
+    tok_stream st;
+    tok_stream_init(&st, s, 1);
+    char out[64];
+    assert_int_equal(tok_stream_push(&st, s, ids[0], 0, out, sizeof out), 0);
+    /* the leading space of the first piece is dropped */
+    assert_int_equal(tok_stream_push(&st, s, ids[1], 0, out, sizeof out), 1);
+    assert_int_equal(out[0], 'a');
+    for (int i = 2; i < 5; i++) assert_int_equal(tok_stream_push(&st, s, ids[i], 0, out, sizeof out), 0);
+    assert_int_equal(tok_stream_push(&st, s, ids[5], 0, out, sizeof out), 4);
+    assert_memory_equal(out, "\xf0\x9f\xa6\x99", 4);
+    assert_int_equal(tok_stream_flush(&st, out, sizeof out), 0);
+    /* the whole-sequence decoder agrees */
+    char buf[64];
+    int64_t m = tokenizer_decode(s, ids, 6, 0, buf, sizeof buf);
+    assert_int_equal(m, 5);
+    assert_memory_equal(buf, "a\xf0\x9f\xa6\x99", 5);
+
+    /* an incomplete tail is flushed as U+FFFD; a stray byte too */
+    tok_stream_init(&st, s, 0);
+    assert_int_equal(tok_stream_push(&st, s, ids[2], 0, out, sizeof out), 0);
+    assert_int_equal(tok_stream_push(&st, s, ids[3], 0, out, sizeof out), 0);
+    assert_int_equal(tok_stream_flush(&st, out, sizeof out), 3);
+    assert_memory_equal(out, "\xef\xbf\xbd", 3);
+    assert_int_equal(tok_stream_push(&st, s, ids[4], 0, out, sizeof out), 3);
+    assert_memory_equal(out, "\xef\xbf\xbd", 3);
+    /* incomplete lead followed by ASCII: replacement, then the letter */
+    assert_int_equal(tok_stream_push(&st, s, ids[2], 0, out, sizeof out), 0);
+    assert_int_equal(tok_stream_push(&st, s, ids[1], 0, out, sizeof out), 5);
+    assert_memory_equal(out, "\xef\xbf\xbd a", 5);
+    tokenizer_free(s);
+}
+
+/* ---- speed -------------------------------------------------------------- */
+
+static void test_speed(void **state) {
+    (void)state;
+    double load_ms = 0;
+    tokenizer *g = load_shared("vocab/ggml-vocab-gpt-2.gguf", &load_ms);
+    if (!g) { printf("skip: vocab absent\n"); skip(); }
+    size_t n = 1 << 20;
+    char *text = malloc(n);
+    const char *para = "The quick brown fox jumps over the lazy dog; it's 1234 times faster! "
+                       "\xe4\xbd\xa0\xe5\xa5\xbd \xf0\x9f\x98\x80 naïve café\n";
+    size_t pl = strlen(para);
+    for (size_t i = 0; i < n; i++) text[i] = para[i % pl];
+    double t0 = now_s();
+    int64_t k = tokenizer_encode(g, text, n, 0, 0, NULL, 0);
+    double enc_s = now_s() - t0;
+    printf("  gpt-2: load %.1f ms, encode 1 MiB in %.3f s (%lld tokens)\n", load_ms, enc_s, (long long)k);
+    assert_true(k > 100000);
+    if (!SANITIZED) {
+        assert_true(load_ms < 100.0);
+        assert_true(enc_s < 1.0);
+    }
+    tokenizer *s = load_shared("vocab/ggml-vocab-llama-spm.gguf", NULL);
+    if (s) {
+        t0 = now_s();
+        k = tokenizer_encode(s, text, n, 0, 0, NULL, 0);
+        enc_s = now_s() - t0;
+        printf("  llama-spm: encode 1 MiB in %.3f s (%lld tokens)\n", enc_s, (long long)k);
+        if (!SANITIZED) assert_true(enc_s < 1.0);
+        tokenizer_free(s);
+    }
+    free(text);
+    tokenizer_free(g);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_vocab_llama_spm),
+        cmocka_unit_test(test_vocab_phi_3),
+        cmocka_unit_test(test_vocab_gpt_2),
+        cmocka_unit_test(test_vocab_starcoder),
+        cmocka_unit_test(test_vocab_mpt),
+        cmocka_unit_test(test_vocab_refact),
+        cmocka_unit_test(test_stories260k_prompts),
+        cmocka_unit_test(test_tiny_qwen2_prompts),
+        cmocka_unit_test(test_special_parsing),
+        cmocka_unit_test(test_bos_eos),
+        cmocka_unit_test(test_unknown_pre_is_error),
+        cmocka_unit_test(test_tiny_bpe_and_eos),
+        cmocka_unit_test(test_roundtrip),
+        cmocka_unit_test(test_invalid_utf8_bpe),
+        cmocka_unit_test(test_stream_split_character),
+        cmocka_unit_test(test_speed),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

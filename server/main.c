@@ -11,6 +11,7 @@ typedef struct subcommand {
 
 /* Subcommands register here as they land. */
 static const subcommand commands[] = {
+    {"template", cli_template, "render a chat template with messages (debugging)"},
     {NULL, NULL, NULL}
 };
 

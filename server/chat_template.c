@@ -1,0 +1,124 @@
+/* chat_template.c -- public entry points of the chat-template interpreter:
+ * compile (parse into an AST owned by the template's arena) and render (one
+ * arena per call, dropped at the end). */
+#include "chat_template.h"
+#include "jinja.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+struct chat_template {
+    jarena arena;   /* owns the AST and literal values */
+    jnode *root;
+};
+
+/* Memory one render may use before it is stopped: far above any real chat
+ * (a render is typically tens of KiB), low enough to protect the daemon. */
+#define RENDER_MEM_LIMIT ((size_t)512 << 20)
+
+int chat_template_compile(const char *src, size_t len, chat_template **out, char *err, size_t errlen) {
+    *out = NULL;
+    if (!src) {
+        snprintf(err, errlen, "no template source");
+        return -1;
+    }
+    chat_template *t = calloc(1, sizeof *t);
+    if (!t) {
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
+    t->arena.limit = RENDER_MEM_LIMIT;
+    t->root = jinja__parse(&t->arena, src, len, err, errlen);
+    if (!t->root) {
+        chat_template_free(t);
+        return -1;
+    }
+    t->arena.fail = NULL;
+    *out = t;
+    return 0;
+}
+
+void chat_template_free(chat_template *t) {
+    if (!t) return;
+    jarena__free(&t->arena);
+    free(t);
+}
+
+static void set_global(jarena *a, jdict *g, const char *k, jv v) { jdict_set(a, g, jv_cstr(a, k), v); }
+
+int chat_template_render(const chat_template *t, const json_t *messages, const json_t *tools,
+                         const chat_template_opts *o, char **out, char *err, size_t errlen) {
+    static const chat_template_opts defaults = {0};
+    *out = NULL;
+    if (!t) {
+        snprintf(err, errlen, "no template");
+        return -1;
+    }
+    const chat_template_opts *opts = o ? o : &defaults;
+    if (messages && !json_is_array(messages)) {
+        snprintf(err, errlen, "messages must be a JSON array");
+        return -1;
+    }
+    if (tools && !json_is_array(tools) && !json_is_null(tools)) {
+        snprintf(err, errlen, "tools must be a JSON array");
+        return -1;
+    }
+    if (opts->extra && !json_is_object(opts->extra)) {
+        snprintf(err, errlen, "extra template variables must be a JSON object");
+        return -1;
+    }
+    jarena a = {0};
+    a.limit = RENDER_MEM_LIMIT;
+    jmp_buf jb;
+    a.fail = &jb;
+    a.errbuf = err;
+    a.errlen = errlen;
+    if (setjmp(jb)) {  /* memory limit hit while building the globals */
+        jarena__free(&a);
+        return -1;
+    }
+    long long now = opts->now ? opts->now : (long long)time(NULL);
+    jdict *g = jv_newdict(&a).u.d;
+    jv msgs = messages ? jv_from_json(&a, messages) : jv_newlist(&a);
+    set_global(&a, g, "messages", msgs);
+    if (tools && !json_is_null(tools)) set_global(&a, g, "tools", jv_from_json(&a, tools));
+    set_global(&a, g, "add_generation_prompt", jv_bool(opts->add_generation_prompt));
+    const char *bos = opts->bos_token ? opts->bos_token : "", *eos = opts->eos_token ? opts->eos_token : "";
+    set_global(&a, g, "bos_token", jv_cstr(&a, bos));
+    set_global(&a, g, "eos_token", jv_cstr(&a, eos));
+    {
+        /* llama.cpp passes today's date for templates (Llama 3.x) that print it */
+        time_t tt = (time_t)now;
+        struct tm tm;
+        char ds[64];
+        localtime_r(&tt, &tm);
+        size_t n = strftime(ds, sizeof ds, "%d %b %Y", &tm);
+        set_global(&a, g, "date_string", jv_str(&a, ds, n));
+    }
+    if (opts->extra) {
+        const char *k;
+        json_t *v;
+        json_object_foreach((json_t *)opts->extra, k, v) set_global(&a, g, k, jv_from_json(&a, v));
+    }
+    jrender_in in = {.root = t->root, .globals = g, .now = now};
+    char *text = NULL;
+    size_t n = 0;
+    int rc = jinja__render(&in, &a, &text, &n, err, errlen);
+    jarena__free(&a);
+    if (rc) return rc;
+    size_t bl = strlen(bos);
+    if (!opts->keep_bos && bl && n >= bl && !memcmp(text, bos, bl)) memmove(text, text + bl, n - bl + 1);
+    *out = text;
+    return 0;
+}
+
+const char *chat_template_chatml(void) {
+    return "{%- for message in messages -%}\n"
+           "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' -}}\n"
+           "{%- endfor -%}\n"
+           "{%- if add_generation_prompt -%}\n"
+           "{{- '<|im_start|>assistant\\n' -}}\n"
+           "{%- endif -%}\n";
+}

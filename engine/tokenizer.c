@@ -373,6 +373,20 @@ static int build_decoded(struct tokenizer *t) {
     return 0;
 }
 
+/* True when no piece has U+2581 right after a character other than U+2581:
+ * then a merged SPM symbol never spans the start of a word. */
+static int spm_words_independent(const struct tokenizer *t) {
+    for (int32_t id = 0; id < t->n_vocab; id++) {
+        const unsigned char *p = (const unsigned char *)t->blob + t->off[id];
+        uint32_t l = t->len[id];
+        for (uint32_t k = 1; k + 2 < l; k++) {
+            if (p[k] != 0xE2 || p[k + 1] != 0x96 || p[k + 2] != 0x81) continue;
+            if (k < 3 || p[k - 3] != 0xE2 || p[k - 2] != 0x96 || p[k - 1] != 0x81) return 0;
+        }
+    }
+    return 1;
+}
+
 int tokenizer_load(const gguf_file *f, tokenizer **out, char *err, size_t errlen) {
     *out = NULL;
     if (!f) { set_err(err, errlen, "tokenizer: no GGUF file"); return -1; }
@@ -451,6 +465,7 @@ int tokenizer_load(const gguf_file *f, tokenizer **out, char *err, size_t errlen
         if (tok__bpe_load_merges(t, merges, err, errlen)) goto fail;
         t->add_bos = tok__bpe_pre_default_bos(t->pre_name);
     }
+    if (t->kind == TOK_SPM) t->spm_words = spm_words_independent(t);
     /* Byte fallback tokens <0xXX> (SPM, and BPE without byte encoding). */
     for (int b = 0; b < 256; b++) {
         char hx[7];

@@ -75,6 +75,8 @@ struct tokenizer {
     int32_t *special;
     int32_t n_special;
 
+    /* SPM: merges never cross a word start (checked at load). */
+    int spm_words;
     /* SPM: byte fallback ids for bytes 0..255 (-1 when absent). */
     int32_t byte_id[256];
 

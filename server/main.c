@@ -12,6 +12,7 @@ typedef struct subcommand {
 /* Subcommands register here as they land. */
 static const subcommand commands[] = {
     {"template", cli_template, "render a chat template with messages (debugging)"},
+    {"tokenize", cli_tokenize, "print the token ids of a text under a model's tokenizer"},
     {NULL, NULL, NULL}
 };
 

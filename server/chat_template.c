@@ -12,6 +12,7 @@
 struct chat_template {
     jarena arena;   /* owns the AST and literal values */
     jnode *root;
+    int no_system;  /* the template rejects or drops system messages */
 };
 
 /* Memory one render may use before it is stopped: far above any real chat
@@ -36,6 +37,18 @@ int chat_template_compile(const char *src, size_t len, chat_template **out, char
         return -1;
     }
     t->arena.fail = NULL;
+    /* Probe once whether a system message survives rendering. */
+    json_t *probe = json_pack("[{s:s,s:s},{s:s,s:s}]", "role", "system", "content", "<<qkvd-system-probe>>",
+                              "role", "user", "content", "hi");
+    char *text = NULL, perr[256];
+    chat_template_opts po = {.add_generation_prompt = 1, .now = 1};
+    if (probe && chat_template_render(t, probe, NULL, &po, &text, perr, sizeof perr) == 0) {
+        t->no_system = !strstr(text, "<<qkvd-system-probe>>");
+    } else {
+        t->no_system = probe != NULL;
+    }
+    free(text);
+    json_decref(probe);
     *out = t;
     return 0;
 }
@@ -44,6 +57,48 @@ void chat_template_free(chat_template *t) {
     if (!t) return;
     jarena__free(&t->arena);
     free(t);
+}
+
+/* For templates without a system role (Gemma 2 raises on one), fold each
+ * system message into the next user message as "system\nuser", as
+ * llama.cpp does. */
+static jv merge_system(jarena *a, jv msgs) {
+    jv out = jv_newlist(a);
+    jbuf pending = {0};
+    int have = 0;
+    for (size_t i = 0; i < msgs.u.l->n; i++) {
+        jv m = msgs.u.l->v[i];
+        jv *role = m.t == JV_DICT ? jdict_gets(m.u.d, "role") : NULL;
+        jv *content = m.t == JV_DICT ? jdict_gets(m.u.d, "content") : NULL;
+        int is_sys = role && role->t == JV_STR && !strcmp(role->u.s->s, "system");
+        int is_user = role && role->t == JV_STR && !strcmp(role->u.s->s, "user");
+        if (is_sys && content && content->t == JV_STR) {
+            if (have) jbuf_putc(a, &pending, '\n');
+            jbuf_put(a, &pending, content->u.s->s, content->u.s->len);
+            have = 1;
+            continue;
+        }
+        if (is_user && have && content && content->t == JV_STR) {
+            jv copy = jv_newdict(a);
+            for (size_t k = 0; k < m.u.d->n; k++) jdict_set(a, copy.u.d, m.u.d->k[k], m.u.d->v[k]);
+            jbuf merged = {0};
+            jbuf_put(a, &merged, pending.p, pending.n);
+            jbuf_putc(a, &merged, '\n');
+            jbuf_put(a, &merged, content->u.s->s, content->u.s->len);
+            jdict_set(a, copy.u.d, jv_cstr(a, "content"), jv_str(a, merged.p, merged.n));
+            m = copy;
+            have = 0;
+            pending.n = 0;
+        }
+        jlist_push(a, out.u.l, m);
+    }
+    if (have) {
+        jv u = jv_newdict(a);
+        jdict_set(a, u.u.d, jv_cstr(a, "role"), jv_cstr(a, "user"));
+        jdict_set(a, u.u.d, jv_cstr(a, "content"), jv_str(a, pending.p, pending.n));
+        jlist_push(a, out.u.l, u);
+    }
+    return out;
 }
 
 static void set_global(jarena *a, jdict *g, const char *k, jv v) { jdict_set(a, g, jv_cstr(a, k), v); }
@@ -82,6 +137,7 @@ int chat_template_render(const chat_template *t, const json_t *messages, const j
     long long now = opts->now ? opts->now : (long long)time(NULL);
     jdict *g = jv_newdict(&a).u.d;
     jv msgs = messages ? jv_from_json(&a, messages) : jv_newlist(&a);
+    if (t->no_system) msgs = merge_system(&a, msgs);
     set_global(&a, g, "messages", msgs);
     if (tools && !json_is_null(tools)) set_global(&a, g, "tools", jv_from_json(&a, tools));
     set_global(&a, g, "add_generation_prompt", jv_bool(opts->add_generation_prompt));
@@ -96,7 +152,11 @@ int chat_template_render(const chat_template *t, const json_t *messages, const j
         localtime_r(&tt, &tm);
         size_t n = strftime(ds, sizeof ds, "%d %b %Y", &tm);
         set_global(&a, g, "date_string", jv_str(&a, ds, n));
+        n = strftime(ds, sizeof ds, "%b %d %Y", &tm);
+        set_global(&a, g, "datetime", jv_str(&a, ds, n));
     }
+    /* llama.cpp's default: reasoning on unless the request turns it off */
+    set_global(&a, g, "enable_thinking", jv_bool(1));
     if (opts->extra) {
         const char *k;
         json_t *v;

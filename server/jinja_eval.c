@@ -56,9 +56,15 @@ static scope *scope_new(jctx *c, scope *parent) {
     return s;
 }
 
-static void scope_set(jctx *c, scope *s, const char *name, jv v) {
-    jdict_set(c->a, s->vars, jv_cstr(c->a, name), v);
+/* Sets name in s; the key string is allocated only when name is new there,
+ * so loop iterations that rebind the same names allocate nothing. */
+static void dict_set_name(jctx *c, jdict *d, const char *name, jv v) {
+    jv *slot = jdict_gets(d, name);
+    if (slot) *slot = v;
+    else jdict_set(c->a, d, jv_cstr(c->a, name), v);
 }
+
+static void scope_set(jctx *c, scope *s, const char *name, jv v) { dict_set_name(c, s->vars, name, v); }
 
 static const char *const builtin_fns[] = {"range", "namespace", "dict", "raise_exception",
                                           "strftime_now", NULL};
@@ -178,7 +184,9 @@ jv jinja__iter_list(jctx *c, jv v) {
             jlist_push(c->a, l.u.l, jv_str(c->a, p, (size_t)(q - p)));
             p = q;
         }
-    } else if (v.t != JV_UNDEF) {
+    } else if (v.t != JV_UNDEF && v.t != JV_NONE) {
+        /* none iterates as empty, as in llama.cpp (functionary filters a
+         * `tools = none`) */
         jctx_fail(c, "%s is not iterable", jv_typename(v));
     }
     return l;
@@ -312,6 +320,9 @@ static jv binop(jctx *c, jop op, jv l, jv r) {
     default: break;
     }
     if (op == JOP_ADD) {
+        /* llama.cpp treats an undefined operand of string + as "" */
+        if (l.t == JV_STR && r.t == JV_UNDEF) return l;
+        if (l.t == JV_UNDEF && r.t == JV_STR) return r;
         if (l.t == JV_STR && r.t == JV_STR) {
             jbuf buf = {0};
             jbuf_put(c->a, &buf, l.u.s->s, l.u.s->len);
@@ -560,18 +571,17 @@ static jv render_to_string(jctx *c, scope *s, const jnodes *body) {
 }
 
 static void set_loop(jctx *c, jdict *d, size_t i, size_t n, jlist *items) {
-    jarena *a = c->a;
-    jdict_set(a, d, jv_cstr(a, "index"), jv_int((int64_t)i + 1));
-    jdict_set(a, d, jv_cstr(a, "index0"), jv_int((int64_t)i));
-    jdict_set(a, d, jv_cstr(a, "revindex"), jv_int((int64_t)(n - i)));
-    jdict_set(a, d, jv_cstr(a, "revindex0"), jv_int((int64_t)(n - i - 1)));
-    jdict_set(a, d, jv_cstr(a, "first"), jv_bool(i == 0));
-    jdict_set(a, d, jv_cstr(a, "last"), jv_bool(i + 1 == n));
-    jdict_set(a, d, jv_cstr(a, "length"), jv_int((int64_t)n));
-    jdict_set(a, d, jv_cstr(a, "previtem"), i > 0 ? items->v[i - 1] : jv_undef());
-    jdict_set(a, d, jv_cstr(a, "nextitem"), i + 1 < n ? items->v[i + 1] : jv_undef());
-    jdict_set(a, d, jv_cstr(a, "depth"), jv_int(1));
-    jdict_set(a, d, jv_cstr(a, "depth0"), jv_int(0));
+    dict_set_name(c, d, "index", jv_int((int64_t)i + 1));
+    dict_set_name(c, d, "index0", jv_int((int64_t)i));
+    dict_set_name(c, d, "revindex", jv_int((int64_t)(n - i)));
+    dict_set_name(c, d, "revindex0", jv_int((int64_t)(n - i - 1)));
+    dict_set_name(c, d, "first", jv_bool(i == 0));
+    dict_set_name(c, d, "last", jv_bool(i + 1 == n));
+    dict_set_name(c, d, "length", jv_int((int64_t)n));
+    dict_set_name(c, d, "previtem", i > 0 ? items->v[i - 1] : jv_undef());
+    dict_set_name(c, d, "nextitem", i + 1 < n ? items->v[i + 1] : jv_undef());
+    dict_set_name(c, d, "depth", jv_int(1));
+    dict_set_name(c, d, "depth0", jv_int(0));
 }
 
 static void exec_for(jctx *c, scope *s, const jnode *n) {
@@ -595,14 +605,18 @@ static void exec_for(jctx *c, scope *s, const jnode *n) {
         return;
     }
     jv loop = jv_newdict(c->a);
-    jv outer_loop = lookup(c, s, "loop");
+    /* One scope serves every iteration: after the first, it is cut back to
+     * the loop variables (always its first entries), so names set in an
+     * iteration do not leak into the next and nothing is reallocated. */
+    scope *ls = scope_new(c, s);
+    size_t fixed = 0;
     for (size_t i = 0; i < cnt; i++) {
         step(c);
-        scope *ls = scope_new(c, s);
+        if (i) ls->vars->n = fixed;
         set_loop(c, loop.u.d, i, cnt, items);
         scope_set(c, ls, "loop", loop);
-        (void)outer_loop;
         assign(c, ls, n->a, items->v[i]);
+        if (!i) fixed = ls->vars->n;
         int f = exec_body(c, ls, &n->body);
         if (f == FLOW_BREAK) break;
     }
@@ -711,7 +725,7 @@ int jinja__render(const jrender_in *in, jarena *a, char **out, size_t *outlen, c
     c->err = err;
     c->errlen = errlen;
     c->out_limit = 64u << 20;
-    c->step_limit = 20000000;
+    c->step_limit = 10000000;
     c->depth_limit = 1500;
     c->now = in->now;
     jbuf result = {0};

@@ -298,6 +298,7 @@ static float dot_q4_K(const void *w, const void *act, int64_t n)
         const uint8_t *q4 = x[i].qs;
         const int8_t *q8 = y[i].qs;
         __m256i sumi = _mm256_setzero_si256();
+#pragma GCC unroll 4
         for (int j = 0; j < QK_K / 64; j++, q4 += 32, q8 += 64) {
             __m256i bits = _mm256_loadu_si256((const __m256i *)q4);
             __m256i lo = _mm256_and_si256(bits, m4);
@@ -335,6 +336,7 @@ static float dot_q5_K(const void *w, const void *act, int64_t n)
         __m256i hmask = _mm256_set1_epi8(1);
         __m256i sumi = _mm256_setzero_si256();
         int bit = 0;
+#pragma GCC unroll 4
         for (int j = 0; j < QK_K / 64; j++, q5 += 32, q8 += 64) {
             __m256i bits = _mm256_loadu_si256((const __m256i *)q5);
             /* isolate bit `bit` of each qh byte, move it to bit 4 */
@@ -379,6 +381,7 @@ static float dot_q6_K(const void *w, const void *act, int64_t n)
         const uint8_t *ql = x[i].ql, *qh = x[i].qh;
         const int8_t *q8 = y[i].qs;
         __m256i sumi = _mm256_setzero_si256();
+#pragma GCC unroll 2
         for (int j = 0; j < 2; j++, ql += 64, qh += 32, q8 += 128) {
             __m256i b1 = _mm256_loadu_si256((const __m256i *)ql);
             __m256i b2 = _mm256_loadu_si256((const __m256i *)(ql + 32));
@@ -391,6 +394,7 @@ static float dot_q6_K(const void *w, const void *act, int64_t n)
                                    _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(bh, 4), m2), 4));
             q[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(b2, 4), m4),
                                    _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(bh, 6), m2), 4));
+#pragma GCC unroll 4
             for (int k = 0; k < 4; k++) {
                 __m256i a = _mm256_loadu_si256((const __m256i *)(q8 + 32 * k));
                 /* (q - 32) * a  ==  q * a - 32 * a, both without saturation */
@@ -402,6 +406,79 @@ static float dot_q6_K(const void *w, const void *act, int64_t n)
         acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
     }
     return hsum_ps(acc);
+}
+
+
+/* ---- multi-row gemv ---------------------------------------------------- */
+
+/* Four Q4_0 rows against one Q8_0 activation row, two blocks per step.
+ * A ymm holds the 16 packed bytes of block i (low lane) and i+1 (high lane),
+ * so one AND gives both blocks' low nibbles and one shift+AND their high
+ * nibbles; the activations are permuted once to match. The nibbles are used
+ * unsigned and the -8 offset becomes -8 * sum(qy), computed once for all
+ * four rows, as are the activation loads and scales. Four independent
+ * accumulators hide the FMA latency. */
+static inline __m256 dx_pair(uint16_t a, uint16_t b)
+{
+    __m128 d = _mm_cvtph_ps(_mm_insert_epi16(_mm_cvtsi32_si128(a), b, 1));
+    return _mm256_permutevar8x32_ps(_mm256_castps128_ps256(d), _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1));
+}
+
+static inline __m256i load_2x16(const uint8_t *a, const uint8_t *b)
+{
+    return _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)a)),
+                                   _mm_loadu_si128((const __m128i *)b), 1);
+}
+
+static void gemv4_q4_0(const uint8_t *W, size_t rb, const block_q8_0 *y, float *out, int64_t nb)
+{
+    const block_q4_0 *x0 = (const block_q4_0 *)W, *x1 = (const block_q4_0 *)(W + rb);
+    const block_q4_0 *x2 = (const block_q4_0 *)(W + 2 * rb), *x3 = (const block_q4_0 *)(W + 3 * rb);
+    const __m256i eight = _mm256_set1_epi8(8), ones = _mm256_set1_epi16(1), m4 = _mm256_set1_epi8(0xF);
+    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    int64_t i = 0;
+    for (; i + 2 <= nb; i += 2) {
+        __m256i y0 = _mm256_loadu_si256((const __m256i *)y[i].qs);
+        __m256i y1 = _mm256_loadu_si256((const __m256i *)y[i + 1].qs);
+        __m256i qyl = _mm256_permute2x128_si256(y0, y1, 0x20); /* elements 0..15 of both */
+        __m256i qyh = _mm256_permute2x128_si256(y0, y1, 0x31); /* elements 16..31 of both */
+        __m256i corr = _mm256_add_epi16(_mm256_maddubs_epi16(eight, qyl), _mm256_maddubs_epi16(eight, qyh));
+        __m256 dy = _mm256_setr_m128(_mm_set1_ps(fp16_to_f32(y[i].d)), _mm_set1_ps(fp16_to_f32(y[i + 1].d)));
+#define Q4_0_ROW2(x, a)                                                                           \
+        do {                                                                                      \
+            __m256i v = load_2x16(x[i].qs, x[i + 1].qs);                                          \
+            __m256i lo = _mm256_and_si256(v, m4), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4); \
+            __m256i p = _mm256_add_epi16(_mm256_maddubs_epi16(lo, qyl), _mm256_maddubs_epi16(hi, qyh)); \
+            p = _mm256_madd_epi16(_mm256_sub_epi16(p, corr), ones);                               \
+            __m256 d = _mm256_mul_ps(dx_pair(x[i].d, x[i + 1].d), dy);                           \
+            a = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p), a);                                     \
+        } while (0)
+        Q4_0_ROW2(x0, a0);
+        Q4_0_ROW2(x1, a1);
+        Q4_0_ROW2(x2, a2);
+        Q4_0_ROW2(x3, a3);
+#undef Q4_0_ROW2
+    }
+    out[0] = hsum_ps(a0);
+    out[1] = hsum_ps(a1);
+    out[2] = hsum_ps(a2);
+    out[3] = hsum_ps(a3);
+    if (i < nb) { /* odd block count: the last block one row at a time */
+        out[0] += dot_q4_0(x0 + i, y + i, QK4_0);
+        out[1] += dot_q4_0(x1 + i, y + i, QK4_0);
+        out[2] += dot_q4_0(x2 + i, y + i, QK4_0);
+        out[3] += dot_q4_0(x3 + i, y + i, QK4_0);
+    }
+}
+
+static void gemv_q4_0(const void *W, size_t rb, const void *act, float *y, int64_t n, int64_t nrows)
+{
+    const uint8_t *w = W;
+    int64_t r = 0;
+    for (; r + 4 <= nrows; r += 4)
+        gemv4_q4_0(w + (size_t)r * rb, rb, act, y + r, n / QK4_0);
+    for (; r < nrows; r++)
+        y[r] = dot_q4_0(w + (size_t)r * rb, act, n);
 }
 
 /* ---- activation quantisers --------------------------------------------- */
@@ -510,6 +587,7 @@ void quant__avx2_fill(quant__kernels *k)
     k->dot[QK_Q5_K] = dot_q5_K;
     k->dot[QK_Q6_K] = dot_q6_K;
     k->act[QK_Q8_0] = act_q8_0;
+    k->gemv[QK_Q4_0] = gemv_q4_0;
     k->act[QK_Q8_1] = act_q8_1;
     k->act[QK_Q8_K] = act_q8_K;
 }

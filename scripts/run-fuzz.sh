@@ -29,10 +29,11 @@ for t in "${targets[@]}"; do
     seeds+=("$seeddir")
   fi
   echo "== $t for ${SECS}s (seeds: ${seeds[*]:-none})"
+  log="$OUT/$t.log"
   "$OUT/$t" -max_total_time="$SECS" -max_len=${FUZZ_MAX_LEN:-65536} -rss_limit_mb=2048 \
-    -artifact_prefix="$OUT/crashes/$t-" -print_final_stats=1 "$corpus" "${seeds[@]}" \
-    2>&1 | grep -E '^(#[0-9]+ +DONE|stat::number_of_executed_units|stat::peak_rss|==[0-9]+==ERROR|SUMMARY|INFO: seed corpus|Done)' || true
-  rc=${PIPESTATUS[0]}
+    -artifact_prefix="$OUT/crashes/$t-" -print_final_stats=1 "$corpus" "${seeds[@]}" >"$log" 2>&1
+  rc=$?
+  grep -E '^(#[0-9]+ +DONE|stat::number_of_executed_units|stat::peak_rss|==[0-9]+==ERROR|SUMMARY|INFO: seed corpus|Done|.*runtime error)' "$log"
   if [ "$rc" -ne 0 ]; then echo "FAIL $t (exit $rc); see $OUT/crashes/"; status=1; else echo "ok $t"; fi
 done
 exit $status

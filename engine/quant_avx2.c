@@ -481,6 +481,58 @@ static void gemv_q4_0(const void *W, size_t rb, const void *act, float *y, int64
         y[r] = dot_q4_0(w + (size_t)r * rb, act, n);
 }
 
+
+/* Four Q8_0 rows, two blocks per step: the two blocks' 8-lane integer sums
+ * are folded into one vector with hadd, so one convert and one FMA serve
+ * both; activation loads and scales are shared by the four rows. */
+static void gemv4_q8_0(const uint8_t *W, size_t rb, const block_q8_0 *y, float *out, int64_t nb)
+{
+    const block_q8_0 *x0 = (const block_q8_0 *)W, *x1 = (const block_q8_0 *)(W + rb);
+    const block_q8_0 *x2 = (const block_q8_0 *)(W + 2 * rb), *x3 = (const block_q8_0 *)(W + 3 * rb);
+    const __m256i pat = _mm256_setr_epi32(0, 0, 1, 1, 0, 0, 1, 1);
+    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    int64_t i = 0;
+    for (; i + 2 <= nb; i += 2) {
+        __m256i y0 = _mm256_loadu_si256((const __m256i *)y[i].qs);
+        __m256i y1 = _mm256_loadu_si256((const __m256i *)y[i + 1].qs);
+        __m128 dyp = _mm_cvtph_ps(_mm_insert_epi16(_mm_cvtsi32_si128(y[i].d), y[i + 1].d, 1));
+        __m256 dy = _mm256_permutevar8x32_ps(_mm256_castps128_ps256(dyp), pat);
+#define Q8_0_ROW2(x, a)                                                                             \
+        do {                                                                                        \
+            __m256i p0 = dot_ss8(_mm256_loadu_si256((const __m256i *)x[i].qs), y0);                 \
+            __m256i p1 = dot_ss8(_mm256_loadu_si256((const __m256i *)x[i + 1].qs), y1);             \
+            __m128 dxp = _mm_cvtph_ps(_mm_insert_epi16(_mm_cvtsi32_si128(x[i].d), x[i + 1].d, 1));  \
+            __m256 d = _mm256_mul_ps(_mm256_permutevar8x32_ps(_mm256_castps128_ps256(dxp), pat), dy); \
+            a = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(_mm256_hadd_epi32(p0, p1)), a);              \
+        } while (0)
+        Q8_0_ROW2(x0, a0);
+        Q8_0_ROW2(x1, a1);
+        Q8_0_ROW2(x2, a2);
+        Q8_0_ROW2(x3, a3);
+#undef Q8_0_ROW2
+    }
+    out[0] = hsum_ps(a0);
+    out[1] = hsum_ps(a1);
+    out[2] = hsum_ps(a2);
+    out[3] = hsum_ps(a3);
+    if (i < nb) {
+        out[0] += dot_q8_0(x0 + i, y + i, QK8_0);
+        out[1] += dot_q8_0(x1 + i, y + i, QK8_0);
+        out[2] += dot_q8_0(x2 + i, y + i, QK8_0);
+        out[3] += dot_q8_0(x3 + i, y + i, QK8_0);
+    }
+}
+
+static void gemv_q8_0(const void *W, size_t rb, const void *act, float *y, int64_t n, int64_t nrows)
+{
+    const uint8_t *w = W;
+    int64_t r = 0;
+    for (; r + 4 <= nrows; r += 4)
+        gemv4_q8_0(w + (size_t)r * rb, rb, act, y + r, n / QK8_0);
+    for (; r < nrows; r++)
+        y[r] = dot_q8_0(w + (size_t)r * rb, act, n);
+}
+
 /* ---- activation quantisers --------------------------------------------- */
 
 static inline float hmax_ps(__m256 v)
@@ -588,6 +640,7 @@ void quant__avx2_fill(quant__kernels *k)
     k->dot[QK_Q6_K] = dot_q6_K;
     k->act[QK_Q8_0] = act_q8_0;
     k->gemv[QK_Q4_0] = gemv_q4_0;
+    k->gemv[QK_Q8_0] = gemv_q8_0;
     k->act[QK_Q8_1] = act_q8_1;
     k->act[QK_Q8_K] = act_q8_K;
 }

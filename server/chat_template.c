@@ -124,16 +124,9 @@ int chat_template_render(const chat_template *t, const json_t *messages, const j
         snprintf(err, errlen, "extra template variables must be a JSON object");
         return -1;
     }
+    /* The globals are a copy of JSON the caller already holds in memory, so
+     * building them runs without the limit; the render itself is limited. */
     jarena a = {0};
-    a.limit = RENDER_MEM_LIMIT;
-    jmp_buf jb;
-    a.fail = &jb;
-    a.errbuf = err;
-    a.errlen = errlen;
-    if (setjmp(jb)) {  /* memory limit hit while building the globals */
-        jarena__free(&a);
-        return -1;
-    }
     long long now = opts->now ? opts->now : (long long)time(NULL);
     jdict *g = jv_newdict(&a).u.d;
     jv msgs = messages ? jv_from_json(&a, messages) : jv_newlist(&a);
@@ -162,6 +155,7 @@ int chat_template_render(const chat_template *t, const json_t *messages, const j
         json_t *v;
         json_object_foreach((json_t *)opts->extra, k, v) set_global(&a, g, k, jv_from_json(&a, v));
     }
+    a.limit = a.used_total + RENDER_MEM_LIMIT;
     jrender_in in = {.root = t->root, .globals = g, .now = now};
     char *text = NULL;
     size_t n = 0;

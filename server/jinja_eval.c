@@ -301,6 +301,7 @@ static jv binop(jctx *c, jop op, jv l, jv r) {
     switch (op) {
     case JOP_CONCAT: {
         jv a = jv_to_string(c->a, l), b = jv_to_string(c->a, r);
+        if (a.u.s->len + b.u.s->len > c->out_limit) jctx_fail(c, "string too large");
         jv res = jv_str(c->a, NULL, 0);
         jbuf buf = {0};
         jbuf_put(c->a, &buf, a.u.s->s, a.u.s->len);
@@ -324,6 +325,7 @@ static jv binop(jctx *c, jop op, jv l, jv r) {
         if (l.t == JV_STR && r.t == JV_UNDEF) return l;
         if (l.t == JV_UNDEF && r.t == JV_STR) return r;
         if (l.t == JV_STR && r.t == JV_STR) {
+            if (l.u.s->len + r.u.s->len > c->out_limit) jctx_fail(c, "string too large");
             jbuf buf = {0};
             jbuf_put(c->a, &buf, l.u.s->s, l.u.s->len);
             jbuf_put(c->a, &buf, r.u.s->s, r.u.s->len);
@@ -570,18 +572,21 @@ static jv render_to_string(jctx *c, scope *s, const jnodes *body) {
     return jv_str(c->a, buf.p, buf.n);
 }
 
+/* Fills the loop object for iteration i of n. Its 11 keys are created on
+ * the first iteration and then updated in place by position. */
 static void set_loop(jctx *c, jdict *d, size_t i, size_t n, jlist *items) {
-    dict_set_name(c, d, "index", jv_int((int64_t)i + 1));
-    dict_set_name(c, d, "index0", jv_int((int64_t)i));
-    dict_set_name(c, d, "revindex", jv_int((int64_t)(n - i)));
-    dict_set_name(c, d, "revindex0", jv_int((int64_t)(n - i - 1)));
-    dict_set_name(c, d, "first", jv_bool(i == 0));
-    dict_set_name(c, d, "last", jv_bool(i + 1 == n));
-    dict_set_name(c, d, "length", jv_int((int64_t)n));
-    dict_set_name(c, d, "previtem", i > 0 ? items->v[i - 1] : jv_undef());
-    dict_set_name(c, d, "nextitem", i + 1 < n ? items->v[i + 1] : jv_undef());
-    dict_set_name(c, d, "depth", jv_int(1));
-    dict_set_name(c, d, "depth0", jv_int(0));
+    static const char *const keys[] = {"index", "index0", "revindex", "revindex0", "first", "last",
+                                       "length", "previtem", "nextitem", "depth", "depth0"};
+    jv vals[11] = {
+        jv_int((int64_t)i + 1), jv_int((int64_t)i), jv_int((int64_t)(n - i)), jv_int((int64_t)(n - i - 1)),
+        jv_bool(i == 0), jv_bool(i + 1 == n), jv_int((int64_t)n), i > 0 ? items->v[i - 1] : jv_undef(),
+        i + 1 < n ? items->v[i + 1] : jv_undef(), jv_int(1), jv_int(0)};
+    if (d->n == 11) {
+        memcpy(d->v, vals, sizeof vals);
+        return;
+    }
+    d->n = 0;
+    for (int k = 0; k < 11; k++) jdict_set(c->a, d, jv_cstr(c->a, keys[k]), vals[k]);
 }
 
 static void exec_for(jctx *c, scope *s, const jnode *n) {
@@ -725,7 +730,7 @@ int jinja__render(const jrender_in *in, jarena *a, char **out, size_t *outlen, c
     c->err = err;
     c->errlen = errlen;
     c->out_limit = 64u << 20;
-    c->step_limit = 10000000;
+    c->step_limit = 5000000;
     c->depth_limit = 1500;
     c->now = in->now;
     jbuf result = {0};

@@ -12,6 +12,7 @@
 
 #include <immintrin.h>
 #include <math.h>
+#include <stddef.h>
 #include <string.h>
 
 static inline float fp16_to_f32(uint16_t h) { return _cvtsh_ss(h); }
@@ -199,20 +200,41 @@ static float dot_q8_0(const void *w, const void *act, int64_t n)
     return hsum_ps(_mm256_add_ps(acc0, acc1));
 }
 
+static inline __m256 q4_1_block(const block_q4_1 *x, const block_q8_1 *y, __m256 acc)
+{
+    __m256i p = dot_us8(nibbles_32(x->qs), _mm256_loadu_si256((const __m256i *)y->qs));
+    __m256 d = _mm256_set1_ps(fp16_to_f32(x->d) * fp16_to_f32(y->d));
+    return _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p), acc);
+}
+
 static float dot_q4_1(const void *w, const void *act, int64_t n)
 {
     const block_q4_1 *x = w;
     const block_q8_1 *y = act;
     const int64_t nb = n / QK4_1;
-    __m256 acc = _mm256_setzero_ps();
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
     float summs = 0;
-    for (int64_t i = 0; i < nb; i++) {
-        __m256i p = dot_us8(nibbles_32(x[i].qs), _mm256_loadu_si256((const __m256i *)y[i].qs));
-        __m256 d = _mm256_set1_ps(fp16_to_f32(x[i].d) * fp16_to_f32(y[i].d));
-        acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p), acc);
+    int64_t i = 0;
+    for (; i + 2 <= nb; i += 2) {
+        acc0 = q4_1_block(&x[i], &y[i], acc0);
+        acc1 = q4_1_block(&x[i + 1], &y[i + 1], acc1);
+        summs += fp16_to_f32(x[i].m) * fp16_to_f32(y[i].s) + fp16_to_f32(x[i + 1].m) * fp16_to_f32(y[i + 1].s);
+    }
+    for (; i < nb; i++) {
+        acc0 = q4_1_block(&x[i], &y[i], acc0);
         summs += fp16_to_f32(x[i].m) * fp16_to_f32(y[i].s);
     }
-    return hsum_ps(acc) + summs;
+    return hsum_ps(_mm256_add_ps(acc0, acc1)) + summs;
+}
+
+static inline __m256 q5_0_block(const block_q5_0 *x, const block_q8_0 *y, __m256 acc)
+{
+    /* (nibble | bit << 4) - 16 == nibble | (bit ? 0 : 0xF0) as int8 */
+    __m256i hi = _mm256_andnot_si256(bits_32(x->qh), _mm256_set1_epi8((char)0xF0));
+    __m256i qx = _mm256_or_si256(nibbles_32(x->qs), hi);
+    __m256i p = dot_ss8(qx, _mm256_loadu_si256((const __m256i *)y->qs));
+    __m256 d = _mm256_set1_ps(fp16_to_f32(x->d) * fp16_to_f32(y->d));
+    return _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p), acc);
 }
 
 static float dot_q5_0(const void *w, const void *act, int64_t n)
@@ -220,16 +242,24 @@ static float dot_q5_0(const void *w, const void *act, int64_t n)
     const block_q5_0 *x = w;
     const block_q8_0 *y = act;
     const int64_t nb = n / QK5_0;
-    __m256 acc = _mm256_setzero_ps();
-    for (int64_t i = 0; i < nb; i++) {
-        /* (nibble | bit << 4) - 16 == nibble | (bit ? 0 : 0xF0) as int8 */
-        __m256i hi = _mm256_andnot_si256(bits_32(x[i].qh), _mm256_set1_epi8((char)0xF0));
-        __m256i qx = _mm256_or_si256(nibbles_32(x[i].qs), hi);
-        __m256i p = dot_ss8(qx, _mm256_loadu_si256((const __m256i *)y[i].qs));
-        __m256 d = _mm256_set1_ps(fp16_to_f32(x[i].d) * fp16_to_f32(y[i].d));
-        acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p), acc);
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+    int64_t i = 0;
+    for (; i + 2 <= nb; i += 2) {
+        acc0 = q5_0_block(&x[i], &y[i], acc0);
+        acc1 = q5_0_block(&x[i + 1], &y[i + 1], acc1);
     }
-    return hsum_ps(acc);
+    for (; i < nb; i++)
+        acc0 = q5_0_block(&x[i], &y[i], acc0);
+    return hsum_ps(_mm256_add_ps(acc0, acc1));
+}
+
+static inline __m256 q5_1_block(const block_q5_1 *x, const block_q8_1 *y, __m256 acc)
+{
+    __m256i hi = _mm256_and_si256(bits_32(x->qh), _mm256_set1_epi8(0x10));
+    __m256i qx = _mm256_or_si256(nibbles_32(x->qs), hi);
+    __m256i p = dot_us8(qx, _mm256_loadu_si256((const __m256i *)y->qs));
+    __m256 d = _mm256_set1_ps(fp16_to_f32(x->d) * fp16_to_f32(y->d));
+    return _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p), acc);
 }
 
 static float dot_q5_1(const void *w, const void *act, int64_t n)
@@ -237,17 +267,19 @@ static float dot_q5_1(const void *w, const void *act, int64_t n)
     const block_q5_1 *x = w;
     const block_q8_1 *y = act;
     const int64_t nb = n / QK5_1;
-    __m256 acc = _mm256_setzero_ps();
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
     float summs = 0;
-    for (int64_t i = 0; i < nb; i++) {
-        __m256i hi = _mm256_and_si256(bits_32(x[i].qh), _mm256_set1_epi8(0x10));
-        __m256i qx = _mm256_or_si256(nibbles_32(x[i].qs), hi);
-        __m256i p = dot_us8(qx, _mm256_loadu_si256((const __m256i *)y[i].qs));
-        __m256 d = _mm256_set1_ps(fp16_to_f32(x[i].d) * fp16_to_f32(y[i].d));
-        acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p), acc);
+    int64_t i = 0;
+    for (; i + 2 <= nb; i += 2) {
+        acc0 = q5_1_block(&x[i], &y[i], acc0);
+        acc1 = q5_1_block(&x[i + 1], &y[i + 1], acc1);
+        summs += fp16_to_f32(x[i].m) * fp16_to_f32(y[i].s) + fp16_to_f32(x[i + 1].m) * fp16_to_f32(y[i + 1].s);
+    }
+    for (; i < nb; i++) {
+        acc0 = q5_1_block(&x[i], &y[i], acc0);
         summs += fp16_to_f32(x[i].m) * fp16_to_f32(y[i].s);
     }
-    return hsum_ps(acc) + summs;
+    return hsum_ps(_mm256_add_ps(acc0, acc1)) + summs;
 }
 
 /* ---- K types ----------------------------------------------------------- */
@@ -411,13 +443,17 @@ static float dot_q6_K(const void *w, const void *act, int64_t n)
 
 /* ---- multi-row gemv ---------------------------------------------------- */
 
-/* Four Q4_0 rows against one Q8_0 activation row, two blocks per step.
- * A ymm holds the 16 packed bytes of block i (low lane) and i+1 (high lane),
- * so one AND gives both blocks' low nibbles and one shift+AND their high
- * nibbles; the activations are permuted once to match. The nibbles are used
- * unsigned and the -8 offset becomes -8 * sum(qy), computed once for all
- * four rows, as are the activation loads and scales. Four independent
- * accumulators hide the FMA latency. */
+/* Four rows of a 32-element 4/5-bit type against one Q8_0/Q8_1 activation
+ * row, two blocks per step. A ymm holds the 16 packed bytes of block i (low
+ * lane) and i+1 (high lane), so one AND gives both blocks' low nibbles and
+ * one shift+AND their high nibbles; the activations are permuted once to
+ * match. The quants are used unsigned (0..15 or 0..31), so maddubs needs no
+ * sign juggling; Q4_0/Q5_0's offset becomes -off * sum(qy), computed once
+ * for the four rows, as are the activation loads and scales. Q4_1/Q5_1 add
+ * m * s per block. Four independent accumulators hide the FMA latency.
+ *
+ * The layouts differ only in field offsets, so one always-inline body is
+ * specialised per type by constant arguments. */
 static inline __m256 dx_pair(uint16_t a, uint16_t b)
 {
     __m128 d = _mm_cvtph_ps(_mm_insert_epi16(_mm_cvtsi32_si128(a), b, 1));
@@ -430,57 +466,137 @@ static inline __m256i load_2x16(const uint8_t *a, const uint8_t *b)
                                    _mm_loadu_si128((const __m128i *)b), 1);
 }
 
-static void gemv4_q4_0(const uint8_t *W, size_t rb, const block_q8_0 *y, float *out, int64_t nb)
+static inline uint16_t ld16(const uint8_t *p) { uint16_t v; memcpy(&v, p, 2); return v; }
+static inline uint32_t ld32(const uint8_t *p) { uint32_t v; memcpy(&v, p, 4); return v; }
+
+/* 0x10 in byte k where bit k of w is set */
+static inline __m256i bit4_32(uint32_t w)
 {
-    const block_q4_0 *x0 = (const block_q4_0 *)W, *x1 = (const block_q4_0 *)(W + rb);
-    const block_q4_0 *x2 = (const block_q4_0 *)(W + 2 * rb), *x3 = (const block_q4_0 *)(W + 3 * rb);
-    const __m256i eight = _mm256_set1_epi8(8), ones = _mm256_set1_epi16(1), m4 = _mm256_set1_epi8(0xF);
-    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    const __m256i shuf = _mm256_set_epi64x(0x0303030303030303, 0x0202020202020202,
+                                           0x0101010101010101, 0x0000000000000000);
+    __m256i bytes = _mm256_shuffle_epi8(_mm256_set1_epi32((int)w), shuf);
+    bytes = _mm256_or_si256(bytes, _mm256_set1_epi64x(0x7fbfdfeff7fbfdfe));
+    return _mm256_and_si256(_mm256_cmpeq_epi8(bytes, _mm256_set1_epi64x(-1)), _mm256_set1_epi8(0x10));
+}
+
+/* bs: block bytes; qs_off/qh_off (-1: none)/m_off (-1: none): field offsets;
+ * off: the type's zero point (8, 16 or 0); ybs/yqs_off: activation block. */
+static inline __attribute__((always_inline)) void
+gemv4_small(const uint8_t *W, size_t rb, const uint8_t *y, float *out, int64_t nb,
+            const int bs, const int qs_off, const int qh_off, const int m_off, const int off,
+            const int ybs, const int yqs_off)
+{
+    const __m256i ones = _mm256_set1_epi16(1), m4 = _mm256_set1_epi8(0xF);
+    __m256 acc[4] = { _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps() };
+    float summ[4] = { 0, 0, 0, 0 };
     int64_t i = 0;
     for (; i + 2 <= nb; i += 2) {
-        __m256i y0 = _mm256_loadu_si256((const __m256i *)y[i].qs);
-        __m256i y1 = _mm256_loadu_si256((const __m256i *)y[i + 1].qs);
+        const uint8_t *yb0 = y + i * ybs, *yb1 = yb0 + ybs;
+        __m256i y0 = _mm256_loadu_si256((const __m256i *)(yb0 + yqs_off));
+        __m256i y1 = _mm256_loadu_si256((const __m256i *)(yb1 + yqs_off));
         __m256i qyl = _mm256_permute2x128_si256(y0, y1, 0x20); /* elements 0..15 of both */
         __m256i qyh = _mm256_permute2x128_si256(y0, y1, 0x31); /* elements 16..31 of both */
-        __m256i corr = _mm256_add_epi16(_mm256_maddubs_epi16(eight, qyl), _mm256_maddubs_epi16(eight, qyh));
-        __m256 dy = _mm256_setr_m128(_mm_set1_ps(fp16_to_f32(y[i].d)), _mm_set1_ps(fp16_to_f32(y[i + 1].d)));
-#define Q4_0_ROW2(x, a)                                                                           \
-        do {                                                                                      \
-            __m256i v = load_2x16(x[i].qs, x[i + 1].qs);                                          \
-            __m256i lo = _mm256_and_si256(v, m4), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4); \
-            __m256i p = _mm256_add_epi16(_mm256_maddubs_epi16(lo, qyl), _mm256_maddubs_epi16(hi, qyh)); \
-            p = _mm256_madd_epi16(_mm256_sub_epi16(p, corr), ones);                               \
-            __m256 d = _mm256_mul_ps(dx_pair(x[i].d, x[i + 1].d), dy);                           \
-            a = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p), a);                                     \
-        } while (0)
-        Q4_0_ROW2(x0, a0);
-        Q4_0_ROW2(x1, a1);
-        Q4_0_ROW2(x2, a2);
-        Q4_0_ROW2(x3, a3);
-#undef Q4_0_ROW2
+        __m256i corr = _mm256_setzero_si256();
+        if (off) {
+            const __m256i vo = _mm256_set1_epi8((char)off);
+            corr = _mm256_add_epi16(_mm256_maddubs_epi16(vo, qyl), _mm256_maddubs_epi16(vo, qyh));
+        }
+        __m256 dy = _mm256_setr_m128(_mm_set1_ps(fp16_to_f32(ld16(yb0))), _mm_set1_ps(fp16_to_f32(ld16(yb1))));
+        float s0 = 0, s1 = 0;
+        if (m_off >= 0) {
+            s0 = fp16_to_f32(ld16(yb0 + 2));
+            s1 = fp16_to_f32(ld16(yb1 + 2));
+        }
+#pragma GCC unroll 4
+        for (int k = 0; k < 4; k++) {
+            const uint8_t *b0 = W + (size_t)k * rb + i * bs, *b1 = b0 + bs;
+            __m256i v = load_2x16(b0 + qs_off, b1 + qs_off);
+            __m256i lo = _mm256_and_si256(v, m4), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
+            if (qh_off >= 0) {
+                uint32_t h0 = ld32(b0 + qh_off), h1 = ld32(b1 + qh_off);
+                lo = _mm256_or_si256(lo, bit4_32((h0 & 0xFFFF) | (h1 << 16)));
+                hi = _mm256_or_si256(hi, bit4_32((h0 >> 16) | (h1 & 0xFFFF0000u)));
+            }
+            __m256i p = _mm256_add_epi16(_mm256_maddubs_epi16(lo, qyl), _mm256_maddubs_epi16(hi, qyh));
+            if (off)
+                p = _mm256_sub_epi16(p, corr);
+            p = _mm256_madd_epi16(p, ones);
+            __m256 d = _mm256_mul_ps(dx_pair(ld16(b0), ld16(b1)), dy);
+            acc[k] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p), acc[k]);
+            if (m_off >= 0)
+                summ[k] += fp16_to_f32(ld16(b0 + m_off)) * s0 + fp16_to_f32(ld16(b1 + m_off)) * s1;
+        }
     }
-    out[0] = hsum_ps(a0);
-    out[1] = hsum_ps(a1);
-    out[2] = hsum_ps(a2);
-    out[3] = hsum_ps(a3);
-    if (i < nb) { /* odd block count: the last block one row at a time */
-        out[0] += dot_q4_0(x0 + i, y + i, QK4_0);
-        out[1] += dot_q4_0(x1 + i, y + i, QK4_0);
-        out[2] += dot_q4_0(x2 + i, y + i, QK4_0);
-        out[3] += dot_q4_0(x3 + i, y + i, QK4_0);
+    for (int k = 0; k < 4; k++)
+        out[k] = hsum_ps(acc[k]) + summ[k];
+}
+
+static void gemv4_q4_0(const uint8_t *W, size_t rb, const void *y, float *out, int64_t nb)
+{
+    gemv4_small(W, rb, y, out, nb, sizeof(block_q4_0), offsetof(block_q4_0, qs), -1, -1, 8,
+                sizeof(block_q8_0), offsetof(block_q8_0, qs));
+}
+
+static void gemv4_q4_1(const uint8_t *W, size_t rb, const void *y, float *out, int64_t nb)
+{
+    gemv4_small(W, rb, y, out, nb, sizeof(block_q4_1), offsetof(block_q4_1, qs), -1,
+                offsetof(block_q4_1, m), 0, sizeof(block_q8_1), offsetof(block_q8_1, qs));
+}
+
+static void gemv4_q5_0(const uint8_t *W, size_t rb, const void *y, float *out, int64_t nb)
+{
+    gemv4_small(W, rb, y, out, nb, sizeof(block_q5_0), offsetof(block_q5_0, qs),
+                offsetof(block_q5_0, qh), -1, 16, sizeof(block_q8_0), offsetof(block_q8_0, qs));
+}
+
+static void gemv4_q5_1(const uint8_t *W, size_t rb, const void *y, float *out, int64_t nb)
+{
+    gemv4_small(W, rb, y, out, nb, sizeof(block_q5_1), offsetof(block_q5_1, qs),
+                offsetof(block_q5_1, qh), offsetof(block_q5_1, m), 0,
+                sizeof(block_q8_1), offsetof(block_q8_1, qs));
+}
+
+typedef void (*gemv4_fn)(const uint8_t *W, size_t rb, const void *y, float *out, int64_t nb);
+
+/* Rows in fours through the 4-row kernel; an odd last block and leftover
+ * rows go through the single-row dot (blk/ablk: weight/activation block
+ * bytes, to find the last block). */
+static inline void gemv_by4(gemv4_fn f4, quant__dot_fn dot, size_t blk, size_t ablk, const void *W,
+                            size_t rb, const void *act, float *y, int64_t n, int64_t nrows)
+{
+    const uint8_t *w = W;
+    const int64_t nb = n / 32;
+    int64_t r = 0;
+    for (; r + 4 <= nrows; r += 4) {
+        f4(w + (size_t)r * rb, rb, act, y + r, nb);
+        if (nb & 1)
+            for (int k = 0; k < 4; k++)
+                y[r + k] += dot(w + (size_t)(r + k) * rb + (size_t)(nb - 1) * blk,
+                                (const uint8_t *)act + (size_t)(nb - 1) * ablk, 32);
     }
+    for (; r < nrows; r++)
+        y[r] = dot(w + (size_t)r * rb, act, n);
 }
 
 static void gemv_q4_0(const void *W, size_t rb, const void *act, float *y, int64_t n, int64_t nrows)
 {
-    const uint8_t *w = W;
-    int64_t r = 0;
-    for (; r + 4 <= nrows; r += 4)
-        gemv4_q4_0(w + (size_t)r * rb, rb, act, y + r, n / QK4_0);
-    for (; r < nrows; r++)
-        y[r] = dot_q4_0(w + (size_t)r * rb, act, n);
+    gemv_by4(gemv4_q4_0, dot_q4_0, sizeof(block_q4_0), sizeof(block_q8_0), W, rb, act, y, n, nrows);
 }
 
+static void gemv_q4_1(const void *W, size_t rb, const void *act, float *y, int64_t n, int64_t nrows)
+{
+    gemv_by4(gemv4_q4_1, dot_q4_1, sizeof(block_q4_1), sizeof(block_q8_1), W, rb, act, y, n, nrows);
+}
+
+static void gemv_q5_0(const void *W, size_t rb, const void *act, float *y, int64_t n, int64_t nrows)
+{
+    gemv_by4(gemv4_q5_0, dot_q5_0, sizeof(block_q5_0), sizeof(block_q8_0), W, rb, act, y, n, nrows);
+}
+
+static void gemv_q5_1(const void *W, size_t rb, const void *act, float *y, int64_t n, int64_t nrows)
+{
+    gemv_by4(gemv4_q5_1, dot_q5_1, sizeof(block_q5_1), sizeof(block_q8_1), W, rb, act, y, n, nrows);
+}
 
 /* Four Q8_0 rows, two blocks per step: the two blocks' 8-lane integer sums
  * are folded into one vector with hadd, so one convert and one FMA serve
@@ -640,6 +756,9 @@ void quant__avx2_fill(quant__kernels *k)
     k->dot[QK_Q6_K] = dot_q6_K;
     k->act[QK_Q8_0] = act_q8_0;
     k->gemv[QK_Q4_0] = gemv_q4_0;
+    k->gemv[QK_Q4_1] = gemv_q4_1;
+    k->gemv[QK_Q5_0] = gemv_q5_0;
+    k->gemv[QK_Q5_1] = gemv_q5_1;
     k->gemv[QK_Q8_0] = gemv_q8_0;
     k->act[QK_Q8_1] = act_q8_1;
     k->act[QK_Q8_K] = act_q8_K;

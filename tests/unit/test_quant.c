@@ -255,6 +255,34 @@ static void test_known_blocks(void **state)
     for (int j = 0; j < 16; j++) b5[6 + j] = 0x33;
     quant_dequantize_row(QK_Q5_0, b5, y, 32);
     assert_true(y[0] == 3.0f && y[16] == 3.0f && y[1] == -13.0f && y[17] == -13.0f);
+
+    /* q2_K (read-only type): every scale byte 0x21 = scale 1, min 2; d = dmin
+     * = 1; each qs byte 0xE4 holds levels 0,1,2,3 at shifts 0,2,4,6, which
+     * cover 32 consecutive elements each within every 128. */
+    uint8_t q2[84];
+    memset(q2, 0x21, 16);
+    memset(q2 + 16, 0xE4, 64);
+    q2[80] = 0x00; q2[81] = 0x3c; q2[82] = 0x00; q2[83] = 0x3c;
+    quant_dequantize_row(QK_Q2_K, q2, y, 256);
+    for (int j = 0; j < 256; j++)
+        if (y[j] != (float)((j % 128) / 32) - 2.0f)
+            fail_msg("q2_K y[%d] = %g", j, (double)y[j]);
+    /* q3_K: all 16 six-bit scales 33 (low nibbles 1, high bits 2) -> 1 after
+     * the -32 bias; d = 0.5; hmask bits set for the first 128 elements'
+     * groups (no -4) and clear for the second half (-4). */
+    uint8_t q3[110];
+    memset(q3, 0, sizeof(q3));
+    memset(q3, 0x0F, 32);            /* hmask bits 0..3: the shifts of the first 128 */
+    memset(q3 + 32, 0xE4, 64);       /* qs */
+    memset(q3 + 96, 0x11, 8);        /* scales low nibbles */
+    memset(q3 + 104, 0xAA, 4);       /* scales high bits */
+    q3[108] = 0x00; q3[109] = 0x38;  /* d = 0.5 */
+    quant_dequantize_row(QK_Q3_K, q3, y, 256);
+    for (int j = 0; j < 256; j++) {
+        float want = 0.5f * ((float)((j % 128) / 32) - (j < 128 ? 0.0f : 4.0f));
+        if (y[j] != want)
+            fail_msg("q3_K y[%d] = %g, want %g", j, (double)y[j], (double)want);
+    }
 }
 
 

@@ -1042,6 +1042,9 @@ static void init_kernels(void)
     if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
         __builtin_cpu_supports("f16c")) {
         quant__avx2_fill(&kernels_simd);
+        if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+            __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni"))
+            quant__avx512_fill(&kernels_simd);
     }
     __atomic_store_n(&kernels_active, force_scalar ? &kernels_scalar : &kernels_simd,
                      __ATOMIC_RELEASE);

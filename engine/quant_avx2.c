@@ -1,7 +1,9 @@
 /* quant_avx2.c -- AVX2/FMA/F16C dot products and activation quantisers.
  *
  * Compiled with -mavx2 -mfma -mf16c; quant_init installs these only after
- * __builtin_cpu_supports saw all three. Each kernel computes the same sum as
+ * __builtin_cpu_supports saw all three. quant_avx512.c compiles this same
+ * file again with QUANT_VNNI defined (and AVX-512 flags): the byte dot
+ * products then use vpdpbusd, everything else is identical. Each kernel computes the same sum as
  * its scalar twin in quant.c (integer products per block, then one float
  * multiply-add per block), only the float summation order differs.
  *
@@ -54,12 +56,26 @@ static inline __m256i bits_32(const uint8_t *p)
     return _mm256_cmpeq_epi8(bytes, _mm256_set1_epi64x(-1));
 }
 
-/* Sum of products of unsigned bytes a (< 128 in magnitude pairs) and signed
- * bytes b, as 8 int32 lanes. maddubs cannot saturate here: |a*b + a*b| <=
- * 2*128*127. */
+/* Sum of products of unsigned bytes a and signed bytes b, 4 per int32 lane,
+ * added to acc. With VNNI that is one vpdpbusd; on AVX2 maddubs + madd,
+ * which cannot saturate here because every caller keeps
+ * |a0*b0 + a1*b1| <= 2*128*127 < 32768. */
+static inline __m256i dpbusd(__m256i acc, __m256i a, __m256i b)
+{
+#ifdef QUANT_VNNI
+    return _mm256_dpbusd_epi32(acc, a, b);
+#else
+    return _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(a, b), _mm256_set1_epi16(1)));
+#endif
+}
+
 static inline __m256i dot_us8(__m256i a, __m256i b)
 {
+#ifdef QUANT_VNNI
+    return _mm256_dpbusd_epi32(_mm256_setzero_si256(), a, b);
+#else
     return _mm256_madd_epi16(_mm256_maddubs_epi16(a, b), _mm256_set1_epi16(1));
+#endif
 }
 
 /* Signed x signed bytes: move x's sign onto y (maddubs wants one unsigned). */
@@ -486,7 +502,7 @@ gemv4_small(const uint8_t *W, size_t rb, const uint8_t *y, float *out, int64_t n
             const int bs, const int qs_off, const int qh_off, const int m_off, const int off,
             const int ybs, const int yqs_off)
 {
-    const __m256i ones = _mm256_set1_epi16(1), m4 = _mm256_set1_epi8(0xF);
+    const __m256i m4 = _mm256_set1_epi8(0xF);
     __m256 acc[4] = { _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps() };
     float summ[4] = { 0, 0, 0, 0 };
     int64_t i = 0;
@@ -499,7 +515,11 @@ gemv4_small(const uint8_t *W, size_t rb, const uint8_t *y, float *out, int64_t n
         __m256i corr = _mm256_setzero_si256();
         if (off) {
             const __m256i vo = _mm256_set1_epi8((char)off);
-            corr = _mm256_add_epi16(_mm256_maddubs_epi16(vo, qyl), _mm256_maddubs_epi16(vo, qyh));
+#ifdef QUANT_VNNI
+            corr = dpbusd(dot_us8(vo, qyl), vo, qyh);      /* int32 lanes */
+#else
+            corr = _mm256_add_epi16(_mm256_maddubs_epi16(vo, qyl), _mm256_maddubs_epi16(vo, qyh)); /* int16 */
+#endif
         }
         __m256 dy = _mm256_setr_m128(_mm_set1_ps(fp16_to_f32(ld16(yb0))), _mm_set1_ps(fp16_to_f32(ld16(yb1))));
         float s0 = 0, s1 = 0;
@@ -517,10 +537,17 @@ gemv4_small(const uint8_t *W, size_t rb, const uint8_t *y, float *out, int64_t n
                 lo = _mm256_or_si256(lo, bit4_32((h0 & 0xFFFF) | (h1 << 16)));
                 hi = _mm256_or_si256(hi, bit4_32((h0 >> 16) | (h1 & 0xFFFF0000u)));
             }
+#ifdef QUANT_VNNI
+            __m256i p = dpbusd(dot_us8(lo, qyl), hi, qyh);
+            if (off)
+                p = _mm256_sub_epi32(p, corr);
+#else
+            /* int16 sums stay below 2 * 2*31*127 + 8128 < 32768 */
             __m256i p = _mm256_add_epi16(_mm256_maddubs_epi16(lo, qyl), _mm256_maddubs_epi16(hi, qyh));
             if (off)
                 p = _mm256_sub_epi16(p, corr);
-            p = _mm256_madd_epi16(p, ones);
+            p = _mm256_madd_epi16(p, _mm256_set1_epi16(1));
+#endif
             __m256 d = _mm256_mul_ps(dx_pair(ld16(b0), ld16(b1)), dy);
             acc[k] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p), acc[k]);
             if (m_off >= 0)
@@ -740,9 +767,15 @@ static void act_q8_K(const float *x, void *dst, int64_t n)
     }
 }
 
+#ifdef QUANT_VNNI
+void quant__avx512_fill(quant__kernels *k)
+{
+    k->name = "avx512vnni";
+#else
 void quant__avx2_fill(quant__kernels *k)
 {
     k->name = "avx2";
+#endif
     k->dot[QK_F32] = dot_f32;
     k->dot[QK_F16] = dot_f16;
     k->dot[QK_BF16] = dot_bf16;

@@ -19,6 +19,29 @@ struct chat_template {
  * (a render is typically tens of KiB), low enough to protect the daemon. */
 #define RENDER_MEM_LIMIT ((size_t)512 << 20)
 
+/* Renders a tiny conversation to learn whether the template keeps a system
+ * message. It does not when rendering with one fails (Gemma 2 raises) or
+ * drops its text, while the same conversation without it renders fine. */
+static int probe_no_system(chat_template *t) {
+    json_t *with = json_pack("[{s:s,s:s},{s:s,s:s}]", "role", "system", "content", "<<qkvd-system-probe>>",
+                             "role", "user", "content", "hi");
+    json_t *without = json_pack("[{s:s,s:s}]", "role", "user", "content", "hi");
+    char *text = NULL, err[256];
+    chat_template_opts po = {.add_generation_prompt = 1, .now = 1};
+    int no_system = 0;
+    if (with && without) {
+        int rc = chat_template_render(t, with, NULL, &po, &text, err, sizeof err);
+        int kept = rc == 0 && strstr(text, "<<qkvd-system-probe>>") != NULL;
+        free(text);
+        text = NULL;
+        if (!kept && chat_template_render(t, without, NULL, &po, &text, err, sizeof err) == 0) no_system = 1;
+        free(text);
+    }
+    json_decref(with);
+    json_decref(without);
+    return no_system;
+}
+
 int chat_template_compile(const char *src, size_t len, chat_template **out, char *err, size_t errlen) {
     *out = NULL;
     if (!src) {
@@ -37,18 +60,7 @@ int chat_template_compile(const char *src, size_t len, chat_template **out, char
         return -1;
     }
     t->arena.fail = NULL;
-    /* Probe once whether a system message survives rendering. */
-    json_t *probe = json_pack("[{s:s,s:s},{s:s,s:s}]", "role", "system", "content", "<<qkvd-system-probe>>",
-                              "role", "user", "content", "hi");
-    char *text = NULL, perr[256];
-    chat_template_opts po = {.add_generation_prompt = 1, .now = 1};
-    if (probe && chat_template_render(t, probe, NULL, &po, &text, perr, sizeof perr) == 0) {
-        t->no_system = !strstr(text, "<<qkvd-system-probe>>");
-    } else {
-        t->no_system = probe != NULL;
-    }
-    free(text);
-    json_decref(probe);
+    t->no_system = probe_no_system(t);
     *out = t;
     return 0;
 }

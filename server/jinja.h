@@ -131,8 +131,10 @@ void jbuf_putc(jarena *a, jbuf *b, char c);
 void jv_print(jarena *a, jbuf *b, jv v);
 /* Appends the Python repr form of v (strings quoted), as inside a printed list. */
 void jv_repr(jarena *a, jbuf *b, jv v);
-/* Appends JSON like Python json.dumps(ensure_ascii=False, ...): indent<0 = none. */
-int jv_tojson(jarena *a, jbuf *b, jv v, int indent, int sort_keys, const char *item_sep,
+/* Appends JSON like Python json.dumps(v, ensure_ascii=ascii, indent=indent
+ * (<0: none), sort_keys=..., separators=(item_sep, key_sep)). depth starts
+ * at 0; nesting beyond 200 returns -1. */
+int jv_tojson(jarena *a, jbuf *b, jv v, int indent, int sort_keys, int ascii, const char *item_sep,
               const char *key_sep, int depth);
 jv jv_to_string(jarena *a, jv v);
 void jv_format_float(char *out, size_t n, double f);

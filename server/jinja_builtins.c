@@ -182,7 +182,9 @@ static jv split(jctx *c, jstr *s, jv sep, int64_t maxsplit) {
 }
 
 static jv case_map(jctx *c, jstr *s, int mode) {
-    /* mode 0 lower, 1 upper, 2 capitalize, 3 title (ASCII letters only) */
+    /* mode 0 lower, 1 upper, 2 capitalize, 3 str.title(), 4 Jinja's title
+     * filter (words start after whitespace, '-', '(', '{', '[', '<');
+     * ASCII letters only */
     char *o = jarena__alloc(A, s->len + 1);
     int prev_cased = 0;
     for (size_t i = 0; i < s->len; i++) {
@@ -191,7 +193,8 @@ static jv case_map(jctx *c, jstr *s, int mode) {
         if (mode == 0) up = 0;
         else if (mode == 1) up = 1;
         else if (mode == 2) up = i == 0;
-        else up = !prev_cased;
+        else if (mode == 3) up = !prev_cased;
+        else up = i == 0 || strchr(" \t\n\r\f\v-({[<", s->s[i - 1]) != NULL;
         o[i] = (char)(ch < 0x80 ? (up ? toupper(ch) : tolower(ch)) : ch);
         prev_cased = isalpha(ch) || ch >= 0x80;
     }
@@ -335,6 +338,7 @@ static jv tojson(jctx *c, jv x, jargs *args) {
     jv ind = jargs_get(args, 0, "indent", jv_none());
     jv sk = jargs_get(args, (size_t)-1, "sort_keys", jv_bool(0));
     jv seps = jargs_get(args, (size_t)-1, "separators", jv_none());
+    int ascii = jv_truthy(jargs_get(args, (size_t)-1, "ensure_ascii", jv_bool(0)));
     int indent = -1;
     if (ind.t == JV_INT) indent = ind.u.i < 0 ? 0 : ind.u.i > 64 ? 64 : (int)ind.u.i;
     const char *isep = indent >= 0 ? "," : ", ", *ksep = ": ";
@@ -344,7 +348,7 @@ static jv tojson(jctx *c, jv x, jargs *args) {
     }
     jbuf b = {0};
     jbuf_put(A, &b, "", 0);
-    if (jv_tojson(A, &b, x, indent, jv_truthy(sk), isep, ksep, 0))
+    if (jv_tojson(A, &b, x, indent, jv_truthy(sk), ascii, isep, ksep, 0))
         jctx_fail(c, "value is not JSON serializable or nested too deeply");
     return S(c, b.p, b.n);
 }
@@ -402,7 +406,7 @@ int jinja__filter(jctx *c, const char *name, jv x, jargs *args, jv *res) {
     if (!strcmp(name, "upper")) { *res = case_map(c, jv_to_string(A, x).u.s, 1); return 1; }
     if (!strcmp(name, "lower")) { *res = case_map(c, jv_to_string(A, x).u.s, 0); return 1; }
     if (!strcmp(name, "capitalize")) { *res = case_map(c, case_map(c, jv_to_string(A, x).u.s, 0).u.s, 2); return 1; }
-    if (!strcmp(name, "title")) { *res = case_map(c, jv_to_string(A, x).u.s, 3); return 1; }
+    if (!strcmp(name, "title")) { *res = case_map(c, jv_to_string(A, x).u.s, 4); return 1; }
     if (!strcmp(name, "replace")) {
         jv s = jv_to_string(A, x);
         jv o = jv_to_string(A, a0), n = jv_to_string(A, jargs_get(args, 1, NULL, jv_cstr(A, "")));

@@ -379,13 +379,44 @@ jv jv_to_string(jarena *a, jv v) {
     return jv_str(a, b.p ? b.p : "", b.n);
 }
 
-static void json_put_string(jarena *a, jbuf *b, const char *s, size_t n) {
+/* Decodes one UTF-8 sequence at s[*i] (advancing *i); invalid bytes come
+ * back as U+FFFD. */
+static uint32_t utf8_next(const char *s, size_t n, size_t *i) {
+    unsigned char c = (unsigned char)s[*i];
+    int len = c < 0x80 ? 1 : (c >> 5) == 6 ? 2 : (c >> 4) == 14 ? 3 : (c >> 3) == 30 ? 4 : 0;
+    if (!len || *i + (size_t)len > n) { (*i)++; return 0xFFFD; }
+    uint32_t cp = len == 1 ? c : c & (0x7F >> len);
+    for (int k = 1; k < len; k++) {
+        unsigned char d = (unsigned char)s[*i + (size_t)k];
+        if ((d & 0xC0) != 0x80) { (*i)++; return 0xFFFD; }
+        cp = cp << 6 | (d & 0x3F);
+    }
+    *i += (size_t)len;
+    return cp;
+}
+
+static void json_put_string(jarena *a, jbuf *b, const char *s, size_t n, int ascii) {
     jbuf_putc(a, b, '"');
     size_t run = 0;
     for (size_t i = 0; i < n; i++) {
         unsigned char ch = (unsigned char)s[i];
         const char *esc = NULL;
-        char tmp[8];
+        char tmp[16];
+        if (ascii && ch >= 0x80) {
+            /* ensure_ascii: \uXXXX, with a surrogate pair above the BMP */
+            jbuf_put(a, b, s + i - run, run);
+            run = 0;
+            uint32_t cp = utf8_next(s, n, &i);
+            i--;
+            if (cp >= 0x10000) {
+                cp -= 0x10000;
+                snprintf(tmp, sizeof tmp, "\\u%04x\\u%04x", 0xD800 + (cp >> 10), 0xDC00 + (cp & 0x3FF));
+            } else {
+                snprintf(tmp, sizeof tmp, "\\u%04x", cp);
+            }
+            jbuf_puts(a, b, tmp);
+            continue;
+        }
         switch (ch) {
         case '"': esc = "\\\""; break;
         case '\\': esc = "\\\\"; break;
@@ -423,7 +454,7 @@ static int key_cmp(const void *x, const void *y) {
     return jv_compare(a[0], b[0], &ok);
 }
 
-int jv_tojson(jarena *a, jbuf *b, jv v, int indent, int sort_keys, const char *item_sep,
+int jv_tojson(jarena *a, jbuf *b, jv v, int indent, int sort_keys, int ascii, const char *item_sep,
               const char *key_sep, int depth) {
     char tmp[64];
     if (depth > 200) return -1;
@@ -436,14 +467,14 @@ int jv_tojson(jarena *a, jbuf *b, jv v, int indent, int sort_keys, const char *i
         else if (isinf(v.u.f)) jbuf_puts(a, b, v.u.f < 0 ? "-Infinity" : "Infinity");
         else { jv_format_float(tmp, sizeof tmp, v.u.f); jbuf_puts(a, b, tmp); }
         return 0;
-    case JV_STR: json_put_string(a, b, v.u.s->s, v.u.s->len); return 0;
+    case JV_STR: json_put_string(a, b, v.u.s->s, v.u.s->len, ascii); return 0;
     case JV_LIST:
         if (!v.u.l->n) { jbuf_puts(a, b, "[]"); return 0; }
         jbuf_putc(a, b, '[');
         for (size_t i = 0; i < v.u.l->n; i++) {
             if (i) jbuf_puts(a, b, item_sep);
             if (indent >= 0) json_newline(a, b, indent, depth + 1);
-            if (jv_tojson(a, b, v.u.l->v[i], indent, sort_keys, item_sep, key_sep, depth + 1)) return -1;
+            if (jv_tojson(a, b, v.u.l->v[i], indent, sort_keys, ascii, item_sep, key_sep, depth + 1)) return -1;
         }
         if (indent >= 0) json_newline(a, b, indent, depth);
         jbuf_putc(a, b, ']');
@@ -466,14 +497,14 @@ int jv_tojson(jarena *a, jbuf *b, jv v, int indent, int sort_keys, const char *i
             if (i) jbuf_puts(a, b, item_sep);
             if (indent >= 0) json_newline(a, b, indent, depth + 1);
             jv k = order[i][0];
-            if (k.t == JV_STR) json_put_string(a, b, k.u.s->s, k.u.s->len);
+            if (k.t == JV_STR) json_put_string(a, b, k.u.s->s, k.u.s->len, ascii);
             else {
                 jbuf s = {0};
-                jv_tojson(a, &s, k, -1, 0, ", ", ": ", depth + 1);
-                json_put_string(a, b, s.p, s.n);
+                jv_tojson(a, &s, k, -1, 0, 0, ", ", ": ", depth + 1);
+                json_put_string(a, b, s.p, s.n, ascii);
             }
             jbuf_puts(a, b, key_sep);
-            if (jv_tojson(a, b, order[i][1], indent, sort_keys, item_sep, key_sep, depth + 1)) return -1;
+            if (jv_tojson(a, b, order[i][1], indent, sort_keys, ascii, item_sep, key_sep, depth + 1)) return -1;
         }
         if (indent >= 0) json_newline(a, b, indent, depth);
         jbuf_putc(a, b, '}');

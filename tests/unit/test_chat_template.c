@@ -232,6 +232,9 @@ static void test_filters(void **state) {
     EXPECT("{{ {'b': 1, 'a': [1, 2.5, none, true]}|tojson }}", NULL, "{\"b\": 1, \"a\": [1, 2.5, null, true]}");
     EXPECT("{{ {'b': 1, 'a': 2}|tojson(indent=2, sort_keys=true) }}", NULL, "{\n  \"a\": 2,\n  \"b\": 1\n}");
     EXPECT("{{ 'é\"\\n'|tojson }}", NULL, "\"é\\\"\\n\"");
+    EXPECT("{{ 'é😀'|tojson(ensure_ascii=true) }}", NULL, "\"\\u00e9\\ud83d\\ude00\"");
+    EXPECT("{{ [1, {'a': 'b'}]|tojson(separators=(',', ':')) }}", NULL, "[1,{\"a\":\"b\"}]");
+    EXPECT("{{ \"it's-a (test)\"|title }}|{{ \"it's\".title() }}", NULL, "It's-A (Test)|It'S");
     EXPECT("{{ {'a': 1}|items|list }}|{{ {'b': 2, 'a': 1}|dictsort }}", NULL, "[['a', 1]]|[['a', 1], ['b', 2]]");
     EXPECT("{{ 'a\nb'|indent(2) }}|{{ 'a\nb'|indent(2, first=true) }}", NULL, "a\n  b|  a\n  b");
     EXPECT("{{ [1,2,3]|sum }}|{{ [3,1,2]|min }}|{{ [3,1,2]|max }}|{{ 'one two'|wordcount }}|{{ [1,2,3]|batch(2)|list }}", NULL,

@@ -13,6 +13,8 @@ typedef struct subcommand {
 static const subcommand commands[] = {
     {"template", cli_template, "render a chat template with messages (debugging)"},
     {"tokenize", cli_tokenize, "print the token ids of a text under a model's tokenizer"},
+    {"serve", cli_serve, "serve the OpenAI-compatible HTTP API (qkvd serve --help)"},
+    {"make-model", cli_make_model, "write a GGUF with RANDOM weights of any shape/type (tests, benchmarks)"},
     {NULL, NULL, NULL}
 };
 

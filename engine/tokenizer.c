@@ -676,7 +676,7 @@ int64_t tokenizer_encode(const tokenizer *t, const char *text, size_t len,
     if (rc == 0 && out.oom) rc = -2;
     if (rc != 0) { free(out.ids); return rc; }
     int64_t n = out.n;
-    if (ids && cap > 0) memcpy(ids, out.ids, (size_t)(n < cap ? n : cap) * sizeof *ids);
+    if (ids && cap > 0 && n > 0) memcpy(ids, out.ids, (size_t)(n < cap ? n : cap) * sizeof *ids);
     free(out.ids);
     return n;
 }

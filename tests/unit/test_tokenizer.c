@@ -363,6 +363,57 @@ static void test_tiny_bpe_and_eos(void **state) {
     tokenizer_free(t);
 }
 
+/* Every pre-tokenizer name the loader knows compiles and splits text; the
+ * gemma4 flavour (raw UTF-8, spaces as U+2581) merges across words. */
+static void test_all_pretokenizers_load(void **state) {
+    (void)state;
+    static const char *const names[] = {
+        "default", "gpt-2", "mpt", "starcoder", "refact", "command-r", "llama-bpe", "llama3",
+        "qwen2", "qwen35", "deepseek-llm", "deepseek-coder", "deepseek-v3", "falcon", "tekken",
+        "gpt-4o", "chameleon", "poro-chat", "viking", "bailingmoe", "seed-coder", "minicpm5",
+        "smaug-bpe", "chatglm-bpe", "stablelm2", "olmo", "gemma4", "gemma-4"};
+    const char *text = "Hello wORLD's 12345 \xe4\xbd\xa0\xe5\xa5\xbd!!\n\n  x\t\xf0\x9f\x98\x80 \xff";
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
+        assert_int_equal(write_tiny("gpt2", names[i], 0), 0);
+        tokenizer *t = NULL;
+        char err[256] = "";
+        if (load_tmp(&t, err, sizeof err) != 0) fail_msg("pre-tokenizer %s: %s", names[i], err);
+        int32_t ids[256];
+        int64_t n = tokenizer_encode(t, text, strlen(text), 1, 1, ids, 256);
+        assert_true(n >= 0 && n <= 256);
+        tokenizer_free(t);
+    }
+    /* gemma4: "ab ab\n\n" -> BOS "ab" "\u2581ab" "\n\n": the space is U+2581 and
+     * merges run across it; a word of newlines that is a token stays whole */
+    const char *toks[] = {"<unk>", "<s>", "</s>", "a", "b", "ab", "\xe2\x96\x81", "\xe2\x96\x81" "ab",
+                          "\xe2\x96\x81" "a", "\n\n"};
+    const char *merges[] = {"\xe2\x96\x81 a", "\xe2\x96\x81" "a b", "a b"};
+    int32_t types[] = {2, 3, 3, 1, 1, 1, 1, 1, 1, 1};
+    gguf_writer *w = gguf_writer_create();
+    gguf_writer_set_str(w, "tokenizer.ggml.model", "gemma4");
+    gguf_writer_set_arr_str(w, "tokenizer.ggml.tokens", toks, NULL, 10);
+    gguf_writer_set_arr_i32(w, "tokenizer.ggml.token_type", types, 10);
+    gguf_writer_set_arr_str(w, "tokenizer.ggml.merges", merges, NULL, 3);
+    gguf_writer_set_u32(w, "tokenizer.ggml.bos_token_id", 1);
+    char err[256];
+    assert_int_equal(gguf_writer_write(w, tmp_path, err, sizeof err), 0);
+    gguf_writer_free(w);
+    tokenizer *t = NULL;
+    assert_int_equal(load_tmp(&t, err, sizeof err), 0);
+    int32_t ids[16];
+    int64_t n = enc(t, "ab ab\n\n", 7, 1, 0, ids, 16);
+    assert_int_equal(n, 4);
+    assert_int_equal(ids[0], 1); /* gemma4 always adds BOS */
+    assert_int_equal(ids[1], 5);
+    assert_int_equal(ids[2], 7);
+    assert_int_equal(ids[3], 9);
+    char buf[32];
+    int64_t m = tokenizer_decode(t, ids, n, 0, buf, sizeof buf);
+    assert_int_equal(m, 7);
+    assert_memory_equal(buf, "ab ab\n\n", 7);
+    tokenizer_free(t);
+}
+
 /* ---- round trips and streaming ------------------------------------------ */
 
 static const char *const samples[] = {
@@ -537,6 +588,7 @@ int main(void) {
         cmocka_unit_test(test_bos_eos),
         cmocka_unit_test(test_unknown_pre_is_error),
         cmocka_unit_test(test_tiny_bpe_and_eos),
+        cmocka_unit_test(test_all_pretokenizers_load),
         cmocka_unit_test(test_roundtrip),
         cmocka_unit_test(test_invalid_utf8_bpe),
         cmocka_unit_test(test_stream_split_character),

@@ -62,7 +62,7 @@ static void *tp_worker_main(void *p) {
     threadpool *tp = arg->tp;
     int32_t index = arg->index;
     free(arg);
-    uint32_t seen = atomic_load(&tp->gen);
+    uint32_t seen = 0; /* gen at creation: a job may be posted before this thread runs */
     for (;;) {
         uint32_t g;
         int spins = 0;

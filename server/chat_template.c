@@ -13,6 +13,8 @@ struct chat_template {
     jarena arena;   /* owns the AST and literal values */
     jnode *root;
     int no_system;  /* the template rejects or drops system messages */
+    int typed_only; /* content must stay an array of parts (string content is dropped) */
+    int object_args; /* tool-call arguments must be objects (a JSON string would be re-encoded) */
 };
 
 /* Memory one render may use before it is stopped: far above any real chat
@@ -42,6 +44,50 @@ static int probe_no_system(chat_template *t) {
     return no_system;
 }
 
+static int probe_shows(chat_template *t, json_t *msgs, const char *needle) {
+    char *text = NULL, err[256];
+    chat_template_opts po = {.add_generation_prompt = 1, .now = 1};
+    int shown = msgs && chat_template_render(t, msgs, NULL, &po, &text, err, sizeof err) == 0 && strstr(text, needle);
+    free(text);
+    json_decref(msgs);
+    return shown;
+}
+
+/* A template needs typed content when a plain string content does not show
+ * up in its output but the same text as a [{type: text}] part does. */
+static int probe_typed_only(chat_template *t) {
+    const char *needle = "<<qkvd-content-probe>>";
+    if (probe_shows(t, json_pack("[{s:s,s:s}]", "role", "user", "content", needle), needle)) return 0;
+    return probe_shows(t, json_pack("[{s:s,s:[{s:s,s:s}]}]", "role", "user", "content", "type", "text", "text", needle),
+                       needle);
+}
+
+/* Whether tool-call arguments given as `args` show up as plain JSON (the
+ * key present, not backslash-escaped inside a re-encoded string). */
+static int probe_args_render(chat_template *t, json_t *args) {
+    json_t *msgs = json_pack("[{s:s,s:s},{s:s,s:s,s:[{s:s,s:s,s:{s:s,s:o}}]},{s:s,s:s,s:s},{s:s,s:s}]",
+                             "role", "user", "content", "hi",
+                             "role", "assistant", "content", "",
+                             "tool_calls", "id", "123456789", "type", "function", "function", "name", "qkvd_probe_fn",
+                             "arguments", args,
+                             "role", "tool", "tool_call_id", "123456789", "content", "ok",
+                             "role", "user", "content", "bye");
+    char *text = NULL, err[256];
+    chat_template_opts po = {.add_generation_prompt = 1, .now = 1};
+    int ok = msgs && chat_template_render(t, msgs, NULL, &po, &text, err, sizeof err) == 0 &&
+             strstr(text, "qkvd_arg_needle") && !strstr(text, "\\\"qkvd_arg_needle");
+    free(text);
+    json_decref(msgs);
+    return ok;
+}
+
+/* Templates that print arguments with |tojson or iterate them need objects;
+ * like llama.cpp, such templates get string arguments parsed into objects. */
+static int probe_object_args(chat_template *t) {
+    if (probe_args_render(t, json_string("{\"qkvd_arg_needle\": \"x\"}"))) return 0;
+    return probe_args_render(t, json_pack("{s:s}", "qkvd_arg_needle", "x"));
+}
+
 int chat_template_compile(const char *src, size_t len, chat_template **out, char *err, size_t errlen) {
     *out = NULL;
     if (!src) {
@@ -60,7 +106,12 @@ int chat_template_compile(const char *src, size_t len, chat_template **out, char
         return -1;
     }
     t->arena.fail = NULL;
+    /* Probes see the template raw (no adaptations), then each finding is
+     * switched on in turn. */
+    t->typed_only = 1;
+    t->typed_only = probe_typed_only(t);
     t->no_system = probe_no_system(t);
+    t->object_args = probe_object_args(t);
     *out = t;
     return 0;
 }
@@ -69,6 +120,51 @@ void chat_template_free(chat_template *t) {
     if (!t) return;
     jarena__free(&t->arena);
     free(t);
+}
+
+/* llama.cpp hands templates string content: the text parts of an array
+ * content joined with "\n" (other part types dropped), unless the template
+ * only understands typed parts. Changes our copy; the caller's JSON is untouched. */
+static jv flatten_content(jarena *a, jv msgs) {
+    if (msgs.t != JV_LIST) return msgs;
+    for (size_t i = 0; i < msgs.u.l->n; i++) {
+        jv m = msgs.u.l->v[i];
+        jv *content = m.t == JV_DICT ? jdict_gets(m.u.d, "content") : NULL;
+        if (!content || content->t != JV_LIST) continue;
+        jbuf text = {0};
+        jbuf_put(a, &text, "", 0);
+        int first = 1;
+        for (size_t k = 0; k < content->u.l->n; k++) {
+            jv part = content->u.l->v[k];
+            jv *type = part.t == JV_DICT ? jdict_gets(part.u.d, "type") : NULL;
+            jv *tx = part.t == JV_DICT ? jdict_gets(part.u.d, "text") : NULL;
+            if (!type || type->t != JV_STR || strcmp(type->u.s->s, "text") || !tx || tx->t != JV_STR) continue;
+            if (!first) jbuf_putc(a, &text, '\n');
+            jbuf_put(a, &text, tx->u.s->s, tx->u.s->len);
+            first = 0;
+        }
+        *content = jv_str(a, text.p, text.n);
+    }
+    return msgs;
+}
+
+/* Replaces string tool-call arguments that hold a JSON object by the object. */
+static void parse_arguments(jarena *a, jv msgs) {
+    if (msgs.t != JV_LIST) return;
+    for (size_t i = 0; i < msgs.u.l->n; i++) {
+        jv m = msgs.u.l->v[i];
+        jv *calls = m.t == JV_DICT ? jdict_gets(m.u.d, "tool_calls") : NULL;
+        if (!calls || calls->t != JV_LIST) continue;
+        for (size_t k = 0; k < calls->u.l->n; k++) {
+            jv tc = calls->u.l->v[k];
+            jv *fn = tc.t == JV_DICT ? jdict_gets(tc.u.d, "function") : NULL;
+            jv *args = fn && fn->t == JV_DICT ? jdict_gets(fn->u.d, "arguments") : NULL;
+            if (!args || args->t != JV_STR) continue;
+            json_t *j = json_loadb(args->u.s->s, args->u.s->len, JSON_DECODE_ANY, NULL);
+            if (j && json_is_object(j)) *args = jv_from_json(a, j);
+            json_decref(j);
+        }
+    }
 }
 
 /* For templates without a system role (Gemma 2 raises on one), fold each
@@ -142,6 +238,8 @@ int chat_template_render(const chat_template *t, const json_t *messages, const j
     long long now = opts->now ? opts->now : (long long)time(NULL);
     jdict *g = jv_newdict(&a).u.d;
     jv msgs = messages ? jv_from_json(&a, messages) : jv_newlist(&a);
+    if (!t->typed_only) msgs = flatten_content(&a, msgs);
+    if (t->object_args) parse_arguments(&a, msgs);
     if (t->no_system) msgs = merge_system(&a, msgs);
     set_global(&a, g, "messages", msgs);
     if (tools && !json_is_null(tools)) set_global(&a, g, "tools", jv_from_json(&a, tools));

@@ -289,6 +289,22 @@ static void test_messages_and_globals(void **state) {
     json_decref(m1);
 }
 
+/* llama.cpp-style adaptation: string content parts are joined, and string
+ * tool-call arguments are parsed for templates that re-encode them. */
+static void test_polyfills(void **state) {
+    (void)state;
+    const char *parts = "[{\"role\":\"user\",\"content\":[{\"type\":\"text\",\"text\":\"a\"},{\"type\":\"image\"},{\"type\":\"text\",\"text\":\"b\"}]}]";
+    EXPECT("{% for m in messages %}[{{ m.content }}]{% endfor %}", parts, "[a\nb]");
+    /* a template that only reads parts keeps them */
+    EXPECT("{% for m in messages %}{% for p in m.content %}<{{ p.text }}>{% endfor %}{% endfor %}", parts, "<a><><b>");
+    const char *call = "[{\"role\":\"user\",\"content\":\"q\"},{\"role\":\"assistant\",\"content\":\"\","
+                       "\"tool_calls\":[{\"type\":\"function\",\"function\":{\"name\":\"f\",\"arguments\":\"{\\\"x\\\": 1}\"}}]}]";
+    EXPECT("{% for m in messages %}{% for tc in m.tool_calls %}{{ tc.function.arguments|tojson }}{% endfor %}{% endfor %}", call,
+           "{\"x\": 1}");
+    EXPECT("{% for m in messages %}{% for tc in m.tool_calls %}{{ tc.function.arguments }}{% endfor %}{% endfor %}", call,
+           "{\"x\": 1}");
+}
+
 static void test_errors(void **state) {
     (void)state;
     EXPECT_ERR("{{ raise_exception('Roles must alternate') }}", NULL, "Roles must alternate");
@@ -329,6 +345,7 @@ int main(void) {
         cmocka_unit_test(test_filters),
         cmocka_unit_test(test_tests_and_methods),
         cmocka_unit_test(test_messages_and_globals),
+        cmocka_unit_test(test_polyfills),
         cmocka_unit_test(test_errors),
         cmocka_unit_test(test_reference_templates),
     };

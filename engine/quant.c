@@ -13,6 +13,21 @@
 #include <string.h>
 #include <strings.h>
 
+/* Kernel tables (filled by quant_init; see the dispatch section). */
+static quant__kernels kernels_scalar;
+static quant__kernels kernels_simd;
+static const quant__kernels *kernels_active; /* NULL until quant_init ran */
+
+static inline const quant__kernels *kernels_get(void)
+{
+    const quant__kernels *k = __atomic_load_n(&kernels_active, __ATOMIC_ACQUIRE);
+    if (k == NULL) { /* quant_init not called yet */
+        quant_init();
+        k = __atomic_load_n(&kernels_active, __ATOMIC_ACQUIRE);
+    }
+    return k;
+}
+
 /* ---- traits ------------------------------------------------------------ */
 
 static const qk_type_traits type_traits[QK_TYPE_MAX] = {
@@ -347,6 +362,12 @@ void quant_dequantize_row(enum qk_type t, const void *src, float *dst, int64_t n
         return;
     }
     int64_t nb = n / tr->block_size;
+    /* Prompt processing dequantises whole weight tiles: SIMD when present. */
+    const quant__kernels *k = kernels_get();
+    if (k->dequant[t]) {
+        k->dequant[t](src, dst, n);
+        return;
+    }
     switch (t) {
     case QK_F32: memcpy(dst, src, (size_t)n * sizeof(float)); break;
     case QK_F16: {
@@ -1008,9 +1029,6 @@ static void act_q8_K(const float *x, void *dst, int64_t n) { quantize_q8_K(x, ds
 
 /* ---- dispatch ---------------------------------------------------------- */
 
-static quant__kernels kernels_scalar;
-static quant__kernels kernels_simd;
-static const quant__kernels *kernels_active; /* NULL until quant_init ran */
 static int force_scalar;
 static pthread_once_t init_once = PTHREAD_ONCE_INIT;
 
@@ -1067,16 +1085,6 @@ void quant_force_scalar(int on)
     force_scalar = on != 0;
     __atomic_store_n(&kernels_active, force_scalar ? &kernels_scalar : &kernels_simd,
                      __ATOMIC_RELEASE);
-}
-
-static inline const quant__kernels *kernels_get(void)
-{
-    const quant__kernels *k = __atomic_load_n(&kernels_active, __ATOMIC_ACQUIRE);
-    if (k == NULL) { /* quant_init not called yet */
-        quant_init();
-        k = __atomic_load_n(&kernels_active, __ATOMIC_ACQUIRE);
-    }
-    return k;
 }
 
 float quant_vec_dot(enum qk_type t, const void *w_row, const void *act, int64_t n)

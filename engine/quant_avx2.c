@@ -676,6 +676,166 @@ static void gemv_q8_0(const void *W, size_t rb, const void *act, float *y, int64
         y[r] = dot_q8_0(w + (size_t)r * rb, act, n);
 }
 
+
+/* ---- dequantisation (prompt processing feeds whole tiles to sgemm) ------ */
+
+/* y[0..31] = q * d for 32 signed bytes q */
+static inline void store_i8x32(__m256i q, __m256 d, float *y)
+{
+    __m128i lo = _mm256_castsi256_si128(q), hi = _mm256_extracti128_si256(q, 1);
+    _mm256_storeu_ps(y, _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(lo))));
+    _mm256_storeu_ps(y + 8, _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(lo, 8)))));
+    _mm256_storeu_ps(y + 16, _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(hi))));
+    _mm256_storeu_ps(y + 24, _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(hi, 8)))));
+}
+
+/* y[0..31] = q * d - m for 32 signed bytes q (the K types' min term) */
+static inline void store_i8x32_min(__m256i q, __m256 d, __m256 m, float *y)
+{
+    __m128i lo = _mm256_castsi256_si128(q), hi = _mm256_extracti128_si256(q, 1);
+    _mm256_storeu_ps(y, _mm256_sub_ps(_mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(lo))), m));
+    _mm256_storeu_ps(y + 8, _mm256_sub_ps(_mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(lo, 8)))), m));
+    _mm256_storeu_ps(y + 16, _mm256_sub_ps(_mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(hi))), m));
+    _mm256_storeu_ps(y + 24, _mm256_sub_ps(_mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(hi, 8)))), m));
+}
+
+static void dequant_f16(const void *src, float *y, int64_t n)
+{
+    const uint16_t *h = src;
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, load_f16x8(h + i));
+    for (; i < n; i++) y[i] = fp16_to_f32(h[i]);
+}
+
+static void dequant_bf16(const void *src, float *y, int64_t n)
+{
+    const uint16_t *h = src;
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, load_bf16x8(h + i));
+    for (; i < n; i++) {
+        uint32_t u = (uint32_t)h[i] << 16;
+        memcpy(&y[i], &u, 4);
+    }
+}
+
+static void dequant_q4_0(const void *src, float *y, int64_t n)
+{
+    const block_q4_0 *x = src;
+    for (int64_t i = 0; i < n / QK4_0; i++, y += QK4_0)
+        store_i8x32(_mm256_sub_epi8(nibbles_32(x[i].qs), _mm256_set1_epi8(8)), _mm256_set1_ps(fp16_to_f32(x[i].d)), y);
+}
+
+static void dequant_q4_1(const void *src, float *y, int64_t n)
+{
+    const block_q4_1 *x = src;
+    for (int64_t i = 0; i < n / QK4_1; i++, y += QK4_1)
+        store_i8x32_min(nibbles_32(x[i].qs), _mm256_set1_ps(fp16_to_f32(x[i].d)),
+                        _mm256_set1_ps(-fp16_to_f32(x[i].m)), y);
+}
+
+static void dequant_q5_0(const void *src, float *y, int64_t n)
+{
+    const block_q5_0 *x = src;
+    for (int64_t i = 0; i < n / QK5_0; i++, y += QK5_0) {
+        __m256i hi = _mm256_andnot_si256(bits_32(x[i].qh), _mm256_set1_epi8((char)0xF0));
+        store_i8x32(_mm256_or_si256(nibbles_32(x[i].qs), hi), _mm256_set1_ps(fp16_to_f32(x[i].d)), y);
+    }
+}
+
+static void dequant_q5_1(const void *src, float *y, int64_t n)
+{
+    const block_q5_1 *x = src;
+    for (int64_t i = 0; i < n / QK5_1; i++, y += QK5_1) {
+        __m256i hi = _mm256_and_si256(bits_32(x[i].qh), _mm256_set1_epi8(0x10));
+        store_i8x32_min(_mm256_or_si256(nibbles_32(x[i].qs), hi), _mm256_set1_ps(fp16_to_f32(x[i].d)),
+                        _mm256_set1_ps(-fp16_to_f32(x[i].m)), y);
+    }
+}
+
+static void dequant_q8_0(const void *src, float *y, int64_t n)
+{
+    const block_q8_0 *x = src;
+    for (int64_t i = 0; i < n / QK8_0; i++, y += QK8_0)
+        store_i8x32(_mm256_loadu_si256((const __m256i *)x[i].qs), _mm256_set1_ps(fp16_to_f32(x[i].d)), y);
+}
+
+static void dequant_q4_K(const void *src, float *y, int64_t n)
+{
+    const block_q4_K *x = src;
+    const __m256i m4 = _mm256_set1_epi8(0xF);
+    for (int64_t i = 0; i < n / QK_K; i++) {
+        const float d = fp16_to_f32(x[i].d), dmin = fp16_to_f32(x[i].dmin);
+        for (int j = 0; j < QK_K / 64; j++, y += 64) {
+            uint8_t sc1, m1, sc2, m2;
+            quant__get_scale_min_k4(2 * j, x[i].scales, &sc1, &m1);
+            quant__get_scale_min_k4(2 * j + 1, x[i].scales, &sc2, &m2);
+            __m256i b = _mm256_loadu_si256((const __m256i *)(x[i].qs + 32 * j));
+            store_i8x32_min(_mm256_and_si256(b, m4), _mm256_set1_ps(d * sc1), _mm256_set1_ps(dmin * m1), y);
+            store_i8x32_min(_mm256_and_si256(_mm256_srli_epi16(b, 4), m4), _mm256_set1_ps(d * sc2),
+                            _mm256_set1_ps(dmin * m2), y + 32);
+        }
+    }
+}
+
+static void dequant_q5_K(const void *src, float *y, int64_t n)
+{
+    const block_q5_K *x = src;
+    const __m256i m4 = _mm256_set1_epi8(0xF);
+    for (int64_t i = 0; i < n / QK_K; i++) {
+        const float d = fp16_to_f32(x[i].d), dmin = fp16_to_f32(x[i].dmin);
+        const __m256i hbits = _mm256_loadu_si256((const __m256i *)x[i].qh);
+        for (int j = 0; j < QK_K / 64; j++, y += 64) {
+            uint8_t sc1, m1, sc2, m2;
+            quant__get_scale_min_k4(2 * j, x[i].scales, &sc1, &m1);
+            quant__get_scale_min_k4(2 * j + 1, x[i].scales, &sc2, &m2);
+            __m256i b = _mm256_loadu_si256((const __m256i *)(x[i].qs + 32 * j));
+            /* bit 2j (2j+1) of each qh byte is the fifth bit of the low (high) nibbles */
+            __m256i h0 = _mm256_and_si256(_mm256_srli_epi16(hbits, 2 * j), _mm256_set1_epi8(1));
+            __m256i h1 = _mm256_and_si256(_mm256_srli_epi16(hbits, 2 * j + 1), _mm256_set1_epi8(1));
+            __m256i lo = _mm256_or_si256(_mm256_and_si256(b, m4), _mm256_slli_epi16(h0, 4));
+            __m256i hi = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(b, 4), m4), _mm256_slli_epi16(h1, 4));
+            store_i8x32_min(lo, _mm256_set1_ps(d * sc1), _mm256_set1_ps(dmin * m1), y);
+            store_i8x32_min(hi, _mm256_set1_ps(d * sc2), _mm256_set1_ps(dmin * m2), y + 32);
+        }
+    }
+}
+
+static void dequant_q6_K(const void *src, float *y, int64_t n)
+{
+    const block_q6_K *x = src;
+    const __m256i m4 = _mm256_set1_epi8(0xF), m2 = _mm256_set1_epi8(3), m32 = _mm256_set1_epi8(32);
+    for (int64_t i = 0; i < n / QK_K; i++) {
+        const float d = fp16_to_f32(x[i].d);
+        for (int h = 0; h < 2; h++, y += 128) {
+            const uint8_t *ql = x[i].ql + 64 * h, *qh = x[i].qh + 32 * h;
+            __m256i b1 = _mm256_loadu_si256((const __m256i *)ql);
+            __m256i b2 = _mm256_loadu_si256((const __m256i *)(ql + 32));
+            __m256i bh = _mm256_loadu_si256((const __m256i *)qh);
+            __m256i q[4];
+            q[0] = _mm256_or_si256(_mm256_and_si256(b1, m4), _mm256_slli_epi16(_mm256_and_si256(bh, m2), 4));
+            q[1] = _mm256_or_si256(_mm256_and_si256(b2, m4),
+                                   _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(bh, 2), m2), 4));
+            q[2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(b1, 4), m4),
+                                   _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(bh, 4), m2), 4));
+            q[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(b2, 4), m4),
+                                   _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(bh, 6), m2), 4));
+            for (int k = 0; k < 4; k++) {
+                /* 32 elements = two 16-element sub-blocks with their own scale */
+                const int8_t *sc = x[i].scales + 8 * h + 2 * k;
+                __m256 s = _mm256_set1_ps(d * sc[0]);
+                __m256i v = _mm256_sub_epi8(q[k], m32);
+                __m128i lo = _mm256_castsi256_si128(v), hi = _mm256_extracti128_si256(v, 1);
+                float *o = y + 32 * k;
+                _mm256_storeu_ps(o, _mm256_mul_ps(s, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(lo))));
+                _mm256_storeu_ps(o + 8, _mm256_mul_ps(s, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(lo, 8)))));
+                s = _mm256_set1_ps(d * sc[1]);
+                _mm256_storeu_ps(o + 16, _mm256_mul_ps(s, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(hi))));
+                _mm256_storeu_ps(o + 24, _mm256_mul_ps(s, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(hi, 8)))));
+            }
+        }
+    }
+}
+
 /* ---- activation quantisers --------------------------------------------- */
 
 static inline float hmax_ps(__m256 v)
@@ -788,6 +948,16 @@ void quant__avx2_fill(quant__kernels *k)
     k->dot[QK_Q5_K] = dot_q5_K;
     k->dot[QK_Q6_K] = dot_q6_K;
     k->act[QK_Q8_0] = act_q8_0;
+    k->dequant[QK_F16] = dequant_f16;
+    k->dequant[QK_BF16] = dequant_bf16;
+    k->dequant[QK_Q4_0] = dequant_q4_0;
+    k->dequant[QK_Q4_1] = dequant_q4_1;
+    k->dequant[QK_Q5_0] = dequant_q5_0;
+    k->dequant[QK_Q5_1] = dequant_q5_1;
+    k->dequant[QK_Q8_0] = dequant_q8_0;
+    k->dequant[QK_Q4_K] = dequant_q4_K;
+    k->dequant[QK_Q5_K] = dequant_q5_K;
+    k->dequant[QK_Q6_K] = dequant_q6_K;
     k->gemv[QK_Q4_0] = gemv_q4_0;
     k->gemv[QK_Q4_1] = gemv_q4_1;
     k->gemv[QK_Q5_0] = gemv_q5_0;

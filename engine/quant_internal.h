@@ -43,12 +43,15 @@ typedef void (*quant__gemv_fn)(const void *W, size_t row_bytes, const void *act,
                                float *y, int64_t n, int64_t nrows);
 /* Quantise n floats into an activation type (Q8_0, Q8_1, Q8_K). */
 typedef void (*quant__act_fn)(const float *x, void *dst, int64_t n);
+/* Dequantise n elements (a multiple of the block size) of one type. */
+typedef void (*quant__dequant_fn)(const void *src, float *dst, int64_t n);
 
 typedef struct quant__kernels {
     const char *name;
     quant__dot_fn dot[QK_TYPE_MAX];   /* by weight type */
     quant__gemv_fn gemv[QK_TYPE_MAX]; /* by weight type; NULL: loop over dot */
     quant__act_fn act[QK_TYPE_MAX];   /* by activation type */
+    quant__dequant_fn dequant[QK_TYPE_MAX]; /* optional; NULL: the scalar code */
 } quant__kernels;
 
 /* Fill in the kernels the SIMD file provides, leaving other entries alone. */

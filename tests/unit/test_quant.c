@@ -404,6 +404,34 @@ static void test_simd_vs_scalar(void **state)
     free(w); free(x); free(xa); free(xb); free(wq); free(aq); free(aq2);
 }
 
+/* SIMD dequantisation agrees with the scalar reference (tiny rounding
+ * differences allowed: the SIMD code may fuse multiply-adds). */
+static void test_dequant_simd(void **state)
+{
+    (void)state;
+    const int64_t n = 2048;
+    float *x = malloc(sizeof(float) * n), *a = malloc(sizeof(float) * n), *b = malloc(sizeof(float) * n);
+    uint8_t *q = malloc(n * 4);
+    rng_seed(9);
+    for (size_t k = 0; k < N_SUPPORTED; k++) {
+        enum qk_type t = supported_types[k];
+        for (int rep = 0; rep < 3; rep++) {
+            int64_t len = quant_traits(t)->block_size == 1 ? n - 3 * rep : n;
+            fill_normal(x, len, rep == 2 ? 100.0f : 0.5f);
+            quant_quantize_row(t, x, q, len);
+            quant_force_scalar(1);
+            quant_dequantize_row(t, q, a, len);
+            quant_force_scalar(0);
+            quant_dequantize_row(t, q, b, len);
+            for (int64_t i = 0; i < len; i++)
+                if (fabsf(a[i] - b[i]) > 1e-6f * (fabsf(a[i]) + 1e-3f * (rep == 2 ? 100.0f : 0.5f)))
+                    fail_msg("%s dequant (%s) [%d]: %.9g vs scalar %.9g", quant_type_name(t),
+                             quant_kernel_name(), (int)i, (double)b[i], (double)a[i]);
+        }
+    }
+    free(x); free(a); free(b); free(q);
+}
+
 /* gemv over a row range equals the per-row dot, and leaves other rows alone. */
 static void test_gemv(void **state)
 {
@@ -613,6 +641,7 @@ int main(void)
         cmocka_unit_test(test_dot_scalar),
         cmocka_unit_test(test_dot_simd),
         cmocka_unit_test(test_simd_vs_scalar),
+        cmocka_unit_test(test_dequant_simd),
         cmocka_unit_test(test_gemv),
         cmocka_unit_test(test_shared_models),
     };

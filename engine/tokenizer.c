@@ -22,48 +22,55 @@ static void set_err(char *err, size_t errlen, const char *fmt, ...) {
     va_end(ap);
 }
 
-/* FNV-1a, 64 bit, then a final mix so that the low bits (used as the table
- * index) depend on every input byte. */
-static uint64_t hash_bytes(uint64_t h, const char *s, size_t n) {
-    for (size_t i = 0; i < n; i++) {
-        h ^= (unsigned char)s[i];
-        h *= 0x100000001b3ull;
+/* Word-at-a-time multiply-xor hash with a murmur-style finish, so the low
+ * bits (the table index) depend on every byte. Tokens are short; this is the
+ * hot part of loading a 150k vocabulary. */
+uint64_t tok__hash(const char *s, size_t n) {
+    uint64_t h = 0x9e3779b97f4a7c15ull ^ (n * 0xff51afd7ed558ccdull);
+    while (n >= 8) {
+        uint64_t w;
+        memcpy(&w, s, 8);
+        h = (h ^ w) * 0xbf58476d1ce4e5b9ull;
+        h ^= h >> 31;
+        s += 8;
+        n -= 8;
     }
-    return h;
-}
-
-static uint64_t hash_final(uint64_t h) {
+    uint64_t w = 0;
+    memcpy(&w, s, n);
+    h = (h ^ w) * 0x94d049bb133111ebull;
     h ^= h >> 33;
     h *= 0xff51afd7ed558ccdull;
     h ^= h >> 33;
     return h;
 }
 
-uint64_t tok__hash(const char *s, size_t n) {
-    return hash_final(hash_bytes(0xcbf29ce484222325ull, s, n));
-}
-
-uint64_t tok__hash2(const char *a, size_t na, const char *b, size_t nb) {
-    return hash_final(hash_bytes(hash_bytes(0xcbf29ce484222325ull, a, na), b, nb));
-}
-
-int32_t tok__find2(const struct tokenizer *t, const char *a, size_t na, const char *b, size_t nb) {
-    size_t n = na + nb;
-    if (n > t->max_piece_len) return -1;
-    uint32_t i = (uint32_t)tok__hash2(a, na, b, nb) & t->map.mask;
+static int32_t find_hashed(const struct tokenizer *t, uint64_t hash, const char *s, size_t n) {
+    uint32_t i = (uint32_t)hash & t->map.mask, tag = (uint32_t)(hash >> 32);
     for (;;) {
-        int32_t id = t->map.slots[i];
-        if (id < 0) return -1;
-        if (t->len[id] == n) {
-            const char *p = t->blob + t->off[id];
-            if (memcmp(p, a, na) == 0 && memcmp(p + na, b, nb) == 0) return id;
-        }
+        const tok__strslot *sl = &t->map.slots[i];
+        if (sl->id < 0) return -1;
+        if (sl->tag == tag && t->len[sl->id] == n && memcmp(t->blob + t->off[sl->id], s, n) == 0)
+            return sl->id;
         i = (i + 1) & t->map.mask;
     }
 }
 
 int32_t tok__find(const struct tokenizer *t, const char *s, size_t n) {
-    return tok__find2(t, s, n, "", 0);
+    if (n > t->max_piece_len) return -1;
+    return find_hashed(t, tok__hash(s, n), s, n);
+}
+
+int32_t tok__find2(const struct tokenizer *t, const char *a, size_t na, const char *b, size_t nb) {
+    size_t n = na + nb;
+    if (n > t->max_piece_len) return -1;
+    char stackbuf[512];
+    char *buf = n <= sizeof stackbuf ? stackbuf : malloc(n);
+    if (!buf) return -1;
+    memcpy(buf, a, na);
+    memcpy(buf + na, b, nb);
+    int32_t id = find_hashed(t, tok__hash(buf, n), buf, n);
+    if (buf != stackbuf) free(buf);
+    return id;
 }
 
 void tok__out_push(tok__out *o, int32_t id) {
@@ -154,26 +161,27 @@ static int build_vocab(struct tokenizer *t, const gguf_kv *tokens, const gguf_kv
     uint32_t size = 16;
     while (size < (uint32_t)n * 2u) size <<= 1;
     t->map.mask = size - 1;
-    t->map.slots = malloc((size_t)size * sizeof(int32_t));
+    t->map.slots = malloc((size_t)size * sizeof *t->map.slots);
     if (!t->map.slots) {
         set_err(err, errlen, "tokenizer: out of memory for the vocabulary index");
         return -1;
     }
-    memset(t->map.slots, 0xff, (size_t)size * sizeof(int32_t));
+    memset(t->map.slots, 0xff, (size_t)size * sizeof *t->map.slots);
     for (int32_t i = 0; i < n; i++) {
         const char *p = t->blob + t->off[i];
-        uint32_t h = (uint32_t)tok__hash(p, t->len[i]) & t->map.mask;
+        uint64_t hash = tok__hash(p, t->len[i]);
+        uint32_t h = (uint32_t)hash & t->map.mask, tag = (uint32_t)(hash >> 32);
         int dup = 0;
         for (;;) {
-            int32_t id = t->map.slots[h];
-            if (id < 0) break;
-            if (t->len[id] == t->len[i] && !memcmp(t->blob + t->off[id], p, t->len[i])) {
+            const tok__strslot *sl = &t->map.slots[h];
+            if (sl->id < 0) break;
+            if (sl->tag == tag && t->len[sl->id] == t->len[i] && !memcmp(t->blob + t->off[sl->id], p, t->len[i])) {
                 dup = 1; /* keep the first id for a duplicated piece */
                 break;
             }
             h = (h + 1) & t->map.mask;
         }
-        if (!dup) t->map.slots[h] = i;
+        if (!dup) t->map.slots[h] = (tok__strslot){tag, i};
     }
     return 0;
 }
@@ -187,17 +195,6 @@ static int32_t read_id(const gguf_file *f, const char *key, int32_t def, int32_t
     int64_t w;
     if (gguf_get_i64(f, key, &w) == 0 && w >= 0 && w < n) return (int32_t)w;
     return def;
-}
-
-static int piece_is(const struct tokenizer *t, int32_t id, const char *s) {
-    size_t n = strlen(s);
-    return t->len[id] == n && !memcmp(t->blob + t->off[id], s, n);
-}
-
-static int piece_in(const struct tokenizer *t, int32_t id, const char *const *list) {
-    for (; *list; list++)
-        if (piece_is(t, id, *list)) return 1;
-    return 0;
 }
 
 static int32_t find_first(const struct tokenizer *t, const char *const *list) {
@@ -235,15 +232,14 @@ static void detect_eog(struct tokenizer *t) {
     for (int k = 0; k < 3; k++)
         if (ids[k] >= 0) { t->eog[ids[k]] = 1; mark_control(t, ids[k]); }
 
-    for (int32_t id = 0; id < t->n_vocab; id++) {
-        if (!(t->attr[id] & TOK_ATTR_CONTROL)) {
-            if (piece_in(t, id, eog_names)) { t->eog[id] = 1; mark_control(t, id); }
-            continue;
-        }
-        /* Control tokens named "unused" are placeholders. */
-        if (memmem(t->blob + t->off[id], t->len[id], "unused", 6)) t->attr[id] |= TOK_ATTR_UNUSED;
-        if (piece_in(t, id, eog_names)) t->eog[id] = 1;
+    for (const char *const *name = eog_names; *name; name++) {
+        int32_t id = tok__find(t, *name, strlen(*name));
+        if (id >= 0) { t->eog[id] = 1; mark_control(t, id); }
     }
+    /* Control tokens named "unused" are placeholders. */
+    for (int32_t id = 0; id < t->n_vocab; id++)
+        if ((t->attr[id] & TOK_ATTR_CONTROL) && memmem(t->blob + t->off[id], t->len[id], "unused", 6))
+            t->attr[id] |= TOK_ATTR_UNUSED;
     if (t->eos >= 0) t->eog[t->eos] = 1;
     if (t->eot >= 0) t->eog[t->eot] = 1;
     if (t->eom >= 0) t->eog[t->eom] = 1;
@@ -468,8 +464,8 @@ int tokenizer_load(const gguf_file *f, tokenizer **out, char *err, size_t errlen
     if (t->kind == TOK_SPM) t->spm_words = spm_words_independent(t);
     /* Byte fallback tokens <0xXX> (SPM, and BPE without byte encoding). */
     for (int b = 0; b < 256; b++) {
-        char hx[7];
-        snprintf(hx, sizeof hx, "<0x%02X>", b);
+        static const char digits[] = "0123456789ABCDEF";
+        char hx[6] = {'<', '0', 'x', digits[b >> 4], digits[b & 15], '>'};
         int32_t id = tok__find(t, hx, 6);
         if (id < 0 && t->kind == TOK_SPM) {
             char c = (char)b;

@@ -19,9 +19,14 @@
 
 /* Open-addressing hash set of byte strings -> token id. Keys point into the
  * tokenizer's piece blob. */
+typedef struct tok__strslot {
+    uint32_t tag;       /* high half of the key's hash: most misses end here */
+    int32_t id;         /* token id, or -1 for an empty slot */
+} tok__strslot;
+
 typedef struct tok__strmap {
     uint32_t mask;      /* table size - 1 (power of two) */
-    int32_t *slots;     /* token id or -1 */
+    tok__strslot *slots;
 } tok__strmap;
 
 /* Merge table for byte-level BPE: (left id, right id) -> rank and result id. */
@@ -105,8 +110,7 @@ void tok__out_push(tok__out *o, int32_t id);
 
 /* ---- strings ---------------------------------------------------------- */
 uint64_t tok__hash(const char *s, size_t n);
-/* Hash of the concatenation a||b without building it. */
-uint64_t tok__hash2(const char *a, size_t na, const char *b, size_t nb);
+/* Token id of the piece s[0..n), or of the concatenation a||b; -1 if absent. */
 int32_t tok__find(const struct tokenizer *t, const char *s, size_t n);
 int32_t tok__find2(const struct tokenizer *t, const char *a, size_t na, const char *b, size_t nb);
 

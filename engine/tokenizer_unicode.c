@@ -113,22 +113,19 @@ static int byte_printable(unsigned b) {
     return (b >= 0x21 && b <= 0x7E) || (b >= 0xA1 && b <= 0xAC) || (b >= 0xAE && b <= 0xFF);
 }
 
+/* The 68 non-printable bytes, in order, are 0x00-0x20, 0x7F-0xA0 and 0xAD. */
 uint32_t tok__byte_to_cp(unsigned char b) {
     if (byte_printable(b)) return b;
-    uint32_t n = 0;
-    for (unsigned k = 0; k < b; k++)
-        if (!byte_printable(k)) n++;
-    return 256 + n;
+    if (b <= 0x20) return 256u + b;
+    if (b >= 0x7F && b <= 0xA0) return 256u + 33u + (b - 0x7Fu);
+    return 256u + 67u; /* 0xAD */
 }
 
 int tok__cp_to_byte(uint32_t cp) {
     if (cp < 256) return byte_printable(cp) ? (int)cp : -1;
     if (cp >= 256 + 68) return -1;
     uint32_t n = cp - 256;
-    for (unsigned k = 0; k < 256; k++) {
-        if (byte_printable(k)) continue;
-        if (n == 0) return (int)k;
-        n--;
-    }
-    return -1;
+    if (n <= 32) return (int)n;
+    if (n <= 66) return (int)(0x7F + (n - 33));
+    return 0xAD;
 }

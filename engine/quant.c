@@ -8,6 +8,7 @@
 #include "quant.h"
 #include "quant_internal.h"
 
+#include <cpuid.h>
 #include <math.h>
 #include <pthread.h>
 #include <string.h>
@@ -1057,8 +1058,11 @@ static void init_kernels(void)
     fill_scalar(&kernels_scalar);
     kernels_simd = kernels_scalar;
     __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-        __builtin_cpu_supports("f16c")) {
+    /* F16C is CPUID.1:ECX bit 29 (clang's __builtin_cpu_supports lacks it);
+     * "avx2" also covers the OS saving the ymm state. */
+    unsigned int eax, ebx, ecx = 0, edx;
+    int f16c = __get_cpuid(1, &eax, &ebx, &ecx, &edx) && (ecx & (1u << 29));
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && f16c) {
         quant__avx2_fill(&kernels_simd);
         if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
             __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni"))

@@ -60,14 +60,12 @@ static inline __m256i bits_32(const uint8_t *p)
  * added to acc. With VNNI that is one vpdpbusd; on AVX2 maddubs + madd,
  * which cannot saturate here because every caller keeps
  * |a0*b0 + a1*b1| <= 2*128*127 < 32768. */
+#ifdef QUANT_VNNI
 static inline __m256i dpbusd(__m256i acc, __m256i a, __m256i b)
 {
-#ifdef QUANT_VNNI
     return _mm256_dpbusd_epi32(acc, a, b);
-#else
-    return _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(a, b), _mm256_set1_epi16(1)));
-#endif
 }
+#endif
 
 static inline __m256i dot_us8(__m256i a, __m256i b)
 {

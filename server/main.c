@@ -15,6 +15,10 @@ static const subcommand commands[] = {
     {"tokenize", cli_tokenize, "print the token ids of a text under a model's tokenizer"},
     {"serve", cli_serve, "serve the OpenAI-compatible HTTP API (qkvd serve --help)"},
     {"make-model", cli_make_model, "write a GGUF with RANDOM weights of any shape/type (tests, benchmarks)"},
+    {"run", cli_run, "generate text from a prompt (one shot, streamed)"},
+    {"logprobs", cli_logprobs, "teacher-forced next-token log-probs as JSON"},
+    {"bench", cli_bench, "prompt processing (pp) and generation (tg) speed, like llama-bench"},
+    {"info", cli_info, "architecture, hyperparameters, tensors and memory plan of a model"},
     {NULL, NULL, NULL}
 };
 

@@ -1,0 +1,232 @@
+/* cli_bench.c -- `qkvd bench`: prompt processing and generation speed, in
+ * the manner of llama-bench.
+ *
+ *   pp: a fixed pseudo-random prompt of -p tokens in steps of --batch tokens
+ *       (logits of the last token only);
+ *   tg: -n tokens generated one per step (greedy argmax, nothing else).
+ * Each is run -r times after a short warm-up; mean +- stddev of tok/s.
+ * --json prints exactly
+ *   {"model": ..., "threads": T, "pp": {"n": P, "tok_s": X, "std": S},
+ *    "tg": {"n": N, "tok_s": Y, "std": S}, ...extra fields}
+ * which scripts depend on. */
+#include "cli.h"
+#include "engine.h"
+#include "gguf.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+static void bench_usage(FILE *to) {
+    fprintf(to,
+            "usage: qkvd bench -m MODEL.gguf [-p 512] [-n 128] [-r 3] [-t THREADS] [--batch 512] [--json]\n"
+            "  -p N      prompt tokens for the pp test (0: skip)\n"
+            "  -n N      tokens generated one by one for the tg test (0: skip)\n"
+            "  -r REPS   repetitions of each test (default 3), after a warm-up\n"
+            "  --batch N max tokens per forward step (default 512)\n"
+            "  --json    one JSON object instead of the table\n");
+}
+
+static double bench_now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+/* Bytes of weights one decoded token reads: every layer matrix plus the
+ * output matrix (token_embd only when it doubles as the output). */
+static uint64_t bench_weight_bytes_per_token(const char *path) {
+    gguf_file *f = NULL;
+    char err[256];
+    if (gguf_open(path, &f, err, sizeof err)) return 0;
+    uint64_t sum = 0;
+    int has_output = gguf_find_tensor(f, "output.weight") != NULL;
+    for (uint64_t i = 0; i < f->n_tensors; i++) {
+        const gguf_tensor *t = &f->tensors[i];
+        int is_embd = t->name.len == 17 && !memcmp(t->name.ptr, "token_embd.weight", 17);
+        if (is_embd && has_output) continue;
+        sum += t->size;
+    }
+    gguf_close(f);
+    return sum;
+}
+
+static int32_t bench_argmax(const float *x, int32_t n) {
+    int32_t b = 0;
+    for (int32_t i = 1; i < n; i++) if (x[i] > x[b]) b = i;
+    return b;
+}
+
+/* One pp run over toks[0..n); seconds, or < 0 on error. */
+static double bench_pp(engine *e, const int32_t *toks, int32_t n, int32_t batch) {
+    int32_t seq = engine_seq_create(e);
+    if (seq < 0) return -1;
+    double t0 = bench_now();
+    for (int32_t off = 0; off < n;) {
+        int32_t c = n - off > batch ? batch : n - off;
+        engine_item it = {seq, toks + off, c, off + c == n ? ENGINE_OUT_LAST : ENGINE_OUT_NONE, NULL};
+        if (engine_step(e, &it, 1)) { engine_seq_free(e, seq); return -1; }
+        off += c;
+    }
+    double dt = bench_now() - t0;
+    engine_seq_free(e, seq);
+    return dt;
+}
+
+static double bench_tg(engine *e, int32_t first, int32_t n, int32_t V) {
+    int32_t seq = engine_seq_create(e);
+    if (seq < 0) return -1;
+    int32_t tok = first;
+    double t0 = bench_now();
+    for (int32_t i = 0; i < n; i++) {
+        engine_item it = {seq, &tok, 1, ENGINE_OUT_LAST, NULL};
+        if (engine_step(e, &it, 1)) { engine_seq_free(e, seq); return -1; }
+        tok = bench_argmax(it.logits, V);
+    }
+    double dt = bench_now() - t0;
+    engine_seq_free(e, seq);
+    return dt;
+}
+
+static void bench_stats(const double *tps, int n, double *mean, double *sd) {
+    double s = 0, q = 0;
+    for (int i = 0; i < n; i++) s += tps[i];
+    *mean = n ? s / n : 0;
+    for (int i = 0; i < n; i++) q += (tps[i] - *mean) * (tps[i] - *mean);
+    *sd = n > 1 ? sqrt(q / (n - 1)) : 0;
+}
+
+int cli_bench(int argc, char **argv) {
+    const char *model = NULL;
+    long pp = 512, tg = 128, reps = 3, threads = 0, batch = 512;
+    int json = 0;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (!strcmp(a, "--help") || !strcmp(a, "-h")) { bench_usage(stdout); return 0; }
+        if (!strcmp(a, "--json")) { json = 1; continue; }
+        if (i + 1 >= argc) {
+            fprintf(stderr, "qkvd bench: unknown or incomplete option '%s'\n", a);
+            bench_usage(stderr);
+            return 2;
+        }
+        const char *val = argv[++i];
+        char *end = NULL;
+        if (!strcmp(a, "-m") || !strcmp(a, "--model")) model = val;
+        else if (!strcmp(a, "-p")) pp = strtol(val, &end, 10);
+        else if (!strcmp(a, "-n")) tg = strtol(val, &end, 10);
+        else if (!strcmp(a, "-r")) reps = strtol(val, &end, 10);
+        else if (!strcmp(a, "-t") || !strcmp(a, "--threads")) threads = strtol(val, &end, 10);
+        else if (!strcmp(a, "--batch") || !strcmp(a, "-b")) batch = strtol(val, &end, 10);
+        else {
+            fprintf(stderr, "qkvd bench: unknown option '%s'\n", a);
+            bench_usage(stderr);
+            return 2;
+        }
+        if (end && (*end || end == val)) {
+            fprintf(stderr, "qkvd bench: %s expects an integer, got '%s'\n", a, val);
+            return 2;
+        }
+    }
+    if (!model) {
+        fprintf(stderr, "qkvd bench: -m MODEL is required\n");
+        bench_usage(stderr);
+        return 2;
+    }
+    if (pp < 0 || tg < 0 || pp > 1 << 20 || tg > 1 << 20 || reps < 1 || reps > 100 || batch < 1 ||
+        batch > 65536 || threads < 0 || threads > 1024) {
+        fprintf(stderr, "qkvd bench: bad -p/-n/-r/--batch/-t value\n");
+        return 2;
+    }
+    engine_params ep;
+    engine_params_default(&ep);
+    ep.model_path = model;
+    ep.n_threads = (int32_t)threads;
+    ep.n_ctx = (int32_t)(pp > tg ? pp : tg) + 8;
+    ep.max_seqs = 2;
+    ep.max_batch_tokens = (int32_t)batch;
+    char err[512];
+    engine *e = NULL;
+    if (engine_load(&ep, &e, err, sizeof err)) {
+        fprintf(stderr, "qkvd bench: %s\n", err);
+        return 1;
+    }
+    const engine_info *info = engine_get_info(e);
+    int32_t V = info->n_vocab;
+    int32_t n_threads = ep.n_threads;
+    if (n_threads <= 0) {
+        long c = sysconf(_SC_NPROCESSORS_ONLN);
+        n_threads = c > 0 ? (int32_t)c : 1;
+    }
+    int32_t *toks = malloc((size_t)(pp > 0 ? pp : 1) * sizeof *toks);
+    double *pp_tps = calloc((size_t)reps, sizeof(double)), *tg_tps = calloc((size_t)reps, sizeof(double));
+    if (!toks || !pp_tps || !tg_tps) {
+        fprintf(stderr, "qkvd bench: out of memory\n");
+        engine_free(e);
+        return 1;
+    }
+    /* Fixed pseudo-random prompt: speed does not depend on the ids. */
+    uint32_t s = 12345;
+    for (long i = 0; i < pp; i++) {
+        s = s * 1664525u + 1013904223u;
+        toks[i] = (int32_t)((s >> 8) % (uint32_t)V);
+    }
+    int32_t first = tokenizer_bos(engine_tokenizer(e));
+    if (first < 0 || first >= V) first = 0;
+    int rc = 0;
+    /* Warm-up: fault the mapping in and settle the pool. */
+    if (pp > 0 && bench_pp(e, toks, pp < 32 ? (int32_t)pp : 32, (int32_t)batch) < 0) rc = 1;
+    if (!rc && tg > 0 && bench_tg(e, first, tg < 8 ? (int32_t)tg : 8, V) < 0) rc = 1;
+    for (long r = 0; !rc && r < reps; r++) {
+        if (pp > 0) {
+            double dt = bench_pp(e, toks, (int32_t)pp, (int32_t)batch);
+            if (dt <= 0) rc = 1; else pp_tps[r] = pp / dt;
+        }
+        if (!rc && tg > 0) {
+            double dt = bench_tg(e, first, (int32_t)tg, V);
+            if (dt <= 0) rc = 1; else tg_tps[r] = tg / dt;
+        }
+    }
+    if (rc) {
+        fprintf(stderr, "qkvd bench: a forward step failed\n");
+        goto out;
+    }
+    double pp_m, pp_s, tg_m, tg_s;
+    bench_stats(pp_tps, (int)reps, &pp_m, &pp_s);
+    bench_stats(tg_tps, (int)reps, &tg_m, &tg_s);
+    uint64_t wbt = bench_weight_bytes_per_token(model);
+    double gbs = tg_m * (double)wbt / 1e9;
+    const char *base = strrchr(model, '/');
+    base = base ? base + 1 : model;
+    if (json) {
+        printf("{\"model\": \"");
+        for (const char *p = base; *p; p++) {
+            if (*p == '"' || *p == '\\') printf("\\%c", *p);
+            else if ((unsigned char)*p < 0x20) printf("\\u%04x", *p);
+            else putchar(*p);
+        }
+        printf("\", \"threads\": %d, \"pp\": {\"n\": %ld, \"tok_s\": %.2f, \"std\": %.2f}, "
+               "\"tg\": {\"n\": %ld, \"tok_s\": %.2f, \"std\": %.2f}, \"weight_type\": \"%s\", "
+               "\"weight_bytes_per_token\": %llu, \"tg_gb_s\": %.2f, \"reps\": %ld, \"batch\": %ld, "
+               "\"kernels\": \"%s\"}\n",
+               n_threads, pp, pp_m, pp_s, tg, tg_m, tg_s, info->weight_type,
+               (unsigned long long)wbt, gbs, reps, batch, quant_kernel_name());
+    } else {
+        printf("model: %s (%s, %s, %.1f M params), %d threads, kernels %s\n", base, info->arch,
+               info->weight_type, info->n_params / 1e6, n_threads, quant_kernel_name());
+        printf("%-8s %10s %14s\n", "test", "tokens", "tok/s");
+        if (pp > 0) printf("%-8s %10ld %8.2f +- %.2f\n", "pp", pp, pp_m, pp_s);
+        if (tg > 0) printf("%-8s %10ld %8.2f +- %.2f\n", "tg", tg, tg_m, tg_s);
+        if (tg > 0)
+            printf("tg reads %.1f MB of weights per token: %.2f GB/s\n", wbt / 1e6, gbs);
+    }
+out:
+    free(toks);
+    free(pp_tps);
+    free(tg_tps);
+    engine_free(e);
+    return rc;
+}

@@ -172,7 +172,16 @@ int jv_truthy(jv v) {
 static int jv_isnum(jv v) { return v.t == JV_INT || v.t == JV_BOOL || v.t == JV_FLOAT; }
 static double jv_num(jv v) { return v.t == JV_FLOAT ? v.u.f : (double)v.u.i; }
 
-int jv_equal(jv a, jv b) {
+/* Containers can nest without bound or even contain themselves (l.append(l)),
+ * so every recursive walk stops at this depth instead of overflowing the stack. */
+#define MAX_WALK 200
+
+static int equal_d(jv a, jv b, int depth);
+
+int jv_equal(jv a, jv b) { return equal_d(a, b, 0); }
+
+static int equal_d(jv a, jv b, int depth) {
+    if (depth > MAX_WALK) return 0;
     if (jv_isnum(a) && jv_isnum(b)) {
         if (a.t != JV_FLOAT && b.t != JV_FLOAT) return a.u.i == b.u.i;
         return jv_num(a) == jv_num(b);
@@ -184,13 +193,13 @@ int jv_equal(jv a, jv b) {
     case JV_LIST:
         if (a.u.l->n != b.u.l->n) return 0;
         for (size_t i = 0; i < a.u.l->n; i++)
-            if (!jv_equal(a.u.l->v[i], b.u.l->v[i])) return 0;
+            if (!equal_d(a.u.l->v[i], b.u.l->v[i], depth + 1)) return 0;
         return 1;
     case JV_DICT:
         if (a.u.d->n != b.u.d->n) return 0;
         for (size_t i = 0; i < a.u.d->n; i++) {
             jv *o = jdict_get(b.u.d, a.u.d->k[i]);
-            if (!o || !jv_equal(a.u.d->v[i], *o)) return 0;
+            if (!o || !equal_d(a.u.d->v[i], *o, depth + 1)) return 0;
         }
         return 1;
     case JV_FUNC: return a.u.fn == b.u.fn;
@@ -198,8 +207,13 @@ int jv_equal(jv a, jv b) {
     }
 }
 
-int jv_compare(jv a, jv b, int *ok) {
-    *ok = 1;
+static int compare_d(jv a, jv b, int *ok, int depth);
+
+int jv_compare(jv a, jv b, int *ok) { return compare_d(a, b, ok, 0); }
+
+static int compare_d(jv a, jv b, int *ok, int depth) {
+    *ok = depth <= MAX_WALK;
+    if (!*ok) return 0;
     if (jv_isnum(a) && jv_isnum(b)) {
         if (a.t != JV_FLOAT && b.t != JV_FLOAT) return (a.u.i > b.u.i) - (a.u.i < b.u.i);
         double x = jv_num(a), y = jv_num(b);
@@ -214,7 +228,7 @@ int jv_compare(jv a, jv b, int *ok) {
     if (a.t == JV_LIST && b.t == JV_LIST) {
         size_t n = a.u.l->n < b.u.l->n ? a.u.l->n : b.u.l->n;
         for (size_t i = 0; i < n; i++) {
-            int r = jv_compare(a.u.l->v[i], b.u.l->v[i], ok);
+            int r = compare_d(a.u.l->v[i], b.u.l->v[i], ok, depth + 1);
             if (!*ok || r) return r;
         }
         return (a.u.l->n > b.u.l->n) - (a.u.l->n < b.u.l->n);
@@ -319,8 +333,12 @@ void jv_format_float(char *out, size_t n, double f) {
 #undef PUT
 }
 
-static void jv_print_inner(jarena *a, jbuf *b, jv v, int repr) {
+static void jv_print_inner(jarena *a, jbuf *b, jv v, int repr, int depth) {
     char tmp[64];
+    if (depth > MAX_WALK && (v.t == JV_LIST || v.t == JV_DICT)) {
+        jbuf_puts(a, b, v.t == JV_LIST ? "[...]" : "{...}");
+        return;
+    }
     switch (v.t) {
     case JV_UNDEF: if (repr) jbuf_puts(a, b, "Undefined"); break;
     case JV_NONE: jbuf_puts(a, b, "None"); break;
@@ -351,7 +369,7 @@ static void jv_print_inner(jarena *a, jbuf *b, jv v, int repr) {
         jbuf_putc(a, b, '[');
         for (size_t i = 0; i < v.u.l->n; i++) {
             if (i) jbuf_puts(a, b, ", ");
-            jv_print_inner(a, b, v.u.l->v[i], 1);
+            jv_print_inner(a, b, v.u.l->v[i], 1, depth + 1);
         }
         jbuf_putc(a, b, ']');
         break;
@@ -359,9 +377,9 @@ static void jv_print_inner(jarena *a, jbuf *b, jv v, int repr) {
         jbuf_putc(a, b, '{');
         for (size_t i = 0; i < v.u.d->n; i++) {
             if (i) jbuf_puts(a, b, ", ");
-            jv_print_inner(a, b, v.u.d->k[i], 1);
+            jv_print_inner(a, b, v.u.d->k[i], 1, depth + 1);
             jbuf_puts(a, b, ": ");
-            jv_print_inner(a, b, v.u.d->v[i], 1);
+            jv_print_inner(a, b, v.u.d->v[i], 1, depth + 1);
         }
         jbuf_putc(a, b, '}');
         break;
@@ -369,8 +387,8 @@ static void jv_print_inner(jarena *a, jbuf *b, jv v, int repr) {
     }
 }
 
-void jv_print(jarena *a, jbuf *b, jv v) { jv_print_inner(a, b, v, 0); }
-void jv_repr(jarena *a, jbuf *b, jv v) { jv_print_inner(a, b, v, 1); }
+void jv_print(jarena *a, jbuf *b, jv v) { jv_print_inner(a, b, v, 0, 0); }
+void jv_repr(jarena *a, jbuf *b, jv v) { jv_print_inner(a, b, v, 1, 0); }
 
 jv jv_to_string(jarena *a, jv v) {
     if (v.t == JV_STR) return v;
@@ -457,7 +475,7 @@ static int key_cmp(const void *x, const void *y) {
 int jv_tojson(jarena *a, jbuf *b, jv v, int indent, int sort_keys, int ascii, const char *item_sep,
               const char *key_sep, int depth) {
     char tmp[64];
-    if (depth > 200) return -1;
+    if (depth > MAX_WALK) return -1;
     switch (v.t) {
     case JV_UNDEF: case JV_NONE: jbuf_puts(a, b, "null"); return 0;
     case JV_BOOL: jbuf_puts(a, b, v.u.i ? "true" : "false"); return 0;

@@ -98,7 +98,7 @@ static void test_reference_templates(void **state) {
     const char *name;
     json_t *cases;
     int n_tpl = 0, n_ok = 0, n_conv = 0, n_conv_ok = 0;
-    double total_us = 0;
+    double total_us = 0, compile_us = 0;
     json_object_foreach(tpls, name, cases) {
         n_tpl++;
         snprintf(path, sizeof path, "%s/templates/%s", shared_dir(), name);
@@ -108,7 +108,12 @@ static void test_reference_templates(void **state) {
         char err[512];
         chat_template *t = NULL;
         int all = 1;
-        if (chat_template_compile(src, len, &t, err, sizeof err)) {
+        struct timespec c0, c1;
+        clock_gettime(CLOCK_MONOTONIC, &c0);
+        int crc = chat_template_compile(src, len, &t, err, sizeof err);
+        clock_gettime(CLOCK_MONOTONIC, &c1);
+        compile_us += (c1.tv_sec - c0.tv_sec) * 1e6 + (c1.tv_nsec - c0.tv_nsec) / 1e3;
+        if (crc) {
             printf("  FAIL %-55s compile: %s\n", name, err);
             free(src);
             n_conv += (int)json_array_size(cases);
@@ -149,8 +154,8 @@ static void test_reference_templates(void **state) {
         free(src);
         if (all) n_ok++;
     }
-    printf("reference templates: %d/%d fully exact, %d/%d conversations exact, mean render %.1f us\n", n_ok,
-           n_tpl, n_conv_ok, n_conv, n_conv ? total_us / n_conv : 0);
+    printf("reference templates: %d/%d fully exact, %d/%d conversations exact, mean compile %.1f us, mean render %.1f us\n",
+           n_ok, n_tpl, n_conv_ok, n_conv, n_tpl ? compile_us / n_tpl : 0, n_conv ? total_us / n_conv : 0);
     json_decref(ref);
     assert_true(n_tpl >= 40);
     assert_true(n_ok >= 38);
@@ -323,6 +328,12 @@ static void test_errors(void **state) {
     EXPECT_ERR("{% set r = range(5000) %}{% for i in r %}{% for j in r %}{% for k in r %}{% endfor %}{% endfor %}{% endfor %}", NULL, "steps");
     EXPECT_ERR("{% set ns = namespace(s='xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx') %}{% for i in range(40) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}{{ ns.s }}",
                NULL, "too large");
+    /* self-containing and very deep values print, compare and serialize
+     * without overflowing the stack */
+    EXPECT("{% set l = [] %}{% set _ = l.append(l) %}{{ (l|string)[:12] }}|{{ l == l }}", NULL, "[[[[[[[[[[[[|False");
+    EXPECT_ERR("{% set l = [] %}{% set _ = l.append(l) %}{{ l|tojson }}", NULL, "nested too deeply");
+    EXPECT("{% set ns = namespace(l=[]) %}{% for i in range(5000) %}{% set ns.l = [ns.l] %}{% endfor %}{{ '[...]' in (ns.l|string) }}",
+           NULL, "True");
     /* deep nesting in the source is a compile error, not a stack overflow */
     char *deep = malloc(20000);
     size_t n = 0;

@@ -27,10 +27,12 @@ struct http_server {
     int quiesced;
     int closing;         /* handles closing */
     int n_closed;
+    http_req *reqs;      /* every open request (to wake them all at stop) */
 };
 
 struct http_req {
     http_server *h;
+    http_req *next, *prev;
     struct MHD_Connection *conn;
     char method[16];
     char *path;
@@ -75,10 +77,15 @@ void http_req_set_tokens(http_req *r, int64_t prompt, int64_t completion) {
     r->completion_tokens = completion;
 }
 
+static void http_timer_cb(uv_timer_t *t);
+
 static void http_req_wake(http_req *r) {
     if (r->suspended) {
         r->suspended = 0;
         MHD_resume_connection(r->conn);
+        /* MHD only picks resumed connections up inside MHD_run: run it on
+         * the next loop iteration (once, however many were resumed). */
+        if (!r->h->closing && r->h->d) uv_timer_start(&r->h->timer, http_timer_cb, 0, 0);
     }
 }
 
@@ -241,6 +248,9 @@ static enum MHD_Result http_access(void *cls, struct MHD_Connection *conn, const
         r->start_ns = uv_hrtime();
         sse_buf_init(&r->stream);
         h->active++;
+        r->next = h->reqs;
+        if (h->reqs) h->reqs->prev = r;
+        h->reqs = r;
         *req_cls = r;
         const char *cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
         if (cl && strtoull(cl, NULL, 10) > (unsigned long long)h->o.max_body) r->too_large = 1;
@@ -322,6 +332,8 @@ static void http_completed(void *cls, struct MHD_Connection *conn, void **req_cl
     free(r->reply_body);
     for (int i = 0; i < r->n_hdr; i++) { free(r->hdr_name[i]); free(r->hdr_val[i]); }
     sse_buf_free(&r->stream);
+    if (r->prev) r->prev->next = r->next; else h->reqs = r->next;
+    if (r->next) r->next->prev = r->prev;
     free(r);
     h->active--;
 }
@@ -425,7 +437,17 @@ static void http_handle_closed(uv_handle_t *hd) {
 
 void http_server_stop(http_server *h) {
     if (!h || h->closing) return;
-    /* Resume everything parked so MHD can close it cleanly. */
+    /* MHD refuses to stop with parked connections: end and wake them all. */
+    for (http_req *r = h->reqs; r; r = r->next) {
+        if (!r->suspended) continue;
+        if (r->streaming) r->stream_done = 1;
+        else if (!r->reply_ready) {
+            api_error e;
+            api_error_set(&e, 503, NULL, NULL, "shutting_down", "the server is shutting down");
+            http_reply_error(r, &e);
+        }
+        http_req_wake(r);
+    }
     MHD_stop_daemon(h->d);
     h->d = NULL;
     h->closing = 1;

@@ -20,6 +20,7 @@ typedef struct sched_slot {
     int32_t *hist;           /* prompt + generated tokens, cap_hist entries */
     int64_t n_hist, cap_hist;
     int32_t n_gen;           /* generated tokens */
+    int32_t eog;             /* 1 when the last one ended generation */
     int32_t next;            /* sampled token to feed in the next step */
     sampler *smp;
     tok_stream ts;
@@ -163,6 +164,7 @@ static void slot_emit(sched_job *j, int32_t idx, const char *p, size_t n) {
 
 static void slot_finish(sched *s, sched_job *j, int32_t idx, const char *reason, int flush) {
     sched_slot *sl = &j->slots[idx];
+    if (sl->state == SLOT_DONE) return;
     if (flush) {
         int64_t n = tok_stream_flush(&sl->ts, s->text, (int64_t)sizeof s->text);
         if (sl->held) {
@@ -177,7 +179,7 @@ static void slot_finish(sched *s, sched_job *j, int32_t idx, const char *reason,
         engine_seq_free(s->e, sl->seq);
         sl->seq = -1;
     }
-    if (j->ops.on_finish && !j->finished && !j->cancelled) j->ops.on_finish(j->user, idx, reason);
+    if (j->ops.on_finish && !j->finished && !j->cancelled) j->ops.on_finish(j->user, idx, reason, sl->n_gen - sl->eog);
     if (++j->n_done == j->n_slots) job_complete(j, NULL);
 }
 
@@ -220,6 +222,7 @@ static void slot_sample(sched *s, sched_job *j, int32_t idx, const float *logits
     if (sl->n_hist < sl->cap_hist) sl->hist[sl->n_hist++] = tok;
     sl->n_gen++;
     if (tokenizer_is_eog(s->tok, tok)) {
+        sl->eog = 1;
         slot_finish(s, j, idx, "stop", 1);
         return;
     }

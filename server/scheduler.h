@@ -37,8 +37,9 @@ typedef struct sched_job_ops {
     void (*on_token)(void *user, int32_t choice, int32_t token, const sampler_result *r);
     /* Text of choice `choice` ready to be sent (complete UTF-8, stop strings removed). */
     void (*on_text)(void *user, int32_t choice, const char *text, size_t len);
-    /* Choice finished: reason "stop" or "length". */
-    void (*on_finish)(void *user, int32_t choice, const char *reason);
+    /* Choice finished: reason "stop" or "length"; n_tokens generated (an
+     * end-of-generation token is not counted). */
+    void (*on_finish)(void *user, int32_t choice, const char *reason, int32_t n_tokens);
     /* Embedding of input `index` (n floats, valid during the call). */
     void (*on_embd)(void *user, int32_t index, const float *v, int32_t n);
     /* Everything finished (err NULL) or failed (err set; choices not yet

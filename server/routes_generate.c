@@ -1,0 +1,431 @@
+/* routes_generate.c -- POST /v1/chat/completions and POST /v1/completions:
+ * validate, build the prompt, submit to the scheduler, and turn its
+ * callbacks into OpenAI JSON (one response) or SSE chunks (stream). */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include "log.h"
+#include "request.h"
+#include "serve.h"
+
+typedef struct gen_choice {
+    sse_buf text;          /* non-stream: the whole text */
+    const char *finish;    /* NULL until finished */
+    int32_t n_tokens;
+    json_t *lp;            /* chat: logprob entries (stream: not yet sent) */
+    json_t *lp_tokens, *lp_logprobs, *lp_top, *lp_offset; /* completions format */
+    size_t lp_off;         /* text offset of the next token (completions) */
+} gen_choice;
+
+typedef struct gen_ctx {
+    serve_app *a;
+    http_req *r;
+    sched_job *job;
+    enum gen_kind kind;
+    int stream, include_usage, logprobs;
+    int32_t n_choices, n;
+    gen_choice *ch;
+    char id[64];
+    int64_t created;
+    int64_t prompt_tokens, completion_tokens;
+    sse_buf *out;
+} gen_ctx;
+
+/* A JSON string from bytes that may not be valid UTF-8. */
+static json_t *jstr(const char *s, size_t n) {
+    if (sse_utf8_valid_prefix(s, n) == n) return json_stringn(s, n);
+    sse_buf b;
+    sse_buf_init(&b);
+    sse_buf_append_utf8(&b, s, n);
+    json_t *v = json_stringn(b.data, b.len);
+    sse_buf_free(&b);
+    return v;
+}
+
+static void choice_lp_reset(gen_ctx *c, gen_choice *ch) {
+    if (!c->logprobs) return;
+    if (c->kind == GEN_CHAT) {
+        json_decref(ch->lp);
+        ch->lp = json_array();
+    } else {
+        json_decref(ch->lp_tokens);
+        json_decref(ch->lp_logprobs);
+        json_decref(ch->lp_top);
+        json_decref(ch->lp_offset);
+        ch->lp_tokens = json_array();
+        ch->lp_logprobs = json_array();
+        ch->lp_top = json_array();
+        ch->lp_offset = json_array();
+    }
+}
+
+static void gen_ctx_free(gen_ctx *c) {
+    for (int32_t i = 0; c->ch && i < c->n_choices; i++) {
+        gen_choice *ch = &c->ch[i];
+        sse_buf_free(&ch->text);
+        json_decref(ch->lp);
+        json_decref(ch->lp_tokens);
+        json_decref(ch->lp_logprobs);
+        json_decref(ch->lp_top);
+        json_decref(ch->lp_offset);
+    }
+    free(c->ch);
+    free(c);
+}
+
+/* The logprobs value of a choice (ownership to the caller), or null. */
+static json_t *choice_lp_json(gen_ctx *c, gen_choice *ch) {
+    if (!c->logprobs) return json_null();
+    json_t *o = json_object();
+    if (c->kind == GEN_CHAT) {
+        json_object_set(o, "content", ch->lp);
+        json_object_set_new(o, "refusal", json_null());
+    } else {
+        json_object_set(o, "tokens", ch->lp_tokens);
+        json_object_set(o, "token_logprobs", ch->lp_logprobs);
+        json_object_set(o, "top_logprobs", ch->lp_top);
+        json_object_set(o, "text_offset", ch->lp_offset);
+    }
+    return o;
+}
+
+static json_t *chunk_new(gen_ctx *c) {
+    json_t *o = json_object();
+    json_object_set_new(o, "id", json_string(c->id));
+    json_object_set_new(o, "object", json_string(c->kind == GEN_CHAT ? "chat.completion.chunk" : "text_completion"));
+    json_object_set_new(o, "created", json_integer(c->created));
+    json_object_set_new(o, "model", json_string(c->a->model_id));
+    json_object_set_new(o, "system_fingerprint", json_string("qkvd"));
+    return o;
+}
+
+/* Send one chunk for choice idx: text (may be NULL), delta role, finish reason. */
+static void chunk_send(gen_ctx *c, int32_t idx, const char *text, size_t len, int role, const char *finish) {
+    gen_choice *ch = &c->ch[idx];
+    json_t *o = chunk_new(c), *choices = json_array(), *chc = json_object();
+    json_object_set_new(chc, "index", json_integer(idx));
+    int has_lp = c->logprobs && (c->kind == GEN_CHAT ? json_array_size(ch->lp) : json_array_size(ch->lp_tokens));
+    if (c->kind == GEN_CHAT) {
+        json_t *delta = json_object();
+        if (role) json_object_set_new(delta, "role", json_string("assistant"));
+        if (text) json_object_set_new(delta, "content", jstr(text, len));
+        json_object_set_new(chc, "delta", delta);
+    } else {
+        json_object_set_new(chc, "text", text ? jstr(text, len) : json_string(""));
+    }
+    json_object_set_new(chc, "logprobs", has_lp ? choice_lp_json(c, ch) : json_null());
+    json_object_set_new(chc, "finish_reason", finish ? json_string(finish) : json_null());
+    json_array_append_new(choices, chc);
+    json_object_set_new(o, "choices", choices);
+    if (c->include_usage) json_object_set_new(o, "usage", json_null());
+    sse_buf_event_json(c->out, o);
+    json_decref(o);
+    if (has_lp) choice_lp_reset(c, ch);
+    http_stream_flush(c->r);
+}
+
+static json_t *usage_json(gen_ctx *c) {
+    json_t *u = json_object();
+    json_object_set_new(u, "prompt_tokens", json_integer(c->prompt_tokens));
+    json_object_set_new(u, "completion_tokens", json_integer(c->completion_tokens));
+    json_object_set_new(u, "total_tokens", json_integer(c->prompt_tokens + c->completion_tokens));
+    return u;
+}
+
+/* ---- scheduler callbacks ---- */
+static json_t *token_text_json(serve_app *a, int32_t id, json_t **bytes_out, size_t *len_out) {
+    char buf[512];
+    int64_t n = tokenizer_token_to_bytes(a->tok, id, 1, buf, sizeof buf);
+    if (n < 0) n = 0;
+    if (n > (int64_t)sizeof buf) n = sizeof buf;
+    if (bytes_out) {
+        json_t *b = json_array();
+        for (int64_t i = 0; i < n; i++) json_array_append_new(b, json_integer((unsigned char)buf[i]));
+        *bytes_out = b;
+    }
+    if (len_out) *len_out = (size_t)n;
+    return jstr(buf, (size_t)n);
+}
+
+static void gen_on_token(void *user, int32_t idx, int32_t token, const sampler_result *res) {
+    gen_ctx *c = user;
+    gen_choice *ch = &c->ch[idx];
+    serve_app *a = c->a;
+    if (c->kind == GEN_CHAT) {
+        json_t *bytes, *e = json_object();
+        json_object_set_new(e, "token", token_text_json(a, token, &bytes, NULL));
+        json_object_set_new(e, "logprob", json_real(res->logprob));
+        json_object_set_new(e, "bytes", bytes);
+        json_t *top = json_array();
+        for (int32_t k = 0; k < res->n_top && k < 20; k++) {
+            json_t *t = json_object(), *tb;
+            json_object_set_new(t, "token", token_text_json(a, res->top_ids[k], &tb, NULL));
+            json_object_set_new(t, "logprob", json_real(res->top_logprobs[k]));
+            json_object_set_new(t, "bytes", tb);
+            json_array_append_new(top, t);
+        }
+        json_object_set_new(e, "top_logprobs", top);
+        json_array_append_new(ch->lp, e);
+    } else {
+        size_t plen;
+        json_t *piece = token_text_json(a, token, NULL, &plen);
+        json_array_append(ch->lp_tokens, piece);
+        json_decref(piece);
+        json_array_append_new(ch->lp_logprobs, json_real(res->logprob));
+        json_t *top = json_object();
+        for (int32_t k = 0; k < res->n_top && k < 20; k++) {
+            json_t *p = token_text_json(a, res->top_ids[k], NULL, NULL);
+            const char *key = json_string_value(p);
+            if (key && !json_object_get(top, key)) json_object_set_new(top, key, json_real(res->top_logprobs[k]));
+            json_decref(p);
+        }
+        json_array_append_new(ch->lp_top, top);
+        json_array_append_new(ch->lp_offset, json_integer((json_int_t)ch->lp_off));
+        ch->lp_off += plen;
+    }
+}
+
+static void gen_on_text(void *user, int32_t idx, const char *text, size_t len) {
+    gen_ctx *c = user;
+    if (c->stream) chunk_send(c, idx, text, len, 0, NULL);
+    else sse_buf_append(&c->ch[idx].text, text, len);
+}
+
+static void gen_on_finish(void *user, int32_t idx, const char *reason, int32_t n_tokens) {
+    gen_ctx *c = user;
+    gen_choice *ch = &c->ch[idx];
+    ch->finish = reason;
+    ch->n_tokens = n_tokens;
+    c->completion_tokens += n_tokens;
+    if (c->stream) {
+        /* Logprobs of tokens whose text was held back (or empty) go out with the finish. */
+        if (c->kind == GEN_CHAT) chunk_send(c, idx, NULL, 0, 0, reason);
+        else chunk_send(c, idx, "", 0, 0, reason);
+    }
+}
+
+static void gen_reply_full(gen_ctx *c) {
+    json_t *o = json_object(), *choices = json_array();
+    json_object_set_new(o, "id", json_string(c->id));
+    json_object_set_new(o, "object", json_string(c->kind == GEN_CHAT ? "chat.completion" : "text_completion"));
+    json_object_set_new(o, "created", json_integer(c->created));
+    json_object_set_new(o, "model", json_string(c->a->model_id));
+    json_object_set_new(o, "system_fingerprint", json_string("qkvd"));
+    for (int32_t i = 0; i < c->n_choices; i++) {
+        gen_choice *ch = &c->ch[i];
+        json_t *chc = json_object();
+        json_object_set_new(chc, "index", json_integer(i));
+        json_t *text = jstr(ch->text.data ? ch->text.data : "", ch->text.len);
+        if (c->kind == GEN_CHAT) {
+            json_t *msg = json_object();
+            json_object_set_new(msg, "role", json_string("assistant"));
+            json_object_set_new(msg, "content", text);
+            json_object_set_new(msg, "refusal", json_null());
+            json_object_set_new(chc, "message", msg);
+        } else {
+            json_object_set_new(chc, "text", text);
+        }
+        json_object_set_new(chc, "logprobs", choice_lp_json(c, ch));
+        json_object_set_new(chc, "finish_reason", json_string(ch->finish ? ch->finish : "stop"));
+        json_array_append_new(choices, chc);
+    }
+    json_object_set_new(o, "choices", choices);
+    json_object_set_new(o, "usage", usage_json(c));
+    http_reply_json(c->r, 200, o);
+}
+
+static void gen_on_done(void *user, const api_error *err) {
+    gen_ctx *c = user;
+    c->job = NULL;
+    http_req_set_tokens(c->r, c->prompt_tokens, c->completion_tokens);
+    if (!c->stream) {
+        if (err) http_reply_error(c->r, err);
+        else gen_reply_full(c);
+        return;
+    }
+    if (err) {
+        size_t len;
+        char *s = api_error_json(err, &len);
+        sse_buf_append(c->out, "data: ", 6);
+        sse_buf_append(c->out, s, len);
+        sse_buf_append(c->out, "\n\n", 2);
+        free(s);
+    } else {
+        if (c->include_usage) {
+            json_t *o = chunk_new(c);
+            json_object_set_new(o, "choices", json_array());
+            json_object_set_new(o, "usage", usage_json(c));
+            sse_buf_event_json(c->out, o);
+            json_decref(o);
+        }
+        sse_buf_event_done(c->out);
+    }
+    http_stream_end(c->r);
+}
+
+static void gen_on_close(http_req *r, void *user) {
+    gen_ctx *c = user;
+    if (c->job) sched_job_cancel(c->a->sched, c->job);
+    gen_ctx_free(c);
+}
+
+static const sched_job_ops gen_ops = {
+    .on_token = gen_on_token, .on_text = gen_on_text, .on_finish = gen_on_finish, .on_done = gen_on_done,
+};
+
+/* Shared by both endpoints once the body is parsed into req. */
+static void gen_start(serve_app *a, http_req *r, gen_request *req) {
+    api_error e;
+    int32_t n_prompts = req->kind == GEN_CHAT ? 1 : req->n_prompts;
+    int32_t **toks = calloc((size_t)n_prompts, sizeof *toks);
+    int32_t *lens = calloc((size_t)n_prompts, sizeof *lens);
+    char **echo = calloc((size_t)n_prompts, sizeof *echo);
+    size_t *echo_len = calloc((size_t)n_prompts, sizeof *echo_len);
+    gen_ctx *c = calloc(1, sizeof *c);
+    if (!toks || !lens || !echo || !echo_len || !c) abort();
+    int ok = 1;
+    if (req->n * n_prompts > a->cfg.max_seqs) {
+        api_error_set(&e, 400, NULL, "n", "invalid_value",
+                      "this request needs %d sequences (prompts x n) but the server runs at most %d (--max-seqs)",
+                      (int)(req->n * n_prompts), a->cfg.max_seqs);
+        ok = 0;
+    }
+    if (ok && req->echo && req->logprobs) {
+        api_error_set(&e, 400, NULL, "echo", "unsupported_parameter", "'echo' together with 'logprobs' is not supported");
+        ok = 0;
+    }
+    if (ok && req->kind == GEN_CHAT) {
+        char *prompt = routes_render_chat(a, req->messages, NULL, &e);
+        if (!prompt) ok = 0;
+        else {
+            toks[0] = routes_tokenize(a, prompt, strlen(prompt), 1, 1, &lens[0], &e);
+            free(prompt);
+            ok = toks[0] != NULL;
+        }
+    }
+    for (int32_t i = 0; ok && req->kind == GEN_COMPLETION && i < n_prompts; i++) {
+        gen_prompt *p = &req->prompts[i];
+        if (p->text) {
+            toks[i] = routes_tokenize(a, p->text, p->text_len, 1, 1, &lens[i], &e);
+            ok = toks[i] != NULL;
+            if (ok && req->echo) { echo[i] = p->text; echo_len[i] = p->text_len; }
+        } else {
+            toks[i] = malloc((size_t)p->n_tokens * sizeof(int32_t));
+            if (!toks[i]) abort();
+            memcpy(toks[i], p->tokens, (size_t)p->n_tokens * sizeof(int32_t));
+            lens[i] = p->n_tokens;
+            if (req->echo) {
+                int64_t need = tokenizer_decode(a->tok, p->tokens, p->n_tokens, 0, NULL, 0);
+                echo[i] = malloc((size_t)(need > 0 ? need : 0) + 1);
+                if (!echo[i]) abort();
+                int64_t got = need > 0 ? tokenizer_decode(a->tok, p->tokens, p->n_tokens, 0, echo[i], need) : 0;
+                echo_len[i] = (size_t)(got < 0 ? 0 : got < need ? got : need);
+            }
+        }
+    }
+    int64_t prompt_total = 0;
+    int32_t min_room = a->info->n_ctx;
+    for (int32_t i = 0; ok && i < n_prompts; i++) {
+        if (lens[i] == 0) {
+            api_error_set(&e, 400, NULL, req->kind == GEN_CHAT ? "messages" : "prompt", "invalid_value",
+                          "the prompt is empty after tokenisation");
+            ok = 0;
+        } else if (lens[i] >= a->info->n_ctx) {
+            api_error_set(&e, 400, NULL, req->kind == GEN_CHAT ? "messages" : "prompt", "context_length_exceeded",
+                          "this model's maximum context length is %d tokens, but the prompt has %d tokens",
+                          (int)a->info->n_ctx, (int)lens[i]);
+            ok = 0;
+        }
+        prompt_total += lens[i];
+        if (a->info->n_ctx - lens[i] < min_room) min_room = a->info->n_ctx - lens[i];
+    }
+    if (!ok) {
+        for (int32_t i = 0; i < n_prompts; i++) free(toks[i]);
+        goto fail;
+    }
+    c->a = a;
+    c->r = r;
+    c->kind = req->kind;
+    c->stream = req->stream;
+    c->include_usage = req->include_usage;
+    c->logprobs = req->logprobs;
+    c->n = req->n;
+    c->n_choices = req->n * n_prompts;
+    c->created = (int64_t)time(NULL);
+    c->prompt_tokens = prompt_total;
+    routes_make_id(a, req->kind == GEN_CHAT ? "chatcmpl" : "cmpl", c->id, sizeof c->id);
+    c->ch = calloc((size_t)c->n_choices, sizeof *c->ch);
+    if (!c->ch) abort();
+    for (int32_t i = 0; i < c->n_choices; i++) {
+        sse_buf_init(&c->ch[i].text);
+        choice_lp_reset(c, &c->ch[i]);
+    }
+
+    int32_t max_tokens = req->max_tokens >= 0 ? req->max_tokens : req->kind == GEN_CHAT ? a->cfg.max_tokens : 16;
+    if (max_tokens > a->cfg.max_tokens) max_tokens = a->cfg.max_tokens;
+    if (max_tokens > min_room) max_tokens = min_room;
+    sched_job_spec spec = {
+        .kind = SCHED_GENERATE, .n_prompts = n_prompts, .prompts = toks, .prompt_len = lens, .n = req->n,
+        .max_tokens = max_tokens, .sp = req->sp, .n_stop = req->n_stop, .stop = (const char *const *)req->stop,
+        .stop_len = req->stop_len, .strip_leading_space = 0, .timeout_s = a->cfg.request_timeout,
+    };
+    if (!req->has_seed) spec.sp.seed = uv_hrtime() ^ (a->id_counter * 0x9E3779B97F4A7C15ull);
+    sched_job_ops ops = gen_ops;
+    if (!req->logprobs) ops.on_token = NULL;
+    if (sched_submit(a->sched, &spec, &ops, c, &c->job, &e) < 0) {
+        gen_ctx_free(c);
+        c = NULL;
+        goto fail_freed;
+    }
+    http_req_set_user(r, c, gen_on_close);
+    if (c->stream) {
+        c->out = http_stream_begin(r);
+        for (int32_t i = 0; i < c->n_choices; i++) {
+            const char *et = echo[i / c->n];
+            if (c->kind == GEN_CHAT) chunk_send(c, i, "", 0, 1, NULL);
+            else if (et) chunk_send(c, i, et, echo_len[i / c->n], 0, NULL);
+        }
+    } else {
+        for (int32_t i = 0; i < c->n_choices; i++)
+            if (echo[i / c->n]) sse_buf_append(&c->ch[i].text, echo[i / c->n], echo_len[i / c->n]);
+    }
+    for (int32_t i = 0; i < n_prompts; i++)
+        if (req->kind == GEN_COMPLETION && !req->prompts[i].text) free(echo[i]);
+    free(echo);
+    free(echo_len);
+    free(toks);
+    free(lens);
+    return;
+fail:
+    gen_ctx_free(c);
+fail_freed:
+    for (int32_t i = 0; i < n_prompts; i++)
+        if (req->kind == GEN_COMPLETION && !req->prompts[i].text) free(echo[i]);
+    free(echo);
+    free(echo_len);
+    free(toks);
+    free(lens);
+    http_reply_error(r, &e);
+}
+
+static void gen_route(serve_app *a, http_req *r, enum gen_kind kind) {
+    api_error e;
+    if (!a->e) {
+        api_error_set(&e, 503, NULL, NULL, "model_loading", "the model is still loading; retry shortly");
+        http_reply_error(r, &e);
+        return;
+    }
+    size_t len;
+    const char *body = http_req_body(r, &len);
+    gen_request req;
+    if (request_parse_generation(kind, body, len, a->info->n_vocab, &req, &e) < 0) {
+        http_reply_error(r, &e);
+        return;
+    }
+    if (routes_check_model(a, r, req.model)) gen_start(a, r, &req);
+    gen_request_free(&req);
+}
+
+void routes_chat(serve_app *a, http_req *r) { gen_route(a, r, GEN_CHAT); }
+void routes_completions(serve_app *a, http_req *r) { gen_route(a, r, GEN_COMPLETION); }

@@ -1,0 +1,51 @@
+/* serve.h -- state of a running `qkvd serve`, shared by the route modules.
+ * Everything here is owned and touched by the loop thread only (the model is
+ * loaded on a worker and handed over in the completion callback). */
+#ifndef QKVD_SERVE_H
+#define QKVD_SERVE_H
+
+#include <stdint.h>
+#include <uv.h>
+#include "chat_template.h"
+#include "config.h"
+#include "engine.h"
+#include "http.h"
+#include "scheduler.h"
+
+typedef struct serve_app {
+    serve_config cfg;
+    uv_loop_t *loop;
+    http_server *http;
+    sched *sched;
+    engine *e;                 /* NULL while loading */
+    const tokenizer *tok;
+    const engine_info *info;
+    chat_template *tmpl;       /* compiled chat template (model's, file's or ChatML) */
+    char model_id[256];
+    char bos_text[64], eos_text[64];
+    int64_t created;           /* unix time the model finished loading */
+    int draining;
+    uint64_t id_counter;
+} serve_app;
+
+/* The HTTP dispatch function (routes_misc.c): routes by method and path. */
+void routes_dispatch(void *app, http_req *r);
+/* Endpoint handlers (routes_*.c). */
+void routes_chat(serve_app *a, http_req *r);
+void routes_completions(serve_app *a, http_req *r);
+void routes_embeddings(serve_app *a, http_req *r);
+
+/* Shared helpers (routes_misc.c). */
+/* 1 if `model` (may be NULL) names the served model; else replies 404 and returns 0. */
+int routes_check_model(serve_app *a, http_req *r, const char *model);
+/* Tokenise text for generation: parse_special as given, BOS prepended when
+ * the model adds one and the text does not already start with it. Returns a
+ * malloc'd array (caller frees) and its length, or NULL with err. */
+int32_t *routes_tokenize(serve_app *a, const char *text, size_t len, int parse_special, int add_bos,
+                         int32_t *n_out, api_error *err);
+/* A fresh response id "<prefix>-<hex>" in buf. */
+void routes_make_id(serve_app *a, const char *prefix, char *buf, size_t cap);
+/* Render messages with the chat template into a malloc'd prompt; NULL with a 500 err. */
+char *routes_render_chat(serve_app *a, const json_t *messages, const json_t *tools, api_error *err);
+
+#endif

@@ -673,6 +673,7 @@ int cli_make_model(int argc, char **argv)
 
     uint64_t params = 0, bytes = 0;
     int n_fallback = 0, n_high = 0;
+    int per_type[QK_TYPE_MAX] = {0};
     for (size_t i = 0; i < ns; i++) {
         tensor_spec *s = &specs[i];
         uint64_t ne[2] = { (uint64_t)s->ne0, (uint64_t)s->ne1 };
@@ -680,16 +681,12 @@ int cli_make_model(int argc, char **argv)
         gguf_writer_add_tensor_fill(w, s->name, s->type, nd, ne, fill_tensor, s);
         params += (uint64_t)s->ne0 * (uint64_t)s->ne1;
         bytes += quant_row_size(s->type, s->ne0) * (uint64_t)s->ne1;
+        per_type[s->type]++;
         if (nd == 2) {
             if (s->type != tc->base && s->type != tc->high) n_fallback++;
             else if (s->type != tc->base) n_high++;
         }
-        if (!o.quiet && s->type != tc->base && nd == 2)
-            printf("  %-28s %s%s\n", s->name, quant_type_name(s->type),
-                   s->type == tc->high ? " (mix: more bits)" :
-                   " (row length not a multiple of the block size: llama.cpp's fallback)");
     }
-
     struct timespec t0, t1;
     clock_gettime(CLOCK_MONOTONIC, &t0);
     if (gguf_writer_write(w, o.out, err, sizeof err) != 0) {
@@ -710,9 +707,19 @@ int cli_make_model(int argc, char **argv)
                (long long)o.layers, (long long)o.heads, (long long)o.kv_heads, (long long)hd,
                (long long)o.ffn, (long long)o.vocab, (long long)o.ctx, o.rope_base,
                o.tied ? ", tied output" : "");
-        printf("type %s (%d tensors at %s, %d fallbacks), %s params, %s, %zu tensors, seed %llu, "
-               "%.1fs with %d threads\n", tc->name, n_high, quant_type_name(tc->high), n_fallback,
-               hp, hb, ns, (unsigned long long)o.seed, secs, o.threads);
+        printf("type %s: %s params, %s, %zu tensors (", tc->name, hp, hb, ns);
+        const char *sep = "";
+        for (int t = 0; t < QK_TYPE_MAX; t++)
+            if (per_type[t]) { printf("%s%d %s", sep, per_type[t], quant_type_name((uint32_t)t)); sep = ", "; }
+        printf("), seed %llu, %.1fs with %d threads\n", (unsigned long long)o.seed, secs, o.threads);
+        if (n_high)
+            printf("  %d matrices at %s by llama.cpp's %s rule (output; attn_v/ffn_down in "
+                   "use_more_bits layers; token_embd when tied)\n", n_high, quant_type_name(tc->high),
+                   tc->name);
+        if (n_fallback)
+            printf("  %d matrices whose row length is not a multiple of the %s block size use "
+                   "llama.cpp's fallback type (q4_K->q5_0, q5_K->q5_1, q6_K->q8_0, else f16)\n",
+                   n_fallback, quant_type_name(tc->base));
         printf("*** NOTE: the weights are RANDOM: this model computes noise, not language. ***\n");
     } else {
         printf("%s: %s %s %s params %s (RANDOM weights)\n", o.out, arch, tc->name, hp, hb);

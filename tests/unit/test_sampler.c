@@ -324,14 +324,14 @@ static void test_top_p_small(void **state)
 static void test_top_p_large_vocab(void **state)
 {
     (void)state;
-    const int32_t n = 50000;
+    const int32_t n = 20000;
     float *l = malloc(n * sizeof *l);
     int32_t *ids = malloc(n * sizeof *ids);
     int64_t *counts = malloc(n * sizeof *counts);
     for (int32_t i = 0; i < n; i++)
         l[i] = (float)test_gauss();
-    /* A few strong tokens scattered in the row; the bulk carries ~1% mass. */
-    const int32_t strong[8] = {49999, 17, 20011, 333, 41234, 7, 29999, 12345};
+    /* A few strong tokens scattered in the row; the bulk carries <1% mass. */
+    const int32_t strong[8] = {19999, 17, 10011, 333, 14234, 7, 9999, 12345};
     const float sv[8] = {16.0f, 15.5f, 15.0f, 14.0f, 13.0f, 12.0f, 11.0f, 10.0f};
     for (int k = 0; k < 8; k++)
         l[strong[k]] = sv[k];
@@ -354,20 +354,91 @@ static void test_top_p_large_vocab(void **state)
     sampler_params p;
     sampler_params_default(&p);
     p.top_p = 0.9f;
-    sample_counts(&p, l, n, 20, 1000, counts);
+    sample_counts(&p, l, n, 20, 500, counts);
     check_freqs(counts, n, l, ids, nk, 1.0, 0.015);
     /* top-p chooses on the T=1 distribution; temperature then reshapes it */
     p.temperature = 2.0f;
-    sample_counts(&p, l, n, 20, 1000, counts);
-    check_freqs(counts, n, l, ids, nk, 2.0, 0.015);
+    sample_counts(&p, l, n, 10, 500, counts);
+    check_freqs(counts, n, l, ids, nk, 2.0, 0.02);
     /* with logprobs requested the same set is used (shared exp pass) */
     p.n_top_logprobs = 3;
     p.temperature = 1.0f;
-    sample_counts(&p, l, n, 10, 1000, counts);
-    check_freqs(counts, n, l, ids, nk, 1.0, 0.02);
+    sample_counts(&p, l, n, 5, 500, counts);
+    check_freqs(counts, n, l, ids, nk, 1.0, 0.025);
     free(l);
     free(ids);
     free(counts);
+}
+
+/* Cumulative softmax mass of the best-first order ids (double). */
+static void cum_mass(const float *l, const int32_t *ids, int32_t n, double *cum)
+{
+    double mx = l[ids[0]], z = 0;
+    for (int32_t i = 0; i < n; i++)
+        z += exp(l[ids[i]] - mx);
+    double c = 0;
+    for (int32_t i = 0; i < n; i++) {
+        c += exp(l[ids[i]] - mx);
+        cum[i] = c / z;
+    }
+}
+
+/* Samples land exactly in the best `keep` ranks of ids, each drawn at least once. */
+static void check_exact_set(const int64_t *counts, const int32_t *ids, int32_t n, int32_t keep)
+{
+    for (int32_t r = 0; r < n; r++) {
+        int64_t c = counts[ids[r]];
+        if (r < keep && c == 0)
+            fail_msg("rank %d (id %d) of a %d-token set never drawn", r, ids[r], keep);
+        if (r >= keep && c != 0)
+            fail_msg("rank %d (id %d) outside a %d-token set drawn %lld times", r, ids[r], keep,
+                     (long long)c);
+    }
+}
+
+/* Nuclei of hundreds of tokens, so the mass-weighted quickselect (not just its
+ * small-range finish) decides the boundary, on the whole row and after top-k. */
+static void test_top_p_wide_nucleus(void **state)
+{
+    (void)state;
+    const int32_t n = 4000;
+    float *l = malloc(n * sizeof *l);
+    int32_t *ids = malloc(n * sizeof *ids);
+    int64_t *counts = malloc(n * sizeof *counts);
+    double *cum = malloc(n * sizeof *cum);
+    for (int32_t i = 0; i < n; i++) /* distinct, smoothly decaying, scattered */
+        l[(int32_t)(((int64_t)i * 2654435761u) % n)] = -0.004f * (float)i;
+    brute_sort(l, n, ids);
+    const int32_t want = 300;
+    cum_mass(l, ids, n, cum);
+    sampler_params p;
+    sampler_params_default(&p);
+    p.top_p = (float)((cum[want - 2] + cum[want - 1]) / 2);
+    assert_true(cum[want - 2] < p.top_p - 1e-5 && cum[want - 1] > p.top_p + 1e-5);
+    sample_counts(&p, l, n, 10, 1500, counts);
+    check_exact_set(counts, ids, n, want);
+    /* after top-k = 1000 (quickselect path), top-p on the renormalised set */
+    cum_mass(l, ids, 1000, cum);
+    p.top_k = 1000;
+    p.top_p = (float)((cum[want - 2] + cum[want - 1]) / 2);
+    assert_true(cum[want - 2] < p.top_p - 1e-5 && cum[want - 1] > p.top_p + 1e-5);
+    sample_counts(&p, l, n, 10, 1500, counts);
+    check_exact_set(counts, ids, n, want);
+    /* Many boundaries, membership only: the quickselect can end on a pivot or
+     * in its small-range finish, depending on where the boundary falls. */
+    p.top_k = 0;
+    cum_mass(l, ids, n, cum);
+    for (int32_t w = 20; w <= 400; w += 9) {
+        p.top_p = (float)((cum[w - 2] + cum[w - 1]) / 2);
+        sample_counts(&p, l, n, 1, 300, counts);
+        for (int32_t r = w; r < n; r++)
+            if (counts[ids[r]] != 0)
+                fail_msg("top_p for %d tokens: rank %d drawn", w, r);
+    }
+    free(l);
+    free(ids);
+    free(counts);
+    free(cum);
 }
 
 static void test_top_k_sets(void **state)
@@ -798,6 +869,7 @@ int main(void)
         cmocka_unit_test(test_top_k1_is_greedy),
         cmocka_unit_test(test_top_p_small),
         cmocka_unit_test(test_top_p_large_vocab),
+        cmocka_unit_test(test_top_p_wide_nucleus),
         cmocka_unit_test(test_top_k_sets),
         cmocka_unit_test(test_min_p),
         cmocka_unit_test(test_temperature),

@@ -242,7 +242,10 @@ int chat_template_render(const chat_template *t, const json_t *messages, const j
     if (t->object_args) parse_arguments(&a, msgs);
     if (t->no_system) msgs = merge_system(&a, msgs);
     set_global(&a, g, "messages", msgs);
-    if (tools && !json_is_null(tools)) set_global(&a, g, "tools", jv_from_json(&a, tools));
+    /* An empty tools array counts as no tools, as in llama.cpp: Llama 3.x and
+     * Mistral templates would otherwise print an empty tool section. */
+    if (tools && json_is_array(tools) && json_array_size(tools))
+        set_global(&a, g, "tools", jv_from_json(&a, tools));
     set_global(&a, g, "add_generation_prompt", jv_bool(opts->add_generation_prompt));
     const char *bos = opts->bos_token ? opts->bos_token : "", *eos = opts->eos_token ? opts->eos_token : "";
     set_global(&a, g, "bos_token", jv_cstr(&a, bos));

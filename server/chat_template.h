@@ -35,10 +35,17 @@ typedef struct chat_template_opts {
 
 /* Renders t with messages (JSON array of message objects: role, content
  * (string or array of parts), tool_calls, name, tool_call_id,
- * reasoning_content...) and tools (array, or NULL for none). Variables seen
+ * reasoning_content...) and tools (array; NULL, null or [] for none). Variables seen
  * by the template: messages, tools (only when given), add_generation_prompt,
- * bos_token, eos_token, date_string ("22 Nov 2026" style), plus every key of
- * o->extra (which may override them). o may be NULL (defaults).
+ * bos_token, eos_token, date_string ("22 Nov 2026"), datetime ("Nov 22 2026"),
+ * enable_thinking, plus every key of
+ * o->extra (which may override them; enable_thinking defaults to true). o
+ * may be NULL (defaults). Like llama.cpp, the messages are adapted to what the
+ * template understands (probed at compile time): array content becomes its
+ * text parts joined by "\n" unless the template only reads parts; system
+ * messages fold into the next user message for templates without a system
+ * role; string tool-call arguments are parsed for templates that need
+ * objects.
  * On success *out is a malloc'ed NUL-terminated string owned by the caller
  * and 0 is returned; on error a negative value and a message in err
  * (raise_exception text, or "line:col: what went wrong"). */

@@ -307,50 +307,52 @@ typedef struct bsym {
     uint32_t off, n;
 } bsym;
 
-typedef struct bbig {
-    int32_t rank, left, right, lid, rid;
-} bbig;
-
-static int bbig_better(const bbig *a, const bbig *b) {
-    if (a->rank != b->rank) return a->rank < b->rank;
-    return a->left < b->left;
-}
-
-static void bheap_push(bbig *h, size_t *n, bbig b) {
+/* Heap entries are one integer, (rank << 32) | left: the smallest is the
+ * best merge (lowest rank, then leftmost), and 8-byte entries keep the heap
+ * of a long word cache-friendly. The right symbol is left's current
+ * neighbour; an entry is stale when that pair no longer has this rank (ranks
+ * are unique per pair, so an equal rank means the very same pair). */
+static void bheap_push(uint64_t *h, size_t *n, uint64_t v) {
     size_t i = (*n)++;
-    h[i] = b;
     while (i > 0) {
         size_t p = (i - 1) / 2;
-        if (!bbig_better(&h[i], &h[p])) break;
-        bbig tmp = h[i]; h[i] = h[p]; h[p] = tmp;
+        if (h[p] <= v) break;
+        h[i] = h[p];
         i = p;
     }
+    h[i] = v;
 }
 
-static bbig bheap_pop(bbig *h, size_t *n) {
-    bbig top = h[0];
-    h[0] = h[--(*n)];
+static uint64_t bheap_pop(uint64_t *h, size_t *n) {
+    uint64_t top = h[0], v = h[--(*n)];
     size_t i = 0;
     for (;;) {
-        size_t l = 2 * i + 1, r = l + 1, m = i;
-        if (l < *n && bbig_better(&h[l], &h[m])) m = l;
-        if (r < *n && bbig_better(&h[r], &h[m])) m = r;
-        if (m == i) break;
-        bbig tmp = h[i]; h[i] = h[m]; h[m] = tmp;
+        size_t l = 2 * i + 1, m = l;
+        if (l >= *n) break;
+        if (l + 1 < *n && h[l + 1] < h[l]) m = l + 1;
+        if (h[m] >= v) break;
+        h[i] = h[m];
         i = m;
     }
+    if (*n > 0) h[i] = v;
     return top;
 }
 
-static void add_pair(const struct tokenizer *t, const bsym *s, int32_t l, int32_t r, bbig *h, size_t *hn) {
-    if (l < 0 || r < 0 || s[l].id < 0 || s[r].id < 0) return;
+static int32_t pair_rank(const struct tokenizer *t, const bsym *s, int32_t l, int32_t r,
+                         const tok__merge_slot **slot) {
+    if (l < 0 || r < 0 || s[l].id < 0 || s[r].id < 0) return -1;
     const tok__merge_slot *m = merge_find(t, s[l].id, s[r].id);
-    if (!m) return;
-    bheap_push(h, hn, (bbig){m->rank, l, r, s[l].id, s[r].id});
+    if (slot) *slot = m;
+    return m ? m->rank : -1;
+}
+
+static void add_pair(const struct tokenizer *t, const bsym *s, int32_t l, int32_t r, uint64_t *h, size_t *hn) {
+    int32_t rank = pair_rank(t, s, l, r, NULL);
+    if (rank >= 0) bheap_push(h, hn, ((uint64_t)(uint32_t)rank << 32) | (uint32_t)l);
 }
 
 /* BPE-merge one (already byte-encoded) word and append its ids. */
-static void bpe_word(const struct tokenizer *t, const char *w, size_t n, bsym *s, bbig *h, tok__out *out) {
+static void bpe_word(const struct tokenizer *t, const char *w, size_t n, bsym *s, uint64_t *h, tok__out *out) {
     if (n == 0) return;
     int whole = 0;
     if (t->ignore_merges) whole = 1;
@@ -374,18 +376,21 @@ static void bpe_word(const struct tokenizer *t, const char *w, size_t n, bsym *s
     size_t hn = 0;
     for (int32_t i = 1; i < ns; i++) add_pair(t, s, i - 1, i, h, &hn);
     while (hn > 0) {
-        bbig b = bheap_pop(h, &hn);
-        bsym *L = &s[b.left], *R = &s[b.right];
-        /* Stale: a side was merged away or has changed since. */
-        if (L->n == 0 || R->n == 0 || L->id != b.lid || R->id != b.rid) continue;
-        const tok__merge_slot *m = merge_find(t, b.lid, b.rid);
+        uint64_t e = bheap_pop(h, &hn);
+        int32_t li = (int32_t)(uint32_t)e, rank = (int32_t)(e >> 32);
+        bsym *L = &s[li];
+        if (L->n == 0) continue;
+        const tok__merge_slot *m = NULL;
+        int32_t ri = L->next;
+        if (pair_rank(t, s, li, ri, &m) != rank) continue; /* stale */
+        bsym *R = &s[ri];
         L->id = m->result;
         L->n += R->n;
         R->n = 0;
         L->next = R->next;
-        if (R->next >= 0) s[R->next].prev = b.left;
-        add_pair(t, s, L->prev, b.left, h, &hn);
-        add_pair(t, s, b.left, L->next, h, &hn);
+        if (R->next >= 0) s[R->next].prev = li;
+        add_pair(t, s, L->prev, li, h, &hn);
+        add_pair(t, s, li, L->next, h, &hn);
     }
     for (int32_t i = 0; i != -1; i = s[i].next) {
         if (s[i].id >= 0) { tok__out_push(out, s[i].id); continue; }
@@ -406,7 +411,7 @@ int tok__bpe_encode(const struct tokenizer *t, const char *raw, size_t rawlen, t
     char *text = malloc(rawlen * 3 + 1);
     char *enc = NULL;
     bsym *syms = NULL;
-    bbig *heap = NULL;
+    uint64_t *heap = NULL;
     spanvec a = {0}, b = {0};
     pcre2_match_data *md = NULL;
     pcre2_match_context *mctx = NULL;

@@ -12,50 +12,56 @@ typedef struct sym {
     uint32_t off, n;  /* bytes of the escaped text */
 } sym;
 
-typedef struct bigram {
-    float score;
-    int32_t left, right;
-    uint32_t size;
-} bigram;
-
-/* Max-heap on (score, then smaller left index). */
-static int better(const bigram *a, const bigram *b) {
-    if (a->score != b->score) return a->score > b->score;
-    return a->left < b->left;
+/* Heap entries are one integer, (~order(score) << 32) | left: the smallest
+ * is the best merge (highest score, then leftmost), and 8-byte entries keep
+ * the heap of a long text cache-friendly. The right symbol is left's current
+ * neighbour; an entry whose pair no longer scores the same is stale. (A stale
+ * entry with an equal score has the same key as the fresh entry for the
+ * current pair, so taking it merges the same pair at the same point.) */
+static uint64_t score_key(float score, int32_t left) {
+    uint32_t u;
+    if (score == 0.0f) score = 0.0f; /* -0 and +0 tie, as floats compare */
+    memcpy(&u, &score, sizeof u);
+    u = (u & 0x80000000u) ? ~u : (u | 0x80000000u); /* ascending with the float */
+    return ((uint64_t)~u << 32) | (uint32_t)left;
 }
 
-static void heap_push(bigram *h, size_t *n, bigram b) {
+static void heap_push(uint64_t *h, size_t *n, uint64_t v) {
     size_t i = (*n)++;
-    h[i] = b;
     while (i > 0) {
         size_t p = (i - 1) / 2;
-        if (!better(&h[i], &h[p])) break;
-        bigram tmp = h[i]; h[i] = h[p]; h[p] = tmp;
+        if (h[p] <= v) break;
+        h[i] = h[p];
         i = p;
     }
+    h[i] = v;
 }
 
-static bigram heap_pop(bigram *h, size_t *n) {
-    bigram top = h[0];
-    h[0] = h[--(*n)];
+static uint64_t heap_pop(uint64_t *h, size_t *n) {
+    uint64_t top = h[0], v = h[--(*n)];
     size_t i = 0;
     for (;;) {
-        size_t l = 2 * i + 1, r = l + 1, m = i;
-        if (l < *n && better(&h[l], &h[m])) m = l;
-        if (r < *n && better(&h[r], &h[m])) m = r;
-        if (m == i) break;
-        bigram tmp = h[i]; h[i] = h[m]; h[m] = tmp;
+        size_t l = 2 * i + 1, m = l;
+        if (l >= *n) break;
+        if (l + 1 < *n && h[l + 1] < h[l]) m = l + 1;
+        if (h[m] >= v) break;
+        h[i] = h[m];
         i = m;
     }
+    if (*n > 0) h[i] = v;
     return top;
 }
 
+/* Token id of the pair (l, l's neighbour r), or -1. */
+static int32_t pair_id(const struct tokenizer *t, const char *text, const sym *s, int32_t l, int32_t r) {
+    if (l < 0 || r < 0) return -1;
+    return tok__find(t, text + s[l].off, s[l].n + s[r].n);
+}
+
 static void try_pair(const struct tokenizer *t, const char *text, const sym *s, int32_t l, int32_t r,
-                     bigram *h, size_t *hn) {
-    if (l < 0 || r < 0) return;
-    int32_t id = tok__find(t, text + s[l].off, s[l].n + s[r].n);
-    if (id < 0) return;
-    heap_push(h, hn, (bigram){t->score[id], l, r, s[l].n + s[r].n});
+                     uint64_t *h, size_t *hn) {
+    int32_t id = pair_id(t, text, s, l, r);
+    if (id >= 0) heap_push(h, hn, score_key(t->score[id], l));
 }
 
 static int is_space(const char *text, const sym *s) {
@@ -80,7 +86,7 @@ int tok__spm_encode(const struct tokenizer *t, const char *raw, size_t rawlen, t
     if (n > UINT32_MAX / 4) return -2;
     char *text = malloc(n);
     sym *s = malloc(n * sizeof *s);
-    bigram *h = malloc(3 * n * sizeof *h + sizeof *h);
+    uint64_t *h = malloc(3 * n * sizeof *h + sizeof *h);
     if (!text || !s || !h) { free(text); free(s); free(h); return -2; }
     size_t k = 0;
     for (size_t i = 0; i < rawlen; i++) {
@@ -115,16 +121,19 @@ int tok__spm_encode(const struct tokenizer *t, const char *raw, size_t rawlen, t
         size_t hn = 0;
         for (int32_t i = start + 1; i < end; i++) try_pair(t, text, s, i - 1, i, h, &hn);
         while (hn > 0) {
-            bigram b = heap_pop(h, &hn);
-            sym *L = &s[b.left], *R = &s[b.right];
-            /* Stale entry: one side was merged away or has grown since. */
-            if (L->n == 0 || R->n == 0 || L->n + R->n != b.size) continue;
+            uint64_t e = heap_pop(h, &hn);
+            int32_t li = (int32_t)(uint32_t)e;
+            sym *L = &s[li];
+            if (L->n == 0 || L->next < 0) continue;
+            int32_t ri = L->next, id = pair_id(t, text, s, li, ri);
+            if (id < 0 || score_key(t->score[id], li) != e) continue; /* stale */
+            sym *R = &s[ri];
             L->n += R->n;
             R->n = 0;
             L->next = R->next;
-            if (R->next >= 0) s[R->next].prev = b.left;
-            try_pair(t, text, s, L->prev, b.left, h, &hn);
-            try_pair(t, text, s, b.left, L->next, h, &hn);
+            if (R->next >= 0) s[R->next].prev = li;
+            try_pair(t, text, s, L->prev, li, h, &hn);
+            try_pair(t, text, s, li, L->next, h, &hn);
         }
         for (int32_t i = start; i != -1; i = s[i].next) {
             int32_t id = tok__find(t, text + s[i].off, s[i].n);

@@ -416,6 +416,123 @@ static void test_all_pretokenizers_load(void **state) {
     tokenizer_free(t);
 }
 
+/* ---- differential: the merge loops against the textbook algorithm ------- */
+
+/* Naive merging straight from the definitions: repeatedly merge the adjacent
+ * pair with the best key (SPM: highest score of the concatenation; BPE: lowest
+ * merge rank), leftmost on ties. Symbols are byte ranges of w. */
+typedef struct nsym { int off, n; } nsym;
+
+static int naive_merge(const tokenizer *t, const char *w, int n, const float *scores, json_t *ranks,
+                       int32_t *out) {
+    nsym s[256];
+    int ns = 0;
+    for (int off = 0; off < n;) {
+        unsigned char c = (unsigned char)w[off];
+        int l = c < 0xC0 ? 1 : c < 0xE0 ? 2 : c < 0xF0 ? 3 : 4;
+        if (l > n - off) l = n - off;
+        s[ns].off = off;
+        s[ns].n = l;
+        ns++;
+        off += l;
+    }
+    for (;;) {
+        int best = -1;
+        double bkey = 0;
+        for (int i = 0; i + 1 < ns; i++) {
+            double key;
+            if (scores) {
+                int32_t id = tokenizer_find(t, w + s[i].off, (size_t)(s[i].n + s[i + 1].n));
+                if (id < 0) continue;
+                key = -scores[id];
+            } else {
+                char k[512];
+                snprintf(k, sizeof k, "%.*s %.*s", s[i].n, w + s[i].off, s[i + 1].n, w + s[i + 1].off);
+                json_t *r = json_object_get(ranks, k);
+                if (!r || tokenizer_find(t, w + s[i].off, (size_t)(s[i].n + s[i + 1].n)) < 0) continue;
+                key = (double)json_integer_value(r);
+            }
+            if (best < 0 || key < bkey) { best = i; bkey = key; }
+        }
+        if (best < 0) break;
+        s[best].n += s[best + 1].n;
+        memmove(s + best + 1, s + best + 2, (size_t)(ns - best - 2) * sizeof *s);
+        ns--;
+    }
+    for (int i = 0; i < ns; i++) out[i] = tokenizer_find(t, w + s[i].off, (size_t)s[i].n);
+    return ns;
+}
+
+static void test_merges_match_naive(void **state) {
+    (void)state;
+    char path[1024], err[256];
+    snprintf(path, sizeof path, "%s/vocab/ggml-vocab-llama-spm.gguf", shared_dir());
+    gguf_file *fs = NULL, *fg = NULL;
+    snprintf(path, sizeof path, "%s/vocab/ggml-vocab-llama-spm.gguf", shared_dir());
+    if (gguf_open(path, &fs, err, sizeof err) != 0) { printf("skip: %s\n", err); skip(); }
+    snprintf(path, sizeof path, "%s/vocab/ggml-vocab-gpt-2.gguf", shared_dir());
+    if (gguf_open(path, &fg, err, sizeof err) != 0) { gguf_close(fs); printf("skip: %s\n", err); skip(); }
+    tokenizer *ts = NULL, *tg = NULL;
+    assert_int_equal(tokenizer_load(fs, &ts, err, sizeof err), 0);
+    assert_int_equal(tokenizer_load(fg, &tg, err, sizeof err), 0);
+    const gguf_kv *sc = gguf_find(fs, "tokenizer.ggml.scores");
+    assert_non_null(sc);
+    float *scores = malloc(sc->arr_n * sizeof *scores);
+    for (uint64_t i = 0; i < sc->arr_n; i++) scores[i] = (float)gguf_arr_f64(sc, i);
+    const gguf_kv *mg = gguf_find(fg, "tokenizer.ggml.merges");
+    assert_non_null(mg);
+    json_t *ranks = json_object();
+    for (uint64_t i = 0; i < mg->arr_n; i++) {
+        char k[512];
+        snprintf(k, sizeof k, "%.*s", (int)mg->arr_strs[i].len, mg->arr_strs[i].ptr);
+        if (!json_object_get(ranks, k)) json_object_set_new(ranks, k, json_integer((json_int_t)i));
+    }
+
+    uint64_t x = 0x2545F4914F6CDD1Dull;
+    const char *alpha = "aeinorst th";
+    int checked = 0;
+    for (int r = 0; r < 300; r++) {
+        char w[64], esc[256];
+        int n = 1 + (int)(x % 40);
+        for (int i = 0; i < n; i++) {
+            x ^= x << 13; x ^= x >> 7; x ^= x << 17;
+            w[i] = alpha[x % 11];
+        }
+        int32_t want[256], got[256];
+        /* SPM: the escaped text of " " + w as one fragment */
+        int k = 0;
+        esc[k++] = (char)0xE2; esc[k++] = (char)0x96; esc[k++] = (char)0x81;
+        for (int i = 0; i < n; i++) {
+            if (w[i] == ' ') { esc[k++] = (char)0xE2; esc[k++] = (char)0x96; esc[k++] = (char)0x81; }
+            else esc[k++] = w[i];
+        }
+        int nw = naive_merge(ts, esc, k, scores, NULL, want);
+        int64_t ng = tokenizer_encode(ts, w, (size_t)n, 0, 0, got, 256);
+        assert_int_equal(ng, nw);
+        assert_memory_equal(got, want, (size_t)nw * sizeof *got);
+        /* BPE: one pre-token " " + letters (no spaces inside) */
+        k = 0;
+        esc[k++] = (char)0xC4; esc[k++] = (char)0xA0; /* U+0120 = byte-level space */
+        char plain[64];
+        int np = 0;
+        plain[np++] = ' ';
+        for (int i = 0; i < n; i++) if (w[i] != ' ') { esc[k++] = w[i]; plain[np++] = w[i]; }
+        if (np < 2) continue;
+        nw = naive_merge(tg, esc, k, NULL, ranks, want);
+        ng = tokenizer_encode(tg, plain, (size_t)np, 0, 0, got, 256);
+        assert_int_equal(ng, nw);
+        assert_memory_equal(got, want, (size_t)nw * sizeof *got);
+        checked++;
+    }
+    assert_true(checked > 200);
+    json_decref(ranks);
+    free(scores);
+    tokenizer_free(ts);
+    tokenizer_free(tg);
+    gguf_close(fs);
+    gguf_close(fg);
+}
+
 /* ---- round trips and streaming ------------------------------------------ */
 
 static const char *const samples[] = {
@@ -591,6 +708,7 @@ int main(void) {
         cmocka_unit_test(test_unknown_pre_is_error),
         cmocka_unit_test(test_tiny_bpe_and_eos),
         cmocka_unit_test(test_all_pretokenizers_load),
+        cmocka_unit_test(test_merges_match_naive),
         cmocka_unit_test(test_roundtrip),
         cmocka_unit_test(test_invalid_utf8_bpe),
         cmocka_unit_test(test_stream_split_character),

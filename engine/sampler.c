@@ -29,6 +29,10 @@
 /* Weights below exp(EXP_FLOOR) are flushed to 0 so 2^n stays a normal float. */
 #define EXP_FLOOR (-87.0f)
 #define EXP_CEIL 88.0f
+/* Top-p histogram key: a weight's float bits >> TOPP_SHIFT (exponent and the
+ * top 2 mantissa bits); weights are in [0, 1], so keys stay below 512. */
+#define TOPP_SHIFT 21
+#define TOPP_BUCKETS 512
 
 struct sampler {
     sampler_params p;       /* copy, clamped; bias pointers point into the arrays below */
@@ -44,6 +48,7 @@ struct sampler {
     float *c_logit;         /* (n_vocab) */
     float *c_w;             /* (n_vocab) */
     int32_t *c_id;          /* (n_vocab) */
+    double hist[2][TOPP_BUCKETS]; /* top-p weight histogram, two interleaved copies */
 };
 
 /* ---- PRNG: xoshiro256**, seeded through splitmix64 (so seed 0 is fine) ---- */
@@ -86,6 +91,8 @@ static double rng_uniform(uint64_t st[4]) { return (double)(rng_next(st) >> 11) 
  * by its degree-7 Taylor polynomial (truncation error < 6e-9, below float
  * rounding). Inputs below EXP_FLOOR (including -inf) and NaN give 0. */
 
+typedef float v4sf __attribute__((vector_size(16)));
+typedef int32_t v4si __attribute__((vector_size(16)));
 typedef float v8sf __attribute__((vector_size(32)));
 typedef int32_t v8si __attribute__((vector_size(32)));
 
@@ -173,19 +180,84 @@ static double exp_row_base(const float *x, int32_t n, float shift, float scale, 
     return exp_row_body(x, n, shift, scale, w_out);
 }
 
+#if defined(__x86_64__) && defined(__GNUC__)
+static int cpu_has_avx2(void)
+{
+    /* Racy first use is harmless: every thread computes the same answer. */
+    static int have = -1;
+    if (have < 0) {
+        __builtin_cpu_init();
+        have = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    }
+    return have;
+}
+#endif
+
 static double exp_row(const float *x, int32_t n, float shift, float scale, float *w_out)
 {
 #if defined(__x86_64__) && defined(__GNUC__)
-    /* Racy first use is harmless: every thread computes the same answer. */
-    static int have_avx2 = -1;
-    if (have_avx2 < 0) {
-        __builtin_cpu_init();
-        have_avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-    }
-    if (have_avx2)
+    if (cpu_has_avx2())
         return exp_row_avx2(x, n, shift, scale, w_out);
 #endif
     return exp_row_base(x, n, shift, scale, w_out);
+}
+
+/* Max of x[0..n) and its lowest index (NaN never wins); *idx = -1 and
+ * -inf returned when no entry is greater than -inf. Each lane keeps its own
+ * running max and the first index that reached it; the lanes are merged at
+ * the end preferring the lowest index among equal maxima. */
+static inline __attribute__((always_inline)) float
+row_argmax_body(const float *x, int32_t n, int32_t *idx)
+{
+    const v8sf zero = {0, 0, 0, 0, 0, 0, 0, 0};
+    const v8si lane = {0, 1, 2, 3, 4, 5, 6, 7};
+    v8sf m = zero - INFINITY;
+    v8si mi = lane * 0 - 1;
+    int32_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        v8sf v;
+        memcpy(&v, x + i, sizeof v);
+        v8si gt = v > m;
+        m = (v8sf)(((v8si)v & gt) | ((v8si)m & ~gt));
+        mi = ((lane + i) & gt) | (mi & ~gt);
+    }
+    float best = -INFINITY;
+    int32_t bi = -1;
+    for (int j = 0; j < 8; j++) {
+        if (m[j] > best || (m[j] == best && mi[j] >= 0 && mi[j] < bi)) {
+            best = m[j];
+            bi = mi[j];
+        }
+    }
+    for (; i < n; i++) {
+        if (x[i] > best) {
+            best = x[i];
+            bi = i;
+        }
+    }
+    *idx = bi;
+    return best;
+}
+
+#if defined(__x86_64__) && defined(__GNUC__)
+__attribute__((target("avx2,fma"))) static float row_argmax_avx2(const float *x, int32_t n, int32_t *idx)
+{
+    return row_argmax_body(x, n, idx);
+}
+#endif
+
+static float row_argmax_base(const float *x, int32_t n, int32_t *idx)
+{
+    return row_argmax_body(x, n, idx);
+}
+
+static float row_argmax(const float *x, int32_t n, int32_t *idx)
+{
+#if defined(__x86_64__) && defined(__GNUC__)
+    if (cpu_has_avx2())
+        return row_argmax_avx2(x, n, idx);
+#endif
+    return row_argmax_base(x, n, idx);
 }
 
 /* ---- params ---- */
@@ -423,6 +495,19 @@ static int32_t top_k_heap(const float *logits, int32_t n, int32_t k, float *hv, 
     if (m == k) {
         float root = hv[0];
         for (; i < n; i++) {
+            /* Almost every token loses to the root: test four at once and
+             * only look closer when one of them wins. */
+            if (i + 4 <= n && (i & 3) == 0) {
+                v4sf v;
+                memcpy(&v, logits + i, sizeof v);
+                v4si gt = v > (v4sf){root, root, root, root};
+                uint64_t g[2];
+                memcpy(g, &gt, sizeof g);
+                if (!(g[0] | g[1])) {
+                    i += 3;
+                    continue;
+                }
+            }
             float l = logits[i];
             if (l > root) { /* equal logits lose: their id is higher */
                 hv[0] = l;
@@ -453,14 +538,14 @@ static inline int cand_better(const sampler *s, int32_t a, int32_t b)
     return tok_better(s->c_logit[a], s->c_id[a], s->c_logit[b], s->c_id[b]);
 }
 
-/* Among candidates [0, m), find the shortest best-first prefix whose weight
+/* Among candidates [lo0, m), find the shortest best-first prefix whose weight
  * reaches need (by_count: every weight counts 1, i.e. plain top-k) and move it
- * to the front, in no particular order. Returns its length (m when the total
- * falls short through rounding). Expected O(m): quickselect that only descends
+ * to the front of that range, in no particular order. Returns the index just
+ * past it (m when the total falls short through rounding). Expected O(m): quickselect that only descends
  * into the side holding the boundary. */
-static int32_t cand_select(sampler *s, int32_t m, double need, int by_count)
+static int32_t cand_select(sampler *s, int32_t lo0, int32_t m, double need, int by_count)
 {
-    int32_t lo = 0, hi = m;
+    int32_t lo = lo0, hi = m;
     while (hi - lo > 16) {
         /* median of three, moved to hi-1 as the pivot */
         int32_t a = lo, b = lo + (hi - lo) / 2, c = hi - 1;
@@ -520,47 +605,157 @@ static int32_t collect_logit(sampler *s, const float *logits, float thr)
 /* ---- the step ---- */
 
 /* Top-p on the whole row: c_w holds w_i = exp(l_i - max) per token and z their
- * sum. Histogram the weights by float exponent (one bucket per factor of 2),
- * take the smallest exponent e such that all weights >= 2^e carry >= top_p*z:
- * every nucleus member has weight >= 2^e (the nucleus is a best-first prefix
- * and that set is one with enough mass), so collect only those and let
- * cand_select find the exact nucleus among them. Returns the nucleus size. */
-static int32_t top_p_full(sampler *s, const float *logits, double z)
+ * sum. Histogram the weights by their top float bits (exponent + 2 mantissa
+ * bits: 4 buckets per factor of 2, monotonic in w), walk down from the top
+ * bucket to the one, B, where the mass reaches top_p*z. The nucleus is a
+ * best-first prefix, so it holds every bucket above B and part of B: collect
+ * the buckets above B as accepted and let cand_select pick inside B alone.
+ * Returns the nucleus size (candidates [0, size)). */
+static int32_t top_p_full(sampler *s, const float *logits, float lmax, double z)
 {
-    double hist[256];
-    memset(hist, 0, sizeof hist);
+    double(*h2)[TOPP_BUCKETS] = s->hist;
+    memset(h2, 0, sizeof s->hist);
     const int32_t n = s->n_vocab;
     const float *w = s->c_w;
-    for (int32_t i = 0; i < n; i++) {
-        uint32_t bits;
-        memcpy(&bits, &w[i], sizeof bits);
-        hist[(bits >> 23) & 0xff] += w[i];
+    int32_t i = 0;
+    /* Two interleaved histograms: neighbouring tokens often share a bucket,
+     * and one histogram would serialise on that bucket's update. */
+    for (; i + 2 <= n; i += 2) {
+        uint32_t bb[2];
+        memcpy(bb, w + i, sizeof bb);
+        h2[0][bb[0] >> TOPP_SHIFT] += w[i];
+        h2[1][bb[1] >> TOPP_SHIFT] += w[i + 1];
+    }
+    for (; i < n; i++) {
+        uint32_t bb;
+        memcpy(&bb, w + i, sizeof bb);
+        h2[0][bb >> TOPP_SHIFT] += w[i];
     }
     double need = (double)s->p.top_p * z;
     if (need < DBL_MIN)
         need = DBL_MIN;
-    double cum = 0.0;
-    int e = 255;
-    for (; e > 0; e--) {
-        cum += hist[e];
-        if (cum >= need)
+    double above = 0.0;
+    uint32_t B = TOPP_BUCKETS - 1;
+    for (;; B--) {
+        double h = h2[0][B] + h2[1][B];
+        if (above + h >= need || B == 0)
             break;
+        above += h;
     }
-    /* e == 0: the mass only adds up with subnormal/zero weights (top_p within
-     * rounding of 1): keep every allowed token. */
-    float thr = e > 0 ? ldexpf(1.0f, e - 127) : 0.0f;
-    int32_t m = 0;
-    for (int32_t i = 0; i < n; i++) {
+    /* Pass over the row: buckets above B go to the front of c_* (in place:
+     * the write index never passes the read index); bucket B's ids and logits
+     * go to the back of c_id/c_logit, which this pass does not read. */
+    int32_t na = 0, back = n;
+    for (i = 0; i < n; i++) {
         float wi = s->c_w[i];
         float l = logits[i];
-        if (wi >= thr && l > -INFINITY) { /* m <= i: compaction in place is safe */
-            s->c_w[m] = wi;
-            s->c_logit[m] = l;
-            s->c_id[m] = i;
-            m++;
+        uint32_t bb;
+        memcpy(&bb, &wi, sizeof bb);
+        bb >>= TOPP_SHIFT;
+        if (bb < B || !(l > -INFINITY))
+            continue;
+        if (bb > B) {
+            s->c_w[na] = wi;
+            s->c_logit[na] = l;
+            s->c_id[na] = i;
+            na++;
+        } else {
+            back--;
+            s->c_logit[back] = l;
+            s->c_id[back] = i;
         }
     }
-    return cand_select(s, m, need, 0);
+    int32_t nb = n - back;
+    memmove(s->c_logit + na, s->c_logit + back, (size_t)nb * sizeof *s->c_logit);
+    memmove(s->c_id + na, s->c_id + back, (size_t)nb * sizeof *s->c_id);
+    /* Same code, same inputs: these weights equal the ones histogrammed. */
+    exp_row(s->c_logit + na, nb, lmax, 1.0f, s->c_w + na);
+    double rest = need - above;
+    return cand_select(s, na, na + nb, rest < DBL_MIN ? DBL_MIN : rest, 0);
+}
+
+/* Top-k for k > HEAP_MAX_K: count tokens per logit bucket (1/16 logit wide
+ * below the max, one bucket for everything 16+ below), find the bucket B where
+ * the count reaches k, accept the buckets above it and quickselect inside B.
+ * Returns the number kept (candidates [0, count), unordered, c_w unset). */
+static inline int32_t topk_bucket(float lmax, float l)
+{
+    float d = lmax - l;
+    return d < 16.0f ? (int32_t)(d * 16.0f) : 256;
+}
+
+static int32_t top_k_large(sampler *s, const float *logits, float lmax, int32_t k)
+{
+    int32_t cnt[257];
+    memset(cnt, 0, sizeof cnt);
+    const int32_t n = s->n_vocab;
+    for (int32_t i = 0; i < n; i++)
+        if (logits[i] > -INFINITY)
+            cnt[topk_bucket(lmax, logits[i])]++;
+    int32_t B = 0, above = 0;
+    for (; B < 256 && above + cnt[B] < k; B++)
+        above += cnt[B];
+    int32_t na = 0, back = n;
+    for (int32_t i = 0; i < n; i++) {
+        float l = logits[i];
+        if (!(l > -INFINITY))
+            continue;
+        int32_t b = topk_bucket(lmax, l);
+        if (b < B) {
+            s->c_logit[na] = l;
+            s->c_id[na] = i;
+            na++;
+        } else if (b == B) {
+            back--;
+            s->c_logit[back] = l;
+            s->c_id[back] = i;
+        }
+    }
+    int32_t nb = n - back;
+    memmove(s->c_logit + na, s->c_logit + back, (size_t)nb * sizeof *s->c_logit);
+    memmove(s->c_id + na, s->c_id + back, (size_t)nb * sizeof *s->c_id);
+    if (na + nb <= k)
+        return na + nb;
+    return cand_select(s, na, na + nb, (double)(k - na), 1);
+}
+
+/* Index of the weighted draw u * total among w[0..m), total = sum of w
+ * (computed here in fixed blocks so the walk below sees identical sums).
+ * Returns -1 when every weight is 0. */
+static int32_t draw_index(const float *w, int32_t m, double u)
+{
+    enum { BLK = 256 };
+    double total = 0.0;
+    for (int32_t b = 0; b < m; b += BLK) {
+        int32_t e = m - b < BLK ? m : b + BLK;
+        float bs = 0.0f;
+        for (int32_t i = b; i < e; i++)
+            bs += w[i];
+        total += bs;
+    }
+    if (!(total > 0.0))
+        return -1;
+    double target = u * total, cum = 0.0;
+    int32_t last = -1;
+    for (int32_t b = 0; b < m; b += BLK) {
+        int32_t e = m - b < BLK ? m : b + BLK;
+        float bs = 0.0f;
+        for (int32_t i = b; i < e; i++)
+            bs += w[i];
+        if (bs > 0.0f && cum + bs <= target && e < m) {
+            cum += bs; /* the draw lies past this block */
+            continue;
+        }
+        for (int32_t i = b; i < e; i++) {
+            if (w[i] <= 0.0f)
+                continue;
+            last = i;
+            cum += w[i];
+            if (target < cum)
+                return i;
+        }
+    }
+    return last; /* rounding left the target at the very end */
 }
 
 static void fill_top_logprobs(sampler *s, const float *logits, double lse, sampler_result *out)
@@ -591,14 +786,8 @@ int32_t sampler_sample(sampler *s, float *logits, const int32_t *history, int64_
 
     /* Max and argmax (lowest id on ties); NaN never compares greater, so it
      * behaves like a masked token throughout. */
-    float lmax = -INFINITY;
-    int32_t amax = -1;
-    for (int32_t i = 0; i < n; i++) {
-        if (logits[i] > lmax) {
-            lmax = logits[i];
-            amax = i;
-        }
-    }
+    int32_t amax;
+    float lmax = row_argmax(logits, n, &amax);
     if (amax < 0)
         return -1;
     if (lmax == INFINITY) {
@@ -625,33 +814,28 @@ int32_t sampler_sample(sampler *s, float *logits, const int32_t *history, int64_
     } else {
         int32_t m;
         int have_w = 0;     /* c_w holds exp(l - max) for the candidates */
-        int min_p_done = 0;
         if (top_k_on) {
             int32_t k = p->top_k;
-            if (k <= HEAP_MAX_K) {
+            if (k <= HEAP_MAX_K)
                 m = top_k_heap(logits, n, k, s->c_logit, s->c_id);
-            } else {
-                m = collect_logit(s, logits, -INFINITY);
-                if (m > k)
-                    m = cand_select(s, m, (double)k, 1);
-            }
+            else
+                m = top_k_large(s, logits, lmax, k);
             if (p->top_p < 1.0f) {
                 double zk = exp_row(s->c_logit, m, lmax, 1.0f, s->c_w);
                 double need = (double)p->top_p * zk;
-                m = cand_select(s, m, need < DBL_MIN ? DBL_MIN : need, 0);
+                m = cand_select(s, 0, m, need < DBL_MIN ? DBL_MIN : need, 0);
                 have_w = 1;
             }
         } else if (full_top_p) {
-            m = top_p_full(s, logits, z);
+            m = top_p_full(s, logits, lmax, z);
             have_w = 1;
+        } else if (p->min_p > 0.0f) {
+            /* Only min-p: its threshold is a plain logit bound. */
+            m = collect_logit(s, logits, lmax + logf(p->min_p));
         } else {
-            /* No truncation except maybe min-p: its threshold is a plain logit
-             * bound, so apply it while collecting. */
-            float thr = p->min_p > 0.0f ? lmax + logf(p->min_p) : -INFINITY;
-            m = collect_logit(s, logits, thr);
-            min_p_done = 1;
+            m = -1; /* no truncation: draw straight from the row */
         }
-        if (p->min_p > 0.0f && !min_p_done) {
+        if (m >= 0 && p->min_p > 0.0f && (top_k_on || full_top_p)) {
             /* p_i >= min_p * p_max  <=>  l_i >= max + log(min_p); the max token
              * always survives the earlier stages. */
             float thr = lmax + logf(p->min_p);
@@ -668,30 +852,21 @@ int32_t sampler_sample(sampler *s, float *logits, const int32_t *history, int64_
             m = k;
         }
         /* Temperature, then one draw. */
-        double sum;
-        if (have_w && p->temperature == 1.0f) {
-            sum = 0.0;
-            for (int32_t i = 0; i < m; i++)
-                sum += s->c_w[i];
+        const float inv_t = 1.0f / p->temperature;
+        int32_t idx;
+        if (m < 0) {
+            exp_row(logits, n, lmax, inv_t, s->c_w);
+            idx = draw_index(s->c_w, n, rng_uniform(s->rng));
         } else {
-            sum = exp_row(s->c_logit, m, lmax, 1.0f / p->temperature, s->c_w);
+            if (!(have_w && p->temperature == 1.0f))
+                exp_row(s->c_logit, m, lmax, inv_t, s->c_w);
+            idx = draw_index(s->c_w, m, rng_uniform(s->rng));
+            if (idx >= 0)
+                idx = s->c_id[idx];
         }
-        tok = amax;
-        if (m > 0 && sum > 0.0) {
-            double u = rng_uniform(s->rng) * sum;
-            double cum = 0.0;
-            int32_t last = -1;
-            for (int32_t i = 0; i < m; i++) {
-                if (s->c_w[i] <= 0.0f)
-                    continue;
-                last = i;
-                cum += s->c_w[i];
-                if (u < cum)
-                    break;
-            }
-            if (last >= 0)
-                tok = s->c_id[last];
-        }
+        /* No weight left (a temperature so small that 1/T overflows): the
+         * T -> 0 limit is greedy. */
+        tok = idx >= 0 ? idx : amax;
     }
 
     if (out) {

@@ -282,8 +282,12 @@ int chat_template_render(const chat_template *t, const json_t *messages, const j
 }
 
 const char *chat_template_chatml(void) {
+    /* Array content arrives flattened to text (see flatten_content); null
+     * content (an assistant turn with only tool calls) prints nothing. */
     return "{%- for message in messages -%}\n"
-           "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' -}}\n"
+           "{{- '<|im_start|>' + message['role'] + '\\n' -}}\n"
+           "{%- if message['content'] is string %}{{ message['content'] }}{% endif -%}\n"
+           "{{- '<|im_end|>\\n' -}}\n"
            "{%- endfor -%}\n"
            "{%- if add_generation_prompt -%}\n"
            "{{- '<|im_start|>assistant\\n' -}}\n"

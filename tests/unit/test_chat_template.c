@@ -284,6 +284,12 @@ static void test_messages_and_globals(void **state) {
     assert_int_equal(chat_template_render(t, m1, NULL, &opt, &o, err, sizeof err), 0);
     assert_string_equal(o, "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n");
     free(o);
+    json_t *m2 = json_loads("[{\"role\":\"user\",\"content\":[{\"type\":\"text\",\"text\":\"hi\"}]},"
+                            "{\"role\":\"assistant\",\"content\":null,\"tool_calls\":[]}]", 0, NULL);
+    assert_int_equal(chat_template_render(t, m2, NULL, &opt, &o, err, sizeof err), 0);
+    assert_string_equal(o, "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n<|im_end|>\n<|im_start|>assistant\n");
+    free(o);
+    json_decref(m2);
     chat_template_free(t);
     assert_int_equal(chat_template_compile("{{ bos_token }}x", 16, &t, err, sizeof err), 0);
     assert_int_equal(chat_template_render(t, m1, NULL, &opt, &o, err, sizeof err), 0);

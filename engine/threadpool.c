@@ -18,12 +18,17 @@
 struct threadpool {
     int32_t n_threads;
     pthread_t *threads;
-    /* Job description, written by the caller before `gen` is bumped. */
+    /* The current job, written by the caller before `claim` is published. */
     threadpool_fn fn;
     void *ctx;
     int32_t n_tasks;
-    _Atomic int32_t next;     /* next unclaimed task */
-    _Atomic int32_t done;     /* workers finished with the current job */
+    /* (generation << 32) | next unclaimed task. A worker claims a task with a
+     * CAS that also checks the generation, so a worker that wakes late (the
+     * 2 cores are shared) can never run a task of a job it did not see, and
+     * the caller never waits for workers that have no task: it waits for the
+     * TASKS to finish. */
+    _Atomic uint64_t claim;
+    _Atomic int32_t tasks_done;
     _Atomic uint32_t gen;     /* job generation: workers wait for it to change */
     _Atomic int32_t sleepers; /* workers blocked in futex_wait */
     _Atomic int32_t stop;
@@ -48,12 +53,22 @@ static void tp_futex_wake_all(_Atomic uint32_t *addr) {
     syscall(SYS_futex, (uint32_t *)addr, FUTEX_WAKE_PRIVATE, INT32_MAX, NULL, NULL, 0);
 }
 
-/* Claim and run tasks of the current job until none are left. */
-static void tp_work(threadpool *tp, int32_t thread) {
+/* Claim and run tasks of job generation g until none are left (or the job
+ * is no longer current). */
+static void tp_work(threadpool *tp, uint32_t g, int32_t thread) {
+    uint64_t c = atomic_load_explicit(&tp->claim, memory_order_acquire);
     for (;;) {
-        int32_t i = atomic_fetch_add_explicit(&tp->next, 1, memory_order_relaxed);
-        if (i >= tp->n_tasks) break;
+        if ((uint32_t)(c >> 32) != g) return;
+        if (!atomic_compare_exchange_weak_explicit(&tp->claim, &c, c + 1, memory_order_acq_rel,
+                                                   memory_order_acquire))
+            continue;
+        /* Task (c & 0xffffffff) of job g is ours: the job cannot end before
+         * we finish it, so its description is stable now. */
+        int32_t i = (int32_t)(uint32_t)c;
+        if (i >= tp->n_tasks) return;
         tp->fn(tp->ctx, i, thread);
+        atomic_fetch_add_explicit(&tp->tasks_done, 1, memory_order_release);
+        c = atomic_load_explicit(&tp->claim, memory_order_acquire);
     }
 }
 
@@ -77,8 +92,7 @@ static void *tp_worker_main(void *p) {
         }
         seen = g;
         if (atomic_load(&tp->stop)) break;
-        tp_work(tp, index);
-        atomic_fetch_add_explicit(&tp->done, 1, memory_order_release);
+        tp_work(tp, g, index);
     }
     return NULL;
 }
@@ -133,16 +147,16 @@ void threadpool_run(threadpool *tp, int32_t n_tasks, threadpool_fn fn, void *ctx
     tp->fn = fn;
     tp->ctx = ctx;
     tp->n_tasks = n_tasks;
-    atomic_store_explicit(&tp->next, 0, memory_order_relaxed);
-    atomic_store_explicit(&tp->done, 0, memory_order_relaxed);
-    atomic_fetch_add_explicit(&tp->gen, 1, memory_order_acq_rel);
+    atomic_store_explicit(&tp->tasks_done, 0, memory_order_relaxed);
+    uint32_t g = atomic_load_explicit(&tp->gen, memory_order_relaxed) + 1;
+    atomic_store_explicit(&tp->claim, (uint64_t)g << 32, memory_order_release);
+    atomic_store_explicit(&tp->gen, g, memory_order_seq_cst);
     if (atomic_load(&tp->sleepers) > 0) tp_futex_wake_all(&tp->gen);
-    tp_work(tp, 0);
-    int32_t workers = tp->n_threads - 1;
+    tp_work(tp, g, 0);
     unsigned spins = 0;
-    while (atomic_load_explicit(&tp->done, memory_order_acquire) < workers) {
-        /* A descheduled worker (2 shared cores) can take a whole time slice:
-         * yield rather than burn it. */
-        if (++spins > 4096) sched_yield(); else tp_cpu_relax();
+    while (atomic_load_explicit(&tp->tasks_done, memory_order_acquire) < n_tasks) {
+        /* Only a task a worker is still running is waited for; if that
+         * worker was descheduled, give it the core. */
+        if (++spins > 2048) sched_yield(); else tp_cpu_relax();
     }
 }

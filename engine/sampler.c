@@ -30,9 +30,9 @@
 #define EXP_FLOOR (-87.0f)
 #define EXP_CEIL 88.0f
 /* Top-p histogram key: a weight's float bits >> TOPP_SHIFT (exponent and the
- * top 2 mantissa bits); weights are in [0, 1], so keys stay below 512. */
-#define TOPP_SHIFT 21
-#define TOPP_BUCKETS 512
+ * top 4 mantissa bits); weights are in [0, 1], so keys stay below 2048. */
+#define TOPP_SHIFT 19
+#define TOPP_BUCKETS 2048
 
 struct sampler {
     sampler_params p;       /* copy, clamped; bias pointers point into the arrays below */
@@ -605,8 +605,8 @@ static int32_t collect_logit(sampler *s, const float *logits, float thr)
 /* ---- the step ---- */
 
 /* Top-p on the whole row: c_w holds w_i = exp(l_i - max) per token and z their
- * sum. Histogram the weights by their top float bits (exponent + 2 mantissa
- * bits: 4 buckets per factor of 2, monotonic in w), walk down from the top
+ * sum. Histogram the weights by their top float bits (exponent + 4 mantissa
+ * bits: 16 buckets per factor of 2, monotonic in w), walk down from the top
  * bucket to the one, B, where the mass reaches top_p*z. The nucleus is a
  * best-first prefix, so it holds every bucket above B and part of B: collect
  * the buckets above B as accepted and let cand_select pick inside B alone.
@@ -674,31 +674,55 @@ static int32_t top_p_full(sampler *s, const float *logits, float lmax, double z)
     return cand_select(s, na, na + nb, rest < DBL_MIN ? DBL_MIN : rest, 0);
 }
 
-/* Top-k for k > HEAP_MAX_K: count tokens per logit bucket (1/16 logit wide
+/* Top-k for k > HEAP_MAX_K: count tokens per logit bucket (1/32 logit wide
  * below the max, one bucket for everything 16+ below), find the bucket B where
  * the count reaches k, accept the buckets above it and quickselect inside B.
  * Returns the number kept (candidates [0, count), unordered, c_w unset). */
+#define TOPK_FAR 512
 static inline int32_t topk_bucket(float lmax, float l)
 {
     float d = lmax - l;
-    return d < 16.0f ? (int32_t)(d * 16.0f) : 256;
+    return d < 16.0f ? (int32_t)(d * 32.0f) : TOPK_FAR;
 }
 
 static int32_t top_k_large(sampler *s, const float *logits, float lmax, int32_t k)
 {
-    int32_t cnt[257];
-    memset(cnt, 0, sizeof cnt);
+    /* Branch-free counting into four interleaved tables (neighbours mostly
+     * share the far bucket; one table would serialise on it). Masked and NaN
+     * logits land in the far bucket too: that only matters when B is the far
+     * bucket, and the collection below skips them. */
+    int32_t c4[4][TOPK_FAR + 1];
+    memset(c4, 0, sizeof c4);
     const int32_t n = s->n_vocab;
-    for (int32_t i = 0; i < n; i++)
-        if (logits[i] > -INFINITY)
-            cnt[topk_bucket(lmax, logits[i])]++;
+    int32_t i = 0;
+    const v4sf far_v = {TOPK_FAR, TOPK_FAR, TOPK_FAR, TOPK_FAR};
+    for (; i + 4 <= n; i += 4) { /* lanes, so the clamp is a mask, not a branch */
+        v4sf v;
+        memcpy(&v, logits + i, sizeof v);
+        v4sf f = (lmax - v) * 32.0f;
+        v4si near = f < far_v; /* false for NaN */
+        f = (v4sf)(((v4si)f & near) | ((v4si)far_v & ~near));
+        v4si b = __builtin_convertvector(f, v4si);
+        c4[0][b[0]]++;
+        c4[1][b[1]]++;
+        c4[2][b[2]]++;
+        c4[3][b[3]]++;
+    }
+    for (; i < n; i++)
+        c4[0][topk_bucket(lmax, logits[i])]++;
+    int32_t cnt[TOPK_FAR + 1];
+    for (int32_t b = 0; b <= TOPK_FAR; b++)
+        cnt[b] = (c4[0][b] + c4[1][b]) + (c4[2][b] + c4[3][b]);
     int32_t B = 0, above = 0;
-    for (; B < 256 && above + cnt[B] < k; B++)
+    for (; B < TOPK_FAR && above + cnt[B] < k; B++)
         above += cnt[B];
+    /* Every token in a bucket <= B has a logit above this looser bound, so
+     * most of the row is skipped by one predictable compare. */
+    const float skip_below = B < TOPK_FAR ? lmax - (float)(B + 2) / 32.0f : -INFINITY;
     int32_t na = 0, back = n;
-    for (int32_t i = 0; i < n; i++) {
+    for (i = 0; i < n; i++) {
         float l = logits[i];
-        if (!(l > -INFINITY))
+        if (!(l > skip_below))
             continue;
         int32_t b = topk_bucket(lmax, l);
         if (b < B) {

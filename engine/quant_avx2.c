@@ -493,6 +493,21 @@ static inline __m256i bit4_32(uint32_t w)
     return _mm256_and_si256(_mm256_cmpeq_epi8(bytes, _mm256_set1_epi64x(-1)), _mm256_set1_epi8(0x10));
 }
 
+/* The four rows of a group are contiguous, so the group is a linear run of
+ * 4*rb bytes read through four interleaved pointers. The hardware
+ * prefetcher does not follow that well (576- to 4096-column Q4_0/Q8_0
+ * matrices streamed 1.5-3x slower from L3/DRAM than a row-by-row loop), so
+ * the kernels prefetch the next group linearly, `bytes` per step, at the
+ * rate the current group is consumed; with it the 4-row kernels beat the
+ * row loop at every shape measured. Prefetches never fault, so running past
+ * the end of the matrix is harmless. Inline asm because GCC 12 deleted the
+ * _mm_prefetch calls inside the always-inline kernel below. */
+static inline void prefetch_run(const uint8_t *p, int bytes)
+{
+    for (int o = 0; o < bytes; o += 64)
+        __asm__ volatile("prefetcht0 %0" : : "m"(*(const char *)(p + o)));
+}
+
 /* bs: block bytes; qs_off/qh_off (-1: none)/m_off (-1: none): field offsets;
  * off: the type's zero point (8, 16 or 0); ybs/yqs_off: activation block. */
 static inline __attribute__((always_inline)) void
@@ -504,7 +519,9 @@ gemv4_small(const uint8_t *W, size_t rb, const uint8_t *y, float *out, int64_t n
     __m256 acc[4] = { _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps() };
     float summ[4] = { 0, 0, 0, 0 };
     int64_t i = 0;
+    const uint8_t *next = W + 4 * rb;
     for (; i + 2 <= nb; i += 2) {
+        prefetch_run(next + 4 * bs * i, 8 * bs);
         const uint8_t *yb0 = y + i * ybs, *yb1 = yb0 + ybs;
         __m256i y0 = _mm256_loadu_si256((const __m256i *)(yb0 + yqs_off));
         __m256i y1 = _mm256_loadu_si256((const __m256i *)(yb1 + yqs_off));
@@ -633,7 +650,9 @@ static void gemv4_q8_0(const uint8_t *W, size_t rb, const block_q8_0 *y, float *
     const __m256i pat = _mm256_setr_epi32(0, 0, 1, 1, 0, 0, 1, 1);
     __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
     int64_t i = 0;
+    const uint8_t *next = W + 4 * rb;
     for (; i + 2 <= nb; i += 2) {
+        prefetch_run(next + 4 * sizeof(block_q8_0) * i, 8 * sizeof(block_q8_0));
         __m256i y0 = _mm256_loadu_si256((const __m256i *)y[i].qs);
         __m256i y1 = _mm256_loadu_si256((const __m256i *)y[i + 1].qs);
         __m128 dyp = _mm_cvtph_ps(_mm_insert_epi16(_mm_cvtsi32_si128(y[i].d), y[i + 1].d, 1));

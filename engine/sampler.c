@@ -743,6 +743,23 @@ static int32_t top_k_large(sampler *s, const float *logits, float lmax, int32_t 
     return cand_select(s, na, na + nb, (double)(k - na), 1);
 }
 
+/* Sum of w[b..e) in eight lanes (a scalar chain would be latency-bound);
+ * always the same order, so equal inputs give equal sums. */
+static float block_sum(const float *w, int32_t b, int32_t e)
+{
+    v8sf acc = {0, 0, 0, 0, 0, 0, 0, 0};
+    int32_t i = b;
+    for (; i + 8 <= e; i += 8) {
+        v8sf v;
+        memcpy(&v, w + i, sizeof v);
+        acc += v;
+    }
+    float bs = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+    for (; i < e; i++)
+        bs += w[i];
+    return bs;
+}
+
 /* Index of the weighted draw u * total among w[0..m), total = sum of w
  * (computed here in fixed blocks so the walk below sees identical sums).
  * Returns -1 when every weight is 0. */
@@ -750,22 +767,15 @@ static int32_t draw_index(const float *w, int32_t m, double u)
 {
     enum { BLK = 256 };
     double total = 0.0;
-    for (int32_t b = 0; b < m; b += BLK) {
-        int32_t e = m - b < BLK ? m : b + BLK;
-        float bs = 0.0f;
-        for (int32_t i = b; i < e; i++)
-            bs += w[i];
-        total += bs;
-    }
+    for (int32_t b = 0; b < m; b += BLK)
+        total += block_sum(w, b, m - b < BLK ? m : b + BLK);
     if (!(total > 0.0))
         return -1;
     double target = u * total, cum = 0.0;
     int32_t last = -1;
     for (int32_t b = 0; b < m; b += BLK) {
         int32_t e = m - b < BLK ? m : b + BLK;
-        float bs = 0.0f;
-        for (int32_t i = b; i < e; i++)
-            bs += w[i];
+        float bs = block_sum(w, b, e);
         if (bs > 0.0f && cum + bs <= target && e < m) {
             cum += bs; /* the draw lies past this block */
             continue;

@@ -76,6 +76,7 @@ size_t sse_buf_pending(const sse_buf *b) {
 size_t sse_buf_read(sse_buf *b, char *dst, size_t max) {
     size_t n = b->len - b->off;
     if (n > max) n = max;
+    if (n == 0) return 0;
     memcpy(dst, b->data + b->off, n);
     b->off += n;
     if (b->off == b->len) b->off = b->len = 0;

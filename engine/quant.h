@@ -6,8 +6,9 @@
  * (quant_init) and must agree with the scalar path within the tests' bounds.
  *
  * Decode path: activations are quantised once per matrix-vector product into
- * the type's "vec_dot_type" (Q8_0 for Q4_0/Q4_1/Q5_0/Q5_1/Q8_0, Q8_K for the K
- * types, F32 for float types), then each weight row is dotted with it straight
+ * the type's "vec_dot_type" (Q8_0 for Q4_0/Q5_0/Q8_0; Q8_1, which also
+ * carries d * sum(q) per block, for Q4_1/Q5_1; Q8_K for the K types; F32 for
+ * float types; as in ggml), then each weight row is dotted with it straight
  * from the mapped blocks. */
 #ifndef QKVD_QUANT_H
 #define QKVD_QUANT_H

@@ -432,7 +432,7 @@ static int copy_vocab(gguf_writer *w, const char *path, int64_t *n_vocab, char *
     if (gguf_open(path, &f, err, errlen) != 0) return -1;
     const gguf_kv *tok = gguf_find(f, "tokenizer.ggml.tokens");
     if (!tok || tok->type != GGUF_ARRAY || tok->arr_type != GGUF_STRING || tok->arr_n == 0) {
-        snprintf(err, errlen, "%s: no tokenizer.ggml.tokens string array", path);
+        snprintf(err, errlen, "%.400s: no tokenizer.ggml.tokens string array", path);
         gguf_close(f);
         return -1;
     }

@@ -14,6 +14,7 @@
 
 #include "bpe_train.h"
 #include "cli.h"
+#include "engine.h"
 #include "gguf.h"
 #include "quant.h"
 #include "tokenizer.h"
@@ -451,6 +452,62 @@ static void test_bpe_train_small(void **state)
     assert_int_equal(bpe_byte_to_codepoint(0xad), 0x143);
 }
 
+/* The point of the weight scales: greedy decoding of a random model gives
+ * varied tokens rather than one token repeated. Also checks that the engine
+ * loads what make-model writes. */
+static void greedy_check(const char *arch, int tied)
+{
+    assert_int_equal(make_model("-o", tmp_path, "--arch", arch, "--dim", "128", "--layers", "4",
+                                "--heads", "4", "--kv-heads", "2", "--ffn", "384", "--vocab-size", "1000",
+                                "--type", "q8_0", tied ? "--tied" : NULL, NULL), 0);
+    engine_params p;
+    engine_params_default(&p);
+    p.model_path = tmp_path;
+    p.n_threads = 1;
+    p.n_ctx = 256;
+    engine *e;
+    char err[512];
+    if (engine_load(&p, &e, err, sizeof err) != 0) fail_msg("engine_load: %s", err);
+    const engine_info *info = engine_get_info(e);
+    assert_string_equal(info->arch, arch);
+    assert_int_equal(info->n_vocab, 1000);
+    assert_int_equal(info->n_embd, 128);
+    assert_int_equal(info->n_layer, 4);
+    int32_t seq = engine_seq_create(e);
+    assert_true(seq >= 0);
+    int32_t tok[64] = { 1, 2, 3 }, n = 3;
+    engine_item it = { seq, tok, 3, ENGINE_OUT_LAST, NULL };
+    int distinct = 0, longest_run = 1, run = 1;
+    static unsigned char seen[1000];
+    memset(seen, 0, sizeof seen);
+    while (n < 64) {
+        if (engine_step(e, &it, 1) != 0) fail_msg("engine_step failed at %d", n);
+        int32_t best = 0;
+        for (int32_t v = 1; v < 1000; v++) if (it.logits[v] > it.logits[best]) best = v;
+        assert_true(isfinite(it.logits[best]));
+        if (!seen[best]) { seen[best] = 1; distinct++; }
+        run = best == tok[n - 1] ? run + 1 : 1;
+        if (run > longest_run) longest_run = run;
+        tok[n] = best;
+        it.tokens = &tok[n];
+        it.n_tokens = 1;
+        n++;
+    }
+    if (distinct < 20 || longest_run > 3)
+        fail_msg("%s%s: greedy text is degenerate: %d distinct of 61 tokens, longest repeat %d",
+                 arch, tied ? " tied" : "", distinct, longest_run);
+    engine_free(e);
+    unlink(tmp_path);
+}
+
+static void test_greedy_text_varied(void **state)
+{
+    (void)state;
+    greedy_check("llama", 0);
+    greedy_check("llama", 1);
+    greedy_check("qwen2", 1);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -463,6 +520,7 @@ int main(void)
         cmocka_unit_test(test_vocab_from),
         cmocka_unit_test(test_preset_override),
         cmocka_unit_test(test_bad_arguments),
+        cmocka_unit_test(test_greedy_text_varied),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

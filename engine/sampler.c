@@ -189,13 +189,8 @@ static double exp_row_base(const float *x, int32_t n, float shift, float scale, 
 #if defined(__x86_64__) && defined(__GNUC__)
 static int cpu_has_avx2(void)
 {
-    /* Racy first use is harmless: every thread computes the same answer. */
-    static int have = -1;
-    if (have < 0) {
-        __builtin_cpu_init();
-        have = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-    }
-    return have;
+    /* Reads a table libgcc fills before main (no lazy static, so no race). */
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
 }
 #endif
 

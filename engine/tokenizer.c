@@ -574,52 +574,89 @@ static int frag_push(fragvec *f, size_t off, size_t len, int32_t id) {
     return 0;
 }
 
-/* Split every raw fragment at occurrences of each special token, longest
- * tokens first (llama.cpp's tokenizer_st_partition): a token found earlier
- * in this order wins over a shorter one that overlaps it. */
+typedef struct match { size_t pos; int32_t id; } match;
+
+static int cmp_match(const void *a, const void *b) {
+    size_t x = ((const match *)a)->pos, y = ((const match *)b)->pos;
+    return x < y ? -1 : x > y;
+}
+
+/* Find the special tokens in text, longest tokens first, as llama.cpp's
+ * tokenizer_st_partition does with its fragment list: each token takes its
+ * leftmost non-overlapping occurrences in what earlier (longer) tokens left
+ * free, so a token found earlier in this order wins over a shorter one that
+ * overlaps it. The free text is tracked with one byte per input byte
+ * (0 free, 1 taken by a token, 2 dropped whitespace of an lstrip/rstrip
+ * token), which keeps each token's pass one linear scan of the text.
+ * Appends the text and token fragments in order to *out. */
 static int partition_specials(const struct tokenizer *t, const char *text, size_t len,
-                              int parse_special, fragvec *cur) {
-    fragvec next = {0};
+                              int parse_special, fragvec *out) {
+    uint8_t *taken = NULL;
+    match *m = NULL;
+    size_t nm = 0, capm = 0;
     for (int32_t k = 0; k < t->n_special; k++) {
         int32_t id = t->special[k];
         uint32_t a = t->attr[id];
         if (!parse_special && (a & (TOK_ATTR_CONTROL | TOK_ATTR_UNKNOWN))) continue;
         const char *sp = t->blob + t->off[id];
-        size_t sl = t->len[id];
-        /* Quick reject: skip the rebuild when no raw fragment contains it. */
-        int any = 0;
-        for (size_t i = 0; i < cur->n && !any; i++)
-            if (cur->v[i].id < 0 && cur->v[i].len >= sl && memmem(text + cur->v[i].off, cur->v[i].len, sp, sl))
-                any = 1;
-        if (!any) continue;
-        next.n = 0;
-        for (size_t i = 0; i < cur->n; i++) {
-            frag fr = cur->v[i];
-            if (fr.id >= 0) { if (frag_push(&next, fr.off, fr.len, fr.id)) goto oom; continue; }
-            size_t off = fr.off, rem = fr.len;
-            while (rem > 0) {
-                const char *m = rem >= sl ? memmem(text + off, rem, sp, sl) : NULL;
-                if (!m) { if (frag_push(&next, off, rem, -1)) goto oom; break; }
-                size_t mpos = (size_t)(m - text);
-                size_t left = mpos - off;
-                if (a & TOK__ATTR_LSTRIP)
-                    while (left > 0 && isspace((unsigned char)text[off + left - 1])) left--;
-                if (left > 0 && frag_push(&next, off, left, -1)) goto oom;
-                if (frag_push(&next, mpos, sl, id)) goto oom;
-                size_t roff = mpos + sl, rlen = off + rem - roff;
-                if (a & TOK__ATTR_RSTRIP)
-                    while (rlen > 0 && isspace((unsigned char)text[roff])) { roff++; rlen--; }
-                off = roff;
-                rem = rlen;
+        size_t sl = t->len[id], q = 0;
+        while (q + sl <= len) {
+            const char *hit = memmem(text + q, len - q, sp, sl);
+            if (!hit) break;
+            size_t p = (size_t)(hit - text);
+            if (taken) {
+                /* Occupied anywhere in [p, p+sl)? Restart after the last
+                 * occupied byte: no occurrence before it can be free. */
+                size_t j = p + sl;
+                while (j > p && !taken[j - 1]) j--;
+                if (j > p) { q = j; continue; }
+            } else {
+                taken = calloc(len, 1);
+                if (!taken) goto oom;
             }
+            memset(taken + p, 1, sl);
+            if (a & TOK__ATTR_LSTRIP)
+                for (size_t j = p; j > 0 && !taken[j - 1] && isspace((unsigned char)text[j - 1]); j--)
+                    taken[j - 1] = 2;
+            q = p + sl;
+            if (a & TOK__ATTR_RSTRIP)
+                while (q < len && !taken[q] && isspace((unsigned char)text[q])) taken[q++] = 2;
+            if (nm == capm) {
+                size_t nc = capm ? capm * 2 : 16;
+                match *nmv = realloc(m, nc * sizeof *nmv);
+                if (!nmv) goto oom;
+                m = nmv;
+                capm = nc;
+            }
+            m[nm++] = (match){p, id};
         }
-        fragvec tmp = *cur; *cur = next; next = tmp;
     }
-    free(next.v);
-    (void)len;
+    if (nm == 0) {
+        free(taken);
+        return frag_push(out, 0, len, -1);
+    }
+    qsort(m, nm, sizeof *m, cmp_match);
+    size_t pos = 0;
+    for (size_t i = 0; i <= nm; i++) {
+        size_t end = i < nm ? m[i].pos : len;
+        /* free text between tokens, minus stripped whitespace */
+        size_t r = pos;
+        while (r < end) {
+            while (r < end && taken[r]) r++;
+            size_t st = r;
+            while (r < end && !taken[r]) r++;
+            if (r > st && frag_push(out, st, r - st, -1)) goto oom;
+        }
+        if (i == nm) break;
+        if (frag_push(out, m[i].pos, t->len[m[i].id], m[i].id)) goto oom;
+        pos = m[i].pos + t->len[m[i].id];
+    }
+    free(taken);
+    free(m);
     return 0;
 oom:
-    free(next.v);
+    free(taken);
+    free(m);
     return -1;
 }
 
@@ -630,7 +667,7 @@ int64_t tokenizer_encode(const tokenizer *t, const char *text, size_t len,
     fragvec frags = {0};
     int rc = 0;
     if (len > 0) {
-        if (frag_push(&frags, 0, len, -1) || partition_specials(t, text, len, parse_special, &frags)) {
+        if (partition_specials(t, text, len, parse_special, &frags)) {
             free(frags.v);
             return -2;
         }
@@ -661,11 +698,14 @@ int64_t tokenizer_encode(const tokenizer *t, const char *text, size_t len,
         }
         free(buf);
     } else {
+        tok__bpe_scratch *sc = tok__bpe_scratch_create();
+        if (!sc) rc = -2;
         for (size_t i = 0; i < frags.n && rc == 0; i++) {
             frag fr = frags.v[i];
             if (fr.id >= 0) tok__out_push(&out, fr.id);
-            else rc = tok__bpe_encode(t, text + fr.off, fr.len, &out);
+            else rc = tok__bpe_encode(t, text + fr.off, fr.len, &out, sc);
         }
+        tok__bpe_scratch_free(sc);
     }
     if (add_special && t->add_eos) tok__out_push(&out, t->eos);
     free(frags.v);

@@ -403,79 +403,113 @@ static void bpe_word(const struct tokenizer *t, const char *w, size_t n, bsym *s
     }
 }
 
-int tok__bpe_encode(const struct tokenizer *t, const char *raw, size_t rawlen, tok__out *out) {
+/* Buffers and PCRE2 state reused across the fragments of one encode call
+ * (a prompt split by many special tokens would otherwise map a JIT stack
+ * per fragment). */
+struct tok__bpe_scratch {
+    pcre2_match_data *md;
+    pcre2_match_context *mctx;
+    pcre2_jit_stack *js;
+    char *text, *esc, *enc;
+    size_t text_cap, esc_cap, enc_cap;
+    bsym *syms;
+    size_t syms_cap;
+    uint64_t *heap;
+    size_t heap_cap;
+    spanvec a, b;
+};
+
+tok__bpe_scratch *tok__bpe_scratch_create(void) {
+    tok__bpe_scratch *sc = calloc(1, sizeof *sc);
+    if (!sc) return NULL;
+    sc->md = pcre2_match_data_create(4, NULL);
+    sc->mctx = pcre2_match_context_create(NULL);
+    if (!sc->md || !sc->mctx) { tok__bpe_scratch_free(sc); return NULL; }
+    /* Without a JIT stack PCRE2 uses 32 KiB of machine stack and falls back
+     * to the interpreter (split_regex) when that is not enough. */
+    sc->js = pcre2_jit_stack_create(32 * 1024, 1024 * 1024, NULL);
+    if (sc->js) pcre2_jit_stack_assign(sc->mctx, NULL, sc->js);
+    return sc;
+}
+
+void tok__bpe_scratch_free(tok__bpe_scratch *sc) {
+    if (!sc) return;
+    pcre2_match_data_free(sc->md);
+    pcre2_match_context_free(sc->mctx);
+    pcre2_jit_stack_free(sc->js);
+    free(sc->text); free(sc->esc); free(sc->enc); free(sc->syms); free(sc->heap);
+    free(sc->a.v); free(sc->b.v);
+    free(sc);
+}
+
+/* Make *p hold at least n elements of size el. 0, or -1 on OOM. */
+static int reserve(void *pp, size_t *cap, size_t n, size_t el) {
+    void **p = pp;
+    if (n <= *cap) return 0;
+    size_t nc = *cap ? *cap : 256;
+    while (nc < n) nc *= 2;
+    void *q = realloc(*p, nc * el);
+    if (!q) return -1;
+    *p = q;
+    *cap = nc;
+    return 0;
+}
+
+int tok__bpe_encode(const struct tokenizer *t, const char *raw, size_t rawlen, tok__out *out,
+                    tok__bpe_scratch *sc) {
     if (rawlen == 0) return 0;
     if (rawlen > SIZE_MAX / 8) return -2;
-    int rc = -2;
     /* Valid UTF-8, spaces escaped for raw-byte vocabularies. */
-    char *text = malloc(rawlen * 3 + 1);
-    char *enc = NULL;
-    bsym *syms = NULL;
-    uint64_t *heap = NULL;
-    spanvec a = {0}, b = {0};
-    pcre2_match_data *md = NULL;
-    pcre2_match_context *mctx = NULL;
-    pcre2_jit_stack *js = NULL;
-    if (!text) goto done;
+    if (reserve(&sc->text, &sc->text_cap, rawlen * 3 + 1, 1)) return -2;
+    char *text = sc->text;
     size_t n = tok__utf8_sanitize(raw, rawlen, text);
     if (t->escape_spaces) {
         size_t sp = 0;
         for (size_t i = 0; i < n; i++) sp += text[i] == ' ';
         if (sp) {
-            char *e = malloc(n + 2 * sp + 1);
-            if (!e) goto done;
+            if (reserve(&sc->esc, &sc->esc_cap, n + 2 * sp + 1, 1)) return -2;
+            char *e = sc->esc;
             size_t k = 0;
             for (size_t i = 0; i < n; i++) {
                 if (text[i] == ' ') { e[k++] = (char)0xE2; e[k++] = (char)0x96; e[k++] = (char)0x81; }
                 else e[k++] = text[i];
             }
-            free(text);
             text = e;
             n = k;
         }
     }
 
-    md = pcre2_match_data_create(4, NULL);
-    mctx = pcre2_match_context_create(NULL);
-    js = pcre2_jit_stack_create(32 * 1024, 1024 * 1024, NULL);
-    if (!md || !mctx) goto done;
-    if (js) pcre2_jit_stack_assign(mctx, NULL, js);
-
-    span_push(&a, 0, n);
+    spanvec *a = &sc->a, *b = &sc->b;
+    a->n = 0;
+    a->oom = b->oom = 0;
+    span_push(a, 0, n);
     for (int r = 0; r < t->n_regex; r++) {
-        b.n = 0;
-        split_regex(&t->regex[r], text, &a, &b, md, mctx);
-        if (b.oom) goto done;
-        spanvec tmp = a; a = b; b = tmp;
+        b->n = 0;
+        split_regex(&t->regex[r], text, a, b, sc->md, sc->mctx);
+        if (b->oom) return -2;
+        spanvec *tmp = a; a = b; b = tmp;
     }
 
     size_t maxw = 0;
-    for (size_t i = 0; i < a.n; i++) if (a.v[i].len > maxw) maxw = a.v[i].len;
-    enc = malloc(maxw * 2 + 1);
-    syms = malloc((maxw * 2 + 1) * sizeof *syms);
-    heap = malloc((maxw * 6 + 1) * sizeof *heap);
-    if (!enc || !syms || !heap) goto done;
-    for (size_t i = 0; i < a.n; i++) {
-        const char *w = text + a.v[i].off;
-        size_t wl = a.v[i].len;
+    for (size_t i = 0; i < a->n; i++) if (a->v[i].len > maxw) maxw = a->v[i].len;
+    if (reserve(&sc->enc, &sc->enc_cap, maxw * 2 + 1, 1) ||
+        reserve(&sc->syms, &sc->syms_cap, maxw * 2 + 1, sizeof *sc->syms) ||
+        reserve(&sc->heap, &sc->heap_cap, maxw * 6 + 1, sizeof *sc->heap))
+        return -2;
+    for (size_t i = 0; i < a->n; i++) {
+        const char *w = text + a->v[i].off;
+        size_t wl = a->v[i].len;
         if (t->byte_encode) {
             size_t k = 0;
             for (size_t j = 0; j < wl; j++) {
                 unsigned char c = (unsigned char)w[j];
-                memcpy(enc + k, t->byte_utf8[c], t->byte_utf8_len[c]);
+                memcpy(sc->enc + k, t->byte_utf8[c], t->byte_utf8_len[c]);
                 k += t->byte_utf8_len[c];
             }
-            bpe_word(t, enc, k, syms, heap, out);
+            bpe_word(t, sc->enc, k, sc->syms, sc->heap, out);
         } else {
-            bpe_word(t, w, wl, syms, heap, out);
+            bpe_word(t, w, wl, sc->syms, sc->heap, out);
         }
     }
-    rc = 0;
-done:
-    free(text); free(enc); free(syms); free(heap);
-    free(a.v); free(b.v);
-    pcre2_match_data_free(md);
-    pcre2_match_context_free(mctx);
-    pcre2_jit_stack_free(js);
-    return rc;
+    return 0;
 }

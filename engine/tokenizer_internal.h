@@ -136,7 +136,13 @@ int tok__cp_to_byte(uint32_t cp);
 /* ---- models ------------------------------------------------------------- */
 /* Tokenise one raw text fragment (no special tokens inside) and append. */
 int tok__spm_encode(const struct tokenizer *t, const char *text, size_t n, tok__out *out);
-int tok__bpe_encode(const struct tokenizer *t, const char *text, size_t n, tok__out *out);
+/* Scratch memory of one BPE encode call (owned by the caller, one per
+ * thread/call; create returns NULL on OOM, free accepts NULL). */
+typedef struct tok__bpe_scratch tok__bpe_scratch;
+tok__bpe_scratch *tok__bpe_scratch_create(void);
+void tok__bpe_scratch_free(tok__bpe_scratch *sc);
+int tok__bpe_encode(const struct tokenizer *t, const char *text, size_t n, tok__out *out,
+                    tok__bpe_scratch *sc);
 
 /* BPE setup (tokenizer_bpe.c): pick and compile the pre-tokenizer regexes
  * for `pre` (NULL/"" = "default"), set the per-pre flags. 0 or -1 + err. */

@@ -11,6 +11,7 @@
 #include <cpuid.h>
 #include <math.h>
 #include <pthread.h>
+#include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 
@@ -1062,9 +1063,17 @@ static void init_kernels(void)
      * "avx2" also covers the OS saving the ymm state. */
     unsigned int eax, ebx, ecx = 0, edx;
     int f16c = __get_cpuid(1, &eax, &ebx, &ecx, &edx) && (ecx & (1u << 29));
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && f16c) {
+    /* QKVD_KERNELS=scalar|avx2 caps the kernel set (to rule a SIMD path in
+     * or out when results look wrong on some machine, and for benchmarks). */
+    const char *cap = getenv("QKVD_KERNELS");
+    int max_level = 2; /* 0 scalar, 1 avx2, 2 avx512vnni */
+    if (cap && strcmp(cap, "scalar") == 0)
+        max_level = 0;
+    else if (cap && strcmp(cap, "avx2") == 0)
+        max_level = 1;
+    if (max_level >= 1 && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && f16c) {
         quant__avx2_fill(&kernels_simd);
-        if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+        if (max_level >= 2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
             __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni"))
             quant__avx512_fill(&kernels_simd);
     }

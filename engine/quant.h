@@ -33,7 +33,8 @@ typedef struct qk_type_traits {
     enum qk_type vec_dot_type; /* type activations are quantised to for dots */
 } qk_type_traits;
 
-/* Detect CPU features and pick kernels. Idempotent, thread-safe after the first call. */
+/* Detect CPU features and pick kernels. Idempotent, thread-safe after the first call.
+ * The environment variable QKVD_KERNELS=scalar|avx2 caps the kernel set. */
 void quant_init(void);
 /* "avx512vnni", "avx2", "scalar": the kernel set in use (for logs and bench). */
 const char *quant_kernel_name(void);

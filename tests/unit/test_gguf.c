@@ -16,6 +16,16 @@
 #include "gguf.h"
 #include "quant.h"
 
+/* Per-process temp path: several builds may run this test at the same time. */
+static const char *tmp(const char *tag)
+{
+    static char buf[4][96];
+    static int k;
+    char *b = buf[k++ % 4];
+    snprintf(b, 96, "/tmp/qkvd_test_gguf_%s_%d.gguf", tag, (int)getpid());
+    return b;
+}
+
 static const char *shared_dir(void)
 {
     const char *s = getenv("QKVD_SHARED");
@@ -299,10 +309,12 @@ static void test_writer_roundtrip(void **state)
     uint64_t ne3[2] = {4, 2};
     gguf_writer_add_tensor_fill(w, "t3.weight", QK_F32, 2, ne3, fill_f32, &fc);
 
-    const char *path = "/tmp/qkvd_test_gguf_rt.gguf";
+    const char *path = tmp("rt");
+    char tmpname[128];
+    snprintf(tmpname, sizeof tmpname, "%s.tmp", path);
     if (gguf_writer_write(w, path, err, sizeof err) != 0) fail_msg("%s", err);
     assert_int_equal(fc.calls, 1);
-    assert_int_equal(access("/tmp/qkvd_test_gguf_rt.gguf.tmp", F_OK), -1);
+    assert_int_equal(access(tmpname, F_OK), -1);
     gguf_writer_free(w);
 
     gguf_file *f;
@@ -402,30 +414,32 @@ static void test_writer_roundtrip(void **state)
 static void test_writer_errors(void **state)
 {
     (void)state;
-    char err[256];
+    char err[256], badtmp[128];
+    const char *bad = tmp("bad");
+    snprintf(badtmp, sizeof badtmp, "%s.tmp", bad);
     float x[64] = {0};
     uint64_t ne[1] = {30};
     gguf_writer *w = gguf_writer_create();
     gguf_writer_add_tensor(w, "bad.weight", QK_Q8_0, 1, ne, x); /* 30 % 32 != 0 */
-    assert_int_not_equal(gguf_writer_write(w, "/tmp/qkvd_test_gguf_bad.gguf", err, sizeof err), 0);
+    assert_int_not_equal(gguf_writer_write(w, bad, err, sizeof err), 0);
     assert_non_null(strstr(err, "bad.weight"));
-    assert_int_equal(access("/tmp/qkvd_test_gguf_bad.gguf", F_OK), -1);
+    assert_int_equal(access(bad, F_OK), -1);
     gguf_writer_free(w);
 
     w = gguf_writer_create();
     ne[0] = 4;
     gguf_writer_add_tensor(w, "a", QK_F32, 1, ne, x);
     gguf_writer_add_tensor(w, "a", QK_F32, 1, ne, x);
-    assert_int_not_equal(gguf_writer_write(w, "/tmp/qkvd_test_gguf_bad.gguf", err, sizeof err), 0);
+    assert_int_not_equal(gguf_writer_write(w, bad, err, sizeof err), 0);
     assert_non_null(strstr(err, "duplicate tensor 'a'"));
     gguf_writer_free(w);
 
     w = gguf_writer_create();
     gguf_writer_add_tensor_fill(w, "gen", QK_F32, 1, ne, fill_fails, NULL);
-    assert_int_not_equal(gguf_writer_write(w, "/tmp/qkvd_test_gguf_bad.gguf", err, sizeof err), 0);
+    assert_int_not_equal(gguf_writer_write(w, bad, err, sizeof err), 0);
     assert_non_null(strstr(err, "generator refused"));
-    assert_int_equal(access("/tmp/qkvd_test_gguf_bad.gguf", F_OK), -1);
-    assert_int_equal(access("/tmp/qkvd_test_gguf_bad.gguf.tmp", F_OK), -1);
+    assert_int_equal(access(bad, F_OK), -1);
+    assert_int_equal(access(badtmp, F_OK), -1);
     gguf_writer_free(w);
 
     w = gguf_writer_create();
@@ -515,11 +529,12 @@ static void test_bad_header(void **state)
     assert_null(f);
     assert_int_not_equal(gguf_open("/nonexistent/x.gguf", &f, err, sizeof err), 0);
     assert_non_null(strstr(err, "cannot open"));
-    FILE *fp = fopen("/tmp/qkvd_test_gguf_empty.gguf", "wb");
+    const char *empty = tmp("empty");
+    FILE *fp = fopen(empty, "wb");
     fclose(fp);
-    assert_int_not_equal(gguf_open("/tmp/qkvd_test_gguf_empty.gguf", &f, err, sizeof err), 0);
+    assert_int_not_equal(gguf_open(empty, &f, err, sizeof err), 0);
     assert_non_null(strstr(err, "empty file"));
-    unlink("/tmp/qkvd_test_gguf_empty.gguf");
+    unlink(empty);
     gguf_close(NULL);
 }
 

@@ -91,7 +91,8 @@ static void tensor_stats(const gguf_tensor *t, double *mean, double *sd)
     *sd = sqrt(s2 / (double)cnt - *mean * *mean);
 }
 
-static const char *const tmp_path = "/tmp/qkvd_test_make_model.gguf";
+/* Per-process paths: several builds may run this test at the same time. */
+static char tmp_path[64];
 
 /* Every weight type on a llama shape whose rows fit every block size. */
 static void test_llama_all_types(void **state)
@@ -238,7 +239,9 @@ static unsigned char *slurp(const char *path, size_t *n)
 static void test_deterministic(void **state)
 {
     (void)state;
-    const char *a = "/tmp/qkvd_test_mm_a.gguf", *b = "/tmp/qkvd_test_mm_b.gguf";
+    char a[64], b[64];
+    snprintf(a, sizeof a, "/tmp/qkvd_test_mm_a_%d.gguf", (int)getpid());
+    snprintf(b, sizeof b, "/tmp/qkvd_test_mm_b_%d.gguf", (int)getpid());
     assert_int_equal(make_model("-o", a, "--dim", "256", "--layers", "2", "--heads", "4", "--ffn", "256",
                                 "--vocab-size", "500", "--type", "q4_k_m", "--seed", "42",
                                 "--threads", "1", NULL), 0);
@@ -510,6 +513,7 @@ static void test_greedy_text_varied(void **state)
 
 int main(void)
 {
+    snprintf(tmp_path, sizeof tmp_path, "/tmp/qkvd_test_make_model_%d.gguf", (int)getpid());
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_bpe_train_small),
         cmocka_unit_test(test_llama_all_types),

@@ -61,7 +61,7 @@ typedef struct gguf_tensor {
 } gguf_tensor;
 
 typedef struct gguf_file {
-    void *map; size_t map_size; int fd;
+    void *map; size_t map_size; int fd; /* gguf_parse: map = the caller's buffer, fd = -1 */
     uint32_t version;
     uint64_t n_kv; gguf_kv *kv;
     uint64_t n_tensors; gguf_tensor *tensors;

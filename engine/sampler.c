@@ -837,9 +837,13 @@ int32_t sampler_sample(sampler *s, float *logits, const int32_t *history, int64_
     const int greedy = !(p->temperature > 0.0f);
     const int top_k_on = p->top_k > 0 && p->top_k < n;
     const int full_top_p = !greedy && !top_k_on && p->top_p < 1.0f;
+    const int no_trunc = !greedy && !top_k_on && !full_top_p && !(p->min_p > 0.0f);
+    /* The T = 1 weights of the whole row serve both the normaliser and, when
+     * nothing truncates at T = 1 (the OpenAI default), the draw itself. */
+    const int row_w = full_top_p || (no_trunc && p->temperature == 1.0f);
     double z = 0.0;
-    if (out || full_top_p)
-        z = exp_row(logits, n, lmax, 1.0f, full_top_p ? s->c_w : NULL);
+    if (out || row_w)
+        z = exp_row(logits, n, lmax, 1.0f, row_w ? s->c_w : NULL);
     /* The weights are exp(l - max), so log Z + max is the log-sum-exp. */
     const double lse = (double)lmax + log(z);
 
@@ -864,7 +868,7 @@ int32_t sampler_sample(sampler *s, float *logits, const int32_t *history, int64_
         } else if (full_top_p) {
             m = top_p_full(s, logits, lmax, z);
             have_w = 1;
-        } else if (p->min_p > 0.0f) {
+        } else if (!no_trunc) {
             /* Only min-p: its threshold is a plain logit bound. */
             m = collect_logit(s, logits, lmax + logf(p->min_p));
         } else {
@@ -890,7 +894,8 @@ int32_t sampler_sample(sampler *s, float *logits, const int32_t *history, int64_
         const float inv_t = 1.0f / p->temperature;
         int32_t idx;
         if (m < 0) {
-            exp_row(logits, n, lmax, inv_t, s->c_w);
+            if (!row_w)
+                exp_row(logits, n, lmax, inv_t, s->c_w);
             idx = draw_index(s->c_w, n, rng_uniform(s->rng));
         } else {
             if (!(have_w && p->temperature == 1.0f))

@@ -525,6 +525,9 @@ static void test_temperature(void **state)
     p.temperature = 0.5f;
     sample_counts(&p, l, 4, 20, 1000, counts);
     check_freqs(counts, 4, l, all, 4, 0.5, 0.015);
+    p.temperature = 1.0f; /* the untruncated T = 1 draw reuses the normaliser's weights */
+    sample_counts(&p, l, 4, 20, 1000, counts);
+    check_freqs(counts, 4, l, all, 4, 1.0, 0.015);
     /* the T -> 0 limit is greedy */
     float temps[3] = {1e-3f, 1e-20f, 1e-40f};
     for (int t = 0; t < 3; t++) {

@@ -416,6 +416,46 @@ static void test_all_pretokenizers_load(void **state) {
     tokenizer_free(t);
 }
 
+/* Special tokens are matched longest first over the whole text (llama.cpp's
+ * order), not leftmost: in "xabcd" the 4-byte "abcd" wins over "xab", even
+ * though "xab" starts earlier. User-defined tokens match even without
+ * parse_special; control tokens only with it. */
+static void test_special_priority(void **state) {
+    (void)state;
+    const char *toks[] = {"<unk>", "<s>", "</s>", "\xe2\x96\x81", "\xe2\x96\x81x", "x", "c", "d", "abcd", "xab", "a", "b"};
+    int32_t types[] = {2, 3, 3, 1, 1, 1, 1, 1, 4, 4, 1, 1};
+    float scores[12] = {0};
+    gguf_writer *w = gguf_writer_create();
+    gguf_writer_set_str(w, "tokenizer.ggml.model", "llama");
+    gguf_writer_set_arr_str(w, "tokenizer.ggml.tokens", toks, NULL, 12);
+    gguf_writer_set_arr_i32(w, "tokenizer.ggml.token_type", types, 12);
+    gguf_writer_set_arr_f32(w, "tokenizer.ggml.scores", scores, 12);
+    snprintf(tmp_path, sizeof tmp_path, "/tmp/qkvd-test-tok-%d.gguf", (int)getpid());
+    char err[256];
+    assert_int_equal(gguf_writer_write(w, tmp_path, err, sizeof err), 0);
+    gguf_writer_free(w);
+    tokenizer *t = NULL;
+    assert_int_equal(load_tmp(&t, err, sizeof err), 0);
+    int32_t ids[32];
+    int64_t n = enc(t, "xabcd", 5, 0, 0, ids, 32);
+    assert_int_equal(n, 2);
+    assert_int_equal(ids[0], 4); /* "\u2581x": the leading-space rule */
+    assert_int_equal(ids[1], 8); /* "abcd" */
+    /* after a special token the text gets the leading space again */
+    n = enc(t, "abcdx", 5, 0, 0, ids, 32);
+    assert_int_equal(n, 2);
+    assert_int_equal(ids[0], 8);
+    assert_int_equal(ids[1], 4);
+    /* control tokens: text without parse_special, a token with it */
+    n = enc(t, "</s>", 4, 0, 1, ids, 32);
+    assert_int_equal(n, 1);
+    assert_int_equal(ids[0], 2);
+    n = enc(t, "</s>", 4, 0, 0, ids, 32);
+    assert_true(n > 1);
+    for (int64_t i = 0; i < n; i++) assert_int_not_equal(ids[i], 2);
+    tokenizer_free(t);
+}
+
 /* ---- differential: the merge loops against the textbook algorithm ------- */
 
 /* Naive merging straight from the definitions: repeatedly merge the adjacent
@@ -704,6 +744,7 @@ int main(void) {
         cmocka_unit_test(test_stories260k_prompts),
         cmocka_unit_test(test_tiny_qwen2_prompts),
         cmocka_unit_test(test_special_parsing),
+        cmocka_unit_test(test_special_priority),
         cmocka_unit_test(test_bos_eos),
         cmocka_unit_test(test_unknown_pre_is_error),
         cmocka_unit_test(test_tiny_bpe_and_eos),

@@ -2,6 +2,7 @@
 #include "http.h"
 
 #include <arpa/inet.h>
+#include <errno.h>
 #include <microhttpd.h>
 #include <netdb.h>
 #include <netinet/in.h>
@@ -20,6 +21,7 @@ struct http_server {
     struct MHD_Daemon *d;
     uv_poll_t poll;
     uv_timer_t timer;
+    uv_timer_t poke;     /* wakes parked connections now and then to notice closed sockets */
     http_options o;
     char *api_key, *cors;
     int port;
@@ -338,6 +340,34 @@ static void http_completed(void *cls, struct MHD_Connection *conn, void **req_cl
     h->active--;
 }
 
+/* A parked (suspended) connection is invisible to MHD, so a client that
+ * hangs up while its request waits (queued, or a non-streaming generation)
+ * would go unnoticed until the reply. Once a second every parked socket is
+ * peeked at; on EOF the owner's close hook runs at once (cancelling the job
+ * and freeing its sequences) and the connection is woken with a final reply
+ * so that MHD closes it. */
+static void http_poke_cb(uv_timer_t *t) {
+    http_server *h = t->data;
+    for (http_req *r = h->reqs; r; r = r->next) {
+        if (!r->suspended || !r->on_close) continue;
+        const union MHD_ConnectionInfo *ci = MHD_get_connection_info(r->conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+        if (!ci) continue;
+        char c;
+        ssize_t n = recv(ci->connect_fd, &c, 1, MSG_PEEK | MSG_DONTWAIT);
+        if (n > 0 || (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))) continue;
+        r->on_close(r, r->user);
+        r->on_close = NULL;
+        if (r->streaming) {
+            r->stream_done = 1;
+        } else if (!r->reply_ready) {
+            api_error e;
+            api_error_set(&e, 499, "invalid_request_error", NULL, "client_closed", "the client closed the connection");
+            http_reply_error(r, &e); /* wakes it */
+        }
+        http_req_wake(r);
+    }
+}
+
 /* ---- loop integration ---- */
 static void http_timer_cb(uv_timer_t *t) {
     http_run(t->data);
@@ -410,6 +440,9 @@ int http_server_start(uv_loop_t *loop, const http_options *o, http_server **out,
     h->poll.data = h;
     uv_timer_init(loop, &h->timer);
     h->timer.data = h;
+    uv_timer_init(loop, &h->poke);
+    h->poke.data = h;
+    uv_timer_start(&h->poke, http_poke_cb, 1000, 1000);
     uv_poll_start(&h->poll, UV_READABLE, http_poll_cb);
     http_run(h);
     *out = h;
@@ -428,7 +461,7 @@ void http_server_quiesce(http_server *h) {
 
 static void http_handle_closed(uv_handle_t *hd) {
     http_server *h = hd->data;
-    if (++h->n_closed == 2) {
+    if (++h->n_closed == 3) {
         free(h->api_key);
         free(h->cors);
         free(h);
@@ -454,4 +487,5 @@ void http_server_stop(http_server *h) {
     uv_poll_stop(&h->poll);
     uv_close((uv_handle_t *)&h->poll, http_handle_closed);
     uv_close((uv_handle_t *)&h->timer, http_handle_closed);
+    uv_close((uv_handle_t *)&h->poke, http_handle_closed);
 }

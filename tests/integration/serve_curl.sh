@@ -84,6 +84,27 @@ exec 3>&-
 curl -sf "http://127.0.0.1:$PORT/health" >/dev/null; check serves_after_slow_client $?
 stop
 
+# a template that fails for some conversations: 500 for that request only
+cat >"$TMP/tpl.jinja" <<'TPL'
+{%- for m in messages -%}
+{%- if m.role == 'tool' -%}{{ raise_exception('tool messages are not supported by this template') }}{%- endif -%}
+[{{ m.role }}] {{ m.content }}
+{% endfor -%}
+{%- if add_generation_prompt %}[assistant] {% endif -%}
+TPL
+start -m "$MODEL" --chat-template-file "$TMP/tpl.jinja" --request-timeout 0.3 --ctx 16384 --max-tokens 16000
+out=$(curl -s -w ' %{http_code}' "http://127.0.0.1:$PORT/v1/chat/completions" -d '{"messages":[{"role":"user","content":"a"},{"role":"tool","content":"b"}]}')
+echo "$out" | grep -q 'tool messages are not supported' && echo "$out" | grep -q 'template_error.* 500$'
+check template_error_500 $? "$out"
+out=$(curl -s "http://127.0.0.1:$PORT/apply-template" -d '{"messages":[{"role":"user","content":"a"}]}')
+[ "$out" = '{"prompt":"[user] a\n[assistant] "}' ]; check chat_template_file_used $? "$out"
+# --request-timeout 0.3: a long generation is cut with finish_reason length
+out=$(curl -s "http://127.0.0.1:$PORT/v1/completions" -d '{"prompt":"Once upon a time","max_tokens":12000,"logit_bias":{"2":-100}}')
+n=$(echo "$out" | grep -o '"completion_tokens":[0-9]*' | cut -d: -f2)
+echo "$out" | grep -q '"finish_reason":"length"' && [ "${n:-0}" -gt 0 ] && [ "${n:-0}" -lt 12000 ]
+check request_timeout_cuts_generation $? "$n tokens"
+stop
+
 # a missing model file: the listener comes up, loading fails, exit 1 with a message
 "$BIN" serve --port 0 -m "$TMP/none.gguf" 2>"$TMP/err" >/dev/null; rc=$?
 [ $rc -eq 1 ] && grep -q "cannot load model" "$TMP/err"; check bad_model_exit_1 $? "$rc $(tail -1 "$TMP/err")"

@@ -218,11 +218,12 @@ try {
 
 // ---- one sequence, no queue: 503 when full, disconnect frees at once ----
 {
-  const t = await startServer(['-m', STORIES, '--threads', '1', '--max-seqs', '1', '--queue-len', '0']);
+  const t = await startServer(['-m', STORIES, '--threads', '1', '--max-seqs', '1', '--queue-len', '0', '--ctx', '16384', '--max-tokens', '16000']);
+  const long = { prompt: 'Once upon a time', max_tokens: 12000, logit_bias: { 2: -100 } }; // EOS suppressed: runs for seconds
   try {
     // a long stream holds the only sequence
     const req = http.request({ host: '127.0.0.1', port: t.port, method: 'POST', path: '/v1/completions', headers: { 'Content-Type': 'application/json' } });
-    req.end(JSON.stringify({ prompt: 'Once upon a time', max_tokens: 1500, stream: true }));
+    req.end(JSON.stringify({ ...long, stream: true }));
     const res = await new Promise((r) => req.on('response', r));
     await new Promise((r) => res.once('data', r));
     const busy = await post(t.port, '/v1/completions', { prompt: 'Hi', max_tokens: 1 });
@@ -237,6 +238,20 @@ try {
     }
     ok(next.status === 200 && Date.now() - t0 < 1500, 'disconnect_frees_sequence', `${next.status} after ${Date.now() - t0}ms`);
     ok(/client-abort|error/.test(t.log()), 'disconnect_logged');
+    // a non-streaming request whose client leaves while it generates
+    const req2 = http.request({ host: '127.0.0.1', port: t.port, method: 'POST', path: '/v1/completions', headers: { 'Content-Type': 'application/json' } });
+    req2.on('error', () => {});
+    req2.end(JSON.stringify(long));
+    await sleep(300);
+    const during = await post(t.port, '/v1/completions', { prompt: 'Hi', max_tokens: 1 });
+    req2.destroy();
+    const t1 = Date.now();
+    for (let i = 0; i < 100; i++) {
+      next = await post(t.port, '/v1/completions', { prompt: 'Hi', max_tokens: 1 });
+      if (next.status === 200) break;
+      await sleep(20);
+    }
+    ok(during.status === 503 && next.status === 200 && Date.now() - t1 < 2500, 'disconnect_nonstream_frees_sequence', `${during.status} ${next.status} after ${Date.now() - t1}ms`);
   } catch (e) {
     ok(false, 'queue_and_disconnect', e.stack);
   } finally {

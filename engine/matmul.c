@@ -10,6 +10,8 @@
 #define MM_GEMV_ROWS_MIN 16
 /* Floats in one dequantized f32 tile per thread (~256 KiB: fits L2 with room
  * for OpenBLAS's packed panels). */
+/* Weight bytes of a multi-token GEMV sub-block (half of a 32 KiB L1D). */
+#define MM_L1_BYTES (16 * 1024)
 #define MM_TILE_FLOATS (64 * 1024)
 
 struct matmul {
@@ -41,11 +43,12 @@ matmul *matmul_create(threadpool *tp, int64_t max_cols, int32_t max_tok) {
     m->n_threads = threadpool_n_threads(tp);
     m->max_cols = max_cols;
     m->max_tok = max_tok > 0 ? max_tok : 1;
-    m->gemm_threshold = 8;
-    m->gemv_max_tok = 32; /* largest threshold matmul_set_gemm_threshold accepts, minus one */
-    if (m->gemv_max_tok > m->max_tok) m->gemv_max_tok = m->max_tok;
+    m->gemm_threshold = 32; /* measured: per-token GEMV wins below ~32 tokens (q4_0, 135m shape) */
+    m->gemv_max_tok = m->max_tok;
     /* The widest activation row: f32 (float weights) is the largest format. */
     m->act_stride = ((size_t)max_cols * sizeof(float) + 63) & ~(size_t)63;
+    const char *env = getenv("QKVD_GEMM_MIN_TOK");
+    if (env && atoi(env) > 0) m->gemm_threshold = atoi(env);
     for (int i = 0; i < MM_MAX_MATS; i++) {
         m->act[i] = aligned_alloc(64, m->act_stride * (size_t)m->gemv_max_tok);
         if (!m->act[i]) { matmul_free(m); return NULL; }
@@ -66,7 +69,6 @@ void matmul_free(matmul *m) {
 
 void matmul_set_gemm_threshold(matmul *m, int32_t n_tok) {
     if (n_tok < 1) n_tok = 1;
-    if (n_tok > m->gemv_max_tok + 1) n_tok = m->gemv_max_tok + 1;
     m->gemm_threshold = n_tok;
 }
 
@@ -85,11 +87,21 @@ static void mm_gemv_task(void *ctx, int32_t task, int32_t thread) {
     int64_t r0 = (int64_t)(task - m->task_start[j]) * m->rows_per_task[j];
     int64_t r1 = r0 + m->rows_per_task[j];
     if (r1 > W->n_rows) r1 = W->n_rows;
-    /* Tokens loop inside the row block: the block's weights stay in L1/L2
-     * while every token is dotted against it. */
-    for (int32_t t = 0; t < m->n_tok; t++)
-        quant_gemv_rows(W->type, W->data, m->act_of[j] + (size_t)t * m->act_stride,
-                        m->y[j] + (size_t)t * (size_t)W->n_rows, W->n_cols, r0, r1);
+    if (m->n_tok == 1) {
+        quant_gemv_rows(W->type, W->data, m->act_of[j], m->y[j], W->n_cols, r0, r1);
+        return;
+    }
+    /* Several tokens: walk the block in sub-blocks small enough to stay in
+     * L1 while every token is dotted against them, so weights come from
+     * memory once and from L1 for the other tokens. */
+    int64_t sub = (int64_t)(MM_L1_BYTES / W->row_bytes) & ~(int64_t)3;
+    if (sub < 4) sub = 4;
+    for (int64_t s0 = r0; s0 < r1; s0 += sub) {
+        int64_t s1 = s0 + sub < r1 ? s0 + sub : r1;
+        for (int32_t t = 0; t < m->n_tok; t++)
+            quant_gemv_rows(W->type, W->data, m->act_of[j] + (size_t)t * m->act_stride,
+                            m->y[j] + (size_t)t * (size_t)W->n_rows, W->n_cols, s0, s1);
+    }
 }
 
 static void mm_gemm_task(void *ctx, int32_t task, int32_t thread) {
@@ -132,8 +144,12 @@ void matmul_run(matmul *m, int32_t n_mats, const mm_matrix *const *W, const floa
         m->task_start[j] = tasks;
         int64_t rows;
         if (gemm) {
+            /* Every sgemm call packs all of x again (cost ~1/rows of the
+             * multiply), but keep at least two tiles per thread so the
+             * cores finish together. */
             rows = (int64_t)(m->tile_floats / (size_t)W[j]->n_cols);
-            if (rows > 256) rows = 256;
+            int64_t bal = W[j]->n_rows / (2 * (int64_t)m->n_threads);
+            if (rows > bal) rows = bal;
             rows &= ~(int64_t)15;
             if (rows < 16) rows = 16;
         } else {

@@ -49,7 +49,7 @@ typedef struct jv {
     union { int64_t i; double f; jstr *s; jlist *l; jdict *d; jfunc *fn; } u;
 } jv;
 
-struct jlist { size_t n, cap; jv *v; };
+struct jlist { size_t n, cap; jv *v; int tuple; /* prints as (a, b) */ };
 struct jdict { size_t n, cap; jv *k; jv *v; int is_ns; };
 
 /* ---- string builder (arena-backed) ---- */
@@ -142,6 +142,10 @@ void jv_format_float(char *out, size_t n, double f);
 /* Number of Unicode code points in UTF-8 text, and the byte offset of the
  * code point with index ci (clamped to len). */
 size_t jutf8_len(const char *s, size_t n);
+/* Decodes the code point at s[*i] and advances *i; an invalid byte gives
+ * U+FFFD and advances by one. */
+uint32_t jutf8_next(const char *s, size_t n, size_t *i);
+void jutf8_put(jarena *a, jbuf *b, uint32_t cp);
 size_t jutf8_offset(const char *s, size_t n, size_t ci);
 
 /* The render context (jinja_eval.c); builtins receive it to allocate and to

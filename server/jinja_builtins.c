@@ -6,11 +6,14 @@
 #include "jinja.h"
 
 #include <ctype.h>
+#include <locale.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <wctype.h>
 
 #define A (c->a)
 
@@ -181,24 +184,43 @@ static jv split(jctx *c, jstr *s, jv sep, int64_t maxsplit) {
     }
 }
 
+/* Unicode case mapping needs a UTF-8 ctype locale; made once, shared by all
+ * threads (a locale_t is read-only after creation). Without it, only ASCII
+ * letters change case. */
+static locale_t utf8_locale;
+static pthread_once_t utf8_locale_once = PTHREAD_ONCE_INIT;
+static void utf8_locale_init(void) { utf8_locale = newlocale(LC_CTYPE_MASK, "C.UTF-8", (locale_t)0); }
+
 static jv case_map(jctx *c, jstr *s, int mode) {
     /* mode 0 lower, 1 upper, 2 capitalize, 3 str.title(), 4 Jinja's title
-     * filter (words start after whitespace, '-', '(', '{', '[', '<');
-     * ASCII letters only */
-    char *o = jarena__alloc(A, s->len + 1);
+     * filter (words start after whitespace, '-', '(', '{', '[', '<') */
+    pthread_once(&utf8_locale_once, utf8_locale_init);
+    jbuf b = {0};
+    jbuf_put(A, &b, "", 0);
     int prev_cased = 0;
-    for (size_t i = 0; i < s->len; i++) {
-        unsigned char ch = (unsigned char)s->s[i];
+    size_t i = 0;
+    while (i < s->len) {
+        size_t start = i;
+        uint32_t cp = jutf8_next(s->s, s->len, &i);
         int up;
         if (mode == 0) up = 0;
         else if (mode == 1) up = 1;
-        else if (mode == 2) up = i == 0;
+        else if (mode == 2) up = start == 0;
         else if (mode == 3) up = !prev_cased;
-        else up = i == 0 || strchr(" \t\n\r\f\v-({[<", s->s[i - 1]) != NULL;
-        o[i] = (char)(ch < 0x80 ? (up ? toupper(ch) : tolower(ch)) : ch);
-        prev_cased = isalpha(ch) || ch >= 0x80;
+        else up = start == 0 || strchr(" \t\n\r\f\v-({[<", s->s[start - 1]) != NULL;
+        if (cp < 0x80) {
+            jbuf_putc(A, &b, (char)(up ? toupper((int)cp) : tolower((int)cp)));
+            prev_cased = isalpha((int)cp) != 0;
+        } else if (cp == 0xFFFD || !utf8_locale) {
+            jbuf_put(A, &b, s->s + start, i - start);  /* keep bytes as they were */
+            prev_cased = 0;
+        } else {
+            wint_t m = up ? towupper_l((wint_t)cp, utf8_locale) : towlower_l((wint_t)cp, utf8_locale);
+            jutf8_put(A, &b, (uint32_t)m);
+            prev_cased = iswalpha_l((wint_t)cp, utf8_locale) != 0;
+        }
     }
-    return S(c, o, s->len);
+    return S(c, b.p, b.n);
 }
 
 static int starts_ends(jstr *s, jv x, int ends) {
@@ -281,7 +303,7 @@ int jinja__test(jctx *c, const char *name, jv x, jargs *args, int *res) {
     else if (!strcmp(name, "mapping")) *res = x.t == JV_DICT;
     else if (!strcmp(name, "iterable")) *res = x.t == JV_LIST || x.t == JV_DICT || x.t == JV_STR;
     else if (!strcmp(name, "sequence")) *res = x.t == JV_LIST || x.t == JV_DICT || x.t == JV_STR;
-    else if (!strcmp(name, "number")) *res = x.t == JV_INT || x.t == JV_FLOAT;
+    else if (!strcmp(name, "number")) *res = x.t == JV_INT || x.t == JV_FLOAT || x.t == JV_BOOL;
     else if (!strcmp(name, "integer")) *res = x.t == JV_INT;
     else if (!strcmp(name, "float")) *res = x.t == JV_FLOAT;
     else if (!strcmp(name, "boolean")) *res = x.t == JV_BOOL;
@@ -461,7 +483,16 @@ int jinja__filter(jctx *c, const char *name, jv x, jargs *args, jv *res) {
         jv m = jargs_get(args, 1, "method", jv_cstr(A, "common"));
         double v = to_float(c, x, jv_float(0)).u.f, p = pow(10.0, (double)prec);
         const char *ms = m.t == JV_STR ? m.u.s->s : "common";
-        double r = !strcmp(ms, "floor") ? floor(v * p) / p : !strcmp(ms, "ceil") ? ceil(v * p) / p : nearbyint(v * p) / p;
+        double r;
+        if (!strcmp(ms, "floor")) r = floor(v * p) / p;
+        else if (!strcmp(ms, "ceil")) r = ceil(v * p) / p;
+        else if (prec >= 0 && prec <= 30 && isfinite(v)) {
+            /* Python's round works on the exact binary value (2.675 -> 2.67),
+             * which is what printf's correctly rounded conversion gives */
+            char tmp[400];
+            snprintf(tmp, sizeof tmp, "%.*f", (int)prec, v);
+            r = strtod(tmp, NULL);
+        } else r = nearbyint(v * p) / p;
         *res = jv_float(r);
         return 1;
     }
@@ -470,6 +501,7 @@ int jinja__filter(jctx *c, const char *name, jv x, jargs *args, jv *res) {
         if (x.t == JV_DICT) {
             for (size_t i = 0; i < x.u.d->n; i++) {
                 jv pair = jv_newlist(A);
+                pair.u.l->tuple = 1;
                 jlist_push(A, pair.u.l, x.u.d->k[i]);
                 jlist_push(A, pair.u.l, x.u.d->v[i]);
                 jlist_push(A, r.u.l, pair);
@@ -530,12 +562,15 @@ int jinja__filter(jctx *c, const char *name, jv x, jargs *args, jv *res) {
     }
     if (!strcmp(name, "unique")) {
         jv l = jinja__iter_list(c, x), r = jv_newlist(A);
+        int cs = jv_truthy(jargs_get(args, 0, "case_sensitive", jv_bool(0)));
         jv at = jargs_get(args, 1, "attribute", jv_none());
         for (size_t i = 0; i < l.u.l->n; i++) {
             jv k = at.t != JV_NONE ? attr_path(c, l.u.l->v[i], at) : l.u.l->v[i];
+            if (!cs && k.t == JV_STR) k = case_map(c, k.u.s, 0);
             int seen = 0;
             for (size_t j = 0; j < r.u.l->n && !seen; j++) {
                 jv k2 = at.t != JV_NONE ? attr_path(c, r.u.l->v[j], at) : r.u.l->v[j];
+                if (!cs && k2.t == JV_STR) k2 = case_map(c, k2.u.s, 0);
                 seen = jv_equal(k, k2);
             }
             if (!seen) jlist_push(A, r.u.l, l.u.l->v[i]);

@@ -129,6 +129,7 @@ static jv call_macro(jctx *c, jfunc *f, jargs *a) {
     scope *s = scope_new(c, f->closure);
     size_t np = f->kind == FN_MACRO ? m->nparams : m->nparams;
     jv varargs = jv_newlist(c->a), kwargs = jv_newdict(c->a);
+    varargs.u.l->tuple = 1;
     for (size_t i = np; i < a->n; i++) jlist_push(c->a, varargs.u.l, a->v[i]);
     for (size_t i = 0; i < np; i++) {
         jv v = {.t = JV_UNDEF};
@@ -454,6 +455,7 @@ static jv eval(jctx *c, scope *s, const jnode *n) {
     case JN_NAME: r = lookup(c, s, n->name); break;
     case JN_LIST: case JN_TUPLE:
         r = jv_newlist(c->a);
+        r.u.l->tuple = n->k == JN_TUPLE;
         for (size_t i = 0; i < n->args.n; i++) jlist_push(c->a, r.u.l, eval(c, s, n->args.v[i]));
         break;
     case JN_DICT:

@@ -366,12 +366,13 @@ static void jv_print_inner(jarena *a, jbuf *b, jv v, int repr, int depth) {
         }
         break;
     case JV_LIST:
-        jbuf_putc(a, b, '[');
+        jbuf_putc(a, b, v.u.l->tuple ? '(' : '[');
         for (size_t i = 0; i < v.u.l->n; i++) {
             if (i) jbuf_puts(a, b, ", ");
             jv_print_inner(a, b, v.u.l->v[i], 1, depth + 1);
         }
-        jbuf_putc(a, b, ']');
+        if (v.u.l->tuple && v.u.l->n == 1) jbuf_putc(a, b, ',');
+        jbuf_putc(a, b, v.u.l->tuple ? ')' : ']');
         break;
     case JV_DICT:
         jbuf_putc(a, b, '{');
@@ -399,7 +400,7 @@ jv jv_to_string(jarena *a, jv v) {
 
 /* Decodes one UTF-8 sequence at s[*i] (advancing *i); invalid bytes come
  * back as U+FFFD. */
-static uint32_t utf8_next(const char *s, size_t n, size_t *i) {
+uint32_t jutf8_next(const char *s, size_t n, size_t *i) {
     unsigned char c = (unsigned char)s[*i];
     int len = c < 0x80 ? 1 : (c >> 5) == 6 ? 2 : (c >> 4) == 14 ? 3 : (c >> 3) == 30 ? 4 : 0;
     if (!len || *i + (size_t)len > n) { (*i)++; return 0xFFFD; }
@@ -424,7 +425,7 @@ static void json_put_string(jarena *a, jbuf *b, const char *s, size_t n, int asc
             /* ensure_ascii: \uXXXX, with a surrogate pair above the BMP */
             jbuf_put(a, b, s + i - run, run);
             run = 0;
-            uint32_t cp = utf8_next(s, n, &i);
+            uint32_t cp = jutf8_next(s, n, &i);
             i--;
             if (cp >= 0x10000) {
                 cp -= 0x10000;
@@ -534,6 +535,21 @@ int jv_tojson(jarena *a, jbuf *b, jv v, int indent, int sort_keys, int ascii, co
 }
 
 /* ---- UTF-8 ---- */
+
+void jutf8_put(jarena *a, jbuf *b, uint32_t cp) {
+    char o[4];
+    size_t n;
+    if (cp < 0x80) { o[0] = (char)cp; n = 1; }
+    else if (cp < 0x800) { o[0] = (char)(0xC0 | cp >> 6); o[1] = (char)(0x80 | (cp & 63)); n = 2; }
+    else if (cp < 0x10000) {
+        o[0] = (char)(0xE0 | cp >> 12); o[1] = (char)(0x80 | ((cp >> 6) & 63));
+        o[2] = (char)(0x80 | (cp & 63)); n = 3;
+    } else {
+        o[0] = (char)(0xF0 | cp >> 18); o[1] = (char)(0x80 | ((cp >> 12) & 63));
+        o[2] = (char)(0x80 | ((cp >> 6) & 63)); o[3] = (char)(0x80 | (cp & 63)); n = 4;
+    }
+    jbuf_put(a, b, o, n);
+}
 
 size_t jutf8_len(const char *s, size_t n) {
     size_t c = 0;

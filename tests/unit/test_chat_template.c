@@ -240,10 +240,12 @@ static void test_filters(void **state) {
     EXPECT("{{ 'é😀'|tojson(ensure_ascii=true) }}", NULL, "\"\\u00e9\\ud83d\\ude00\"");
     EXPECT("{{ [1, {'a': 'b'}]|tojson(separators=(',', ':')) }}", NULL, "[1,{\"a\":\"b\"}]");
     EXPECT("{{ \"it's-a (test)\"|title }}|{{ \"it's\".title() }}", NULL, "It's-A (Test)|It'S");
-    EXPECT("{{ {'a': 1}|items|list }}|{{ {'b': 2, 'a': 1}|dictsort }}", NULL, "[['a', 1]]|[['a', 1], ['b', 2]]");
+    EXPECT("{{ {'a': 1}|items|list }}|{{ {'b': 2, 'a': 1}|dictsort }}", NULL, "[('a', 1)]|[('a', 1), ('b', 2)]");
     EXPECT("{{ 'a\nb'|indent(2) }}|{{ 'a\nb'|indent(2, first=true) }}", NULL, "a\n  b|  a\n  b");
     EXPECT("{{ [1,2,3]|sum }}|{{ [3,1,2]|min }}|{{ [3,1,2]|max }}|{{ 'one two'|wordcount }}|{{ [1,2,3]|batch(2)|list }}", NULL,
            "6|1|3|2|[[1, 2], [3]]");
+    EXPECT("{{ 'héllo wörld'|upper }}|{{ 'ÀÉ'|lower }}|{{ 'élan vital'|title }}|{{ [1, 'a', 'A']|unique|list }}|{{ 2.675|round(2) }}|{{ 2.5|round }}",
+           NULL, "HÉLLO WÖRLD|àé|Élan Vital|[1, 'a']|2.67|2.0");
     EXPECT("{{ '<a&b>'|escape }}|{{ 'ab'|center(6) }}|{{ 5|string ~ 'x' }}", NULL, "&lt;a&amp;b&gt;|  ab  |5x");
 }
 

@@ -1,5 +1,6 @@
 /* attention.c -- causal softmax attention with BLAS kernels per KV span. */
 #include "attention.h"
+#include "vecmath.h"
 
 #include <cblas.h>
 #include <math.h>
@@ -10,12 +11,7 @@ static void attn_softmax_row(float *row, int32_t lim, int32_t n) {
     float mx = row[0];
     for (int32_t i = 1; i <= lim; i++)
         if (row[i] > mx) mx = row[i];
-    float sum = 0;
-    for (int32_t i = 0; i <= lim; i++) {
-        float e = expf(row[i] - mx);
-        row[i] = e;
-        sum += e;
-    }
+    float sum = vec_exp_shift_sum(row, (size_t)lim + 1, mx);
     float inv = 1.0f / sum;
     for (int32_t i = 0; i <= lim; i++) row[i] *= inv;
     for (int32_t i = lim + 1; i < n; i++) row[i] = 0;

@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include "attention.h"
+#include "vecmath.h"
 
 /* Token rows per element-wise task. */
 #define FWD_ROWS_PER_TASK 16
@@ -209,10 +210,7 @@ static void fwd_rows(forward *f, int32_t t0, int32_t t1) {
     }
     case FWD_OP_SWIGLU: {
         const size_t F = (size_t)hp->n_ff;
-        for (size_t i = (size_t)t0 * F; i < (size_t)t1 * F; i++) {
-            float g = f->g[i];
-            f->g[i] = g / (1.0f + expf(-g)) * f->u[i];
-        }
+        vec_silu_mul(f->g + (size_t)t0 * F, f->u + (size_t)t0 * F, (size_t)(t1 - t0) * F);
         break;
     }
     }

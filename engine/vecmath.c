@@ -1,0 +1,35 @@
+/* vecmath.c -- dispatch between the AVX2 and scalar element-wise kernels. */
+#include "vecmath.h"
+
+#include <math.h>
+
+static int vec_has_avx2(void) {
+    static int cached = -1;
+    if (cached < 0) {
+#if defined(__x86_64__) || defined(__i386__)
+        __builtin_cpu_init();
+        cached = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+#else
+        cached = 0;
+#endif
+    }
+    return cached;
+}
+
+float vec_exp_shift_sum(float *x, size_t n, float mx) {
+    if (vec_has_avx2()) return vec__exp_shift_sum_avx2(x, n, mx);
+    float s = 0;
+    for (size_t i = 0; i < n; i++) {
+        x[i] = expf(x[i] - mx);
+        s += x[i];
+    }
+    return s;
+}
+
+void vec_silu_mul(float *g, const float *u, size_t n) {
+    if (vec_has_avx2()) {
+        vec__silu_mul_avx2(g, u, n);
+        return;
+    }
+    for (size_t i = 0; i < n; i++) g[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
+}

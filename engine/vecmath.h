@@ -1,0 +1,19 @@
+/* vecmath.h -- vectorised element-wise math for the forward pass (exp in
+ * softmax, SiLU). AVX2+FMA kernels when the CPU has them (checked once),
+ * scalar otherwise; both agree to ~2 ulp of expf. */
+#ifndef QKVD_VECMATH_H
+#define QKVD_VECMATH_H
+
+#include <stddef.h>
+
+/* x[i] = exp(x[i] - mx) for i < n; returns the sum of the results. */
+float vec_exp_shift_sum(float *x, size_t n, float mx);
+
+/* g[i] = silu(g[i]) * u[i] = g[i] / (1 + exp(-g[i])) * u[i] for i < n. */
+void vec_silu_mul(float *g, const float *u, size_t n);
+
+/* Internal: the AVX2 kernels (vecmath_avx2.c), called only after a CPU check. */
+float vec__exp_shift_sum_avx2(float *x, size_t n, float mx);
+void vec__silu_mul_avx2(float *g, const float *u, size_t n);
+
+#endif

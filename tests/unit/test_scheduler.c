@@ -1,0 +1,296 @@
+/* test_scheduler.c -- the scheduler on a real libuv loop with the real engine
+ * (stories260K from ../shared; skipped when absent): batched choices sharing
+ * a prompt, chunked prefill, stop strings held back, FIFO queue and its limit,
+ * cancellation, embeddings. Callbacks are counted and every test checks that
+ * the loop ends clean. */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <stdint.h>
+#include <cmocka.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include "scheduler.h"
+#include "sse.h"
+
+static engine *eng;
+static int32_t ref_prompt[64], ref_prompt_len;
+static char ref_text[512];
+static int32_t ref2_prompt[64], ref2_prompt_len;
+static char ref2_text[512];
+
+typedef struct run {
+    sse_buf text[8];
+    const char *finish[8];
+    int32_t n_tokens[8];
+    int n_text_calls, n_token_calls, n_finish, n_done, n_embd;
+    int err_status;
+    float embd[2][512];
+    int32_t embd_n;
+} run;
+
+static void on_token(void *u, int32_t c, int32_t tok, const sampler_result *r) { ((run *)u)->n_token_calls++; }
+static void on_text(void *u, int32_t c, const char *t, size_t n) {
+    run *r = u;
+    r->n_text_calls++;
+    sse_buf_append(&r->text[c], t, n);
+}
+static void on_finish(void *u, int32_t c, const char *reason, int32_t n) {
+    run *r = u;
+    r->finish[c] = reason;
+    r->n_tokens[c] = n;
+    r->n_finish++;
+}
+static void on_done(void *u, const api_error *e) {
+    run *r = u;
+    r->n_done++;
+    r->err_status = e ? e->status : 0;
+}
+static void on_embd(void *u, int32_t i, const float *v, int32_t n) {
+    run *r = u;
+    r->n_embd++;
+    if (i < 2) memcpy(r->embd[i], v, (size_t)n * sizeof(float));
+    r->embd_n = n;
+}
+static const sched_job_ops ops = {on_token, on_text, on_finish, on_embd, on_done};
+
+static void run_free(run *r) {
+    for (int i = 0; i < 8; i++) sse_buf_free(&r->text[i]);
+}
+
+static int32_t *dup_tokens(const int32_t *t, int32_t n) {
+    int32_t *p = malloc((size_t)n * sizeof(int32_t));
+    memcpy(p, t, (size_t)n * sizeof(int32_t));
+    return p;
+}
+
+static sched_job_spec greedy_spec(const int32_t *prompt, int32_t len, int32_t n, int32_t max_tokens,
+                                  int32_t **slot, int32_t *lenslot) {
+    sched_job_spec s;
+    memset(&s, 0, sizeof s);
+    s.kind = SCHED_GENERATE;
+    s.n_prompts = 1;
+    *slot = dup_tokens(prompt, len);
+    *lenslot = len;
+    s.prompts = slot;
+    s.prompt_len = lenslot;
+    s.n = n;
+    s.max_tokens = max_tokens;
+    sampler_params_default(&s.sp);
+    s.sp.temperature = 0;
+    return s;
+}
+
+static int load_ref(void) {
+    const char *shared = getenv("QKVD_SHARED") ? getenv("QKVD_SHARED") : "../shared";
+    char path[1024];
+    snprintf(path, sizeof path, "%s/reference/model-outputs.json", shared);
+    json_t *root = json_load_file(path, JSON_ALLOW_NUL, NULL);
+    if (!root) return -1;
+    json_t *cases = json_object_get(json_object_get(root, "models"), "stories260K.gguf");
+    for (int k = 0; k < 2; k++) {
+        json_t *c = json_array_get(cases, (size_t)k);
+        json_t *pt = json_object_get(c, "prompt_tokens");
+        int32_t *dst = k ? ref2_prompt : ref_prompt;
+        for (size_t i = 0; i < json_array_size(pt) && i < 64; i++) dst[i] = (int32_t)json_integer_value(json_array_get(pt, i));
+        if (k) ref2_prompt_len = (int32_t)json_array_size(pt); else ref_prompt_len = (int32_t)json_array_size(pt);
+        snprintf(k ? ref2_text : ref_text, 512, "%s", json_string_value(json_object_get(c, "text")));
+    }
+    json_decref(root);
+    return 0;
+}
+
+static int setup(void **state) {
+    const char *shared = getenv("QKVD_SHARED") ? getenv("QKVD_SHARED") : "../shared";
+    char path[1024], err[512];
+    snprintf(path, sizeof path, "%s/models/stories260K.gguf", shared);
+    if (access(path, R_OK) || load_ref()) {
+        printf("skip: %s or its reference outputs not found\n", path);
+        return 0;
+    }
+    engine_params p;
+    engine_params_default(&p);
+    p.model_path = path;
+    p.n_threads = 1;
+    p.max_seqs = 4;
+    p.max_batch_tokens = 64;
+    if (engine_load(&p, &eng, err, sizeof err) < 0) {
+        printf("engine_load: %s\n", err);
+        eng = NULL;
+    }
+    return 0;
+}
+
+static int teardown(void **state) {
+    engine_free(eng);
+    return 0;
+}
+
+static void loop_finish(uv_loop_t *loop, sched *s) {
+    uv_run(loop, UV_RUN_DEFAULT);
+    assert_false(sched_busy(s));
+    sched_destroy(s);
+    assert_int_equal(uv_loop_close(loop), 0);
+}
+
+/* n = 3 greedy choices share one prefill; all equal the reference text. */
+static void test_n_choices_greedy(void **state) {
+    if (!eng) skip();
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    sched *s = sched_create(&loop, 4, 64, 4);
+    sched_set_engine(s, eng);
+    run r = {0};
+    int32_t *slot, len;
+    sched_job_spec spec = greedy_spec(ref_prompt, ref_prompt_len, 3, 12, &slot, &len);
+    sched_job *j;
+    api_error e;
+    assert_int_equal(sched_submit(s, &spec, &ops, &r, &j, &e), 0);
+    loop_finish(&loop, s);
+    assert_int_equal(r.n_done, 1);
+    assert_int_equal(r.err_status, 0);
+    assert_int_equal(r.n_finish, 3);
+    assert_int_equal(r.n_token_calls, 3 * 12);
+    for (int c = 0; c < 3; c++) {
+        assert_string_equal(r.finish[c], "length");
+        assert_int_equal(r.n_tokens[c], 12);
+        assert_true(r.text[c].len > 10);
+        assert_memory_equal(r.text[c].data, ref_text, r.text[c].len);
+    }
+    run_free(&r);
+}
+
+/* A prompt longer than the step budget is prefilled in chunks, side by side
+ * with another job's decode steps, and both still match the reference. */
+static void test_chunked_prefill_and_batching(void **state) {
+    if (!eng) skip();
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    sched *s = sched_create(&loop, 4, 4, 4); /* 4 tokens per step */
+    sched_set_engine(s, eng);
+    run r1 = {0}, r2 = {0};
+    int32_t *slot1, len1, *slot2, len2;
+    sched_job_spec a = greedy_spec(ref_prompt, ref_prompt_len, 1, 10, &slot1, &len1);
+    sched_job_spec b = greedy_spec(ref2_prompt, ref2_prompt_len, 1, 10, &slot2, &len2);
+    sched_job *j;
+    api_error e;
+    assert_int_equal(sched_submit(s, &a, &ops, &r1, &j, &e), 0);
+    assert_int_equal(sched_submit(s, &b, &ops, &r2, &j, &e), 0);
+    loop_finish(&loop, s);
+    assert_int_equal(r1.n_done + r2.n_done, 2);
+    assert_memory_equal(r1.text[0].data, ref_text, r1.text[0].len);
+    assert_memory_equal(r2.text[0].data, ref2_text, r2.text[0].len);
+    assert_true(r2.text[0].len > 10);
+    run_free(&r1);
+    run_free(&r2);
+}
+
+/* Stop strings: the text ends right before the first match, even when the
+ * match spans tokens; nothing of it is ever emitted. */
+static void test_stop_string(void **state) {
+    if (!eng) skip();
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    sched *s = sched_create(&loop, 4, 64, 4);
+    sched_set_engine(s, eng);
+    run r = {0};
+    int32_t *slot, len;
+    sched_job_spec spec = greedy_spec(ref_prompt, ref_prompt_len, 1, 30, &slot, &len);
+    const char *stops[2] = {"zzz", "le gir"};
+    size_t stop_len[2] = {3, 6};
+    spec.n_stop = 2;
+    spec.stop = stops;
+    spec.stop_len = stop_len;
+    sched_job *j;
+    api_error e;
+    assert_int_equal(sched_submit(s, &spec, &ops, &r, &j, &e), 0);
+    loop_finish(&loop, s);
+    const char *want = ", there was a litt";
+    assert_int_equal(r.text[0].len, strlen(want));
+    assert_memory_equal(r.text[0].data, want, strlen(want));
+    assert_string_equal(r.finish[0], "stop");
+    run_free(&r);
+}
+
+/* FIFO queue: jobs wait for sequences; beyond queue_len a 503; a cancelled
+ * job gets no callbacks and returns its sequences. */
+static void test_queue_and_cancel(void **state) {
+    if (!eng) skip();
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    sched *s = sched_create(&loop, 4, 64, 1);
+    sched_set_engine(s, eng);
+    run r1 = {0}, r2 = {0}, r3 = {0}, r4 = {0};
+    int32_t *s1, l1, *s2, l2, *s3, l3, *s4, l4;
+    sched_job_spec a = greedy_spec(ref_prompt, ref_prompt_len, 4, 6, &s1, &l1); /* all 4 sequences */
+    sched_job_spec b = greedy_spec(ref_prompt, ref_prompt_len, 1, 6, &s2, &l2);
+    sched_job_spec c = greedy_spec(ref_prompt, ref_prompt_len, 1, 6, &s3, &l3);
+    sched_job_spec too_big = greedy_spec(ref_prompt, ref_prompt_len, 5, 6, &s4, &l4);
+    sched_job *ja, *jb, *jc, *jd;
+    api_error e;
+    assert_int_equal(sched_submit(s, &too_big, &ops, &r4, &jd, &e), -1);
+    assert_int_equal(e.status, 400);
+    assert_string_equal(e.param, "n");
+    assert_int_equal(sched_submit(s, &a, &ops, &r1, &ja, &e), 0);
+    assert_int_equal(sched_submit(s, &b, &ops, &r2, &jb, &e), 0); /* waits */
+    assert_int_equal(sched_submit(s, &c, &ops, &r3, &jc, &e), -1);
+    assert_int_equal(e.status, 503);
+    assert_string_equal(e.code, "queue_full");
+    assert_int_equal(sched_n_queued(s), 1);
+    sched_job_cancel(s, ja);                /* its step is in flight: freed after it */
+    loop_finish(&loop, s);
+    assert_int_equal(r1.n_done + r1.n_finish + r1.n_text_calls, 0);
+    assert_int_equal(r2.n_done, 1);
+    assert_memory_equal(r2.text[0].data, ref_text, r2.text[0].len);
+    run_free(&r1);
+    run_free(&r2);
+}
+
+/* Embeddings: unit length, identical for identical inputs, different otherwise. */
+static void test_embeddings(void **state) {
+    if (!eng) skip();
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    sched *s = sched_create(&loop, 4, 64, 4);
+    sched_set_engine(s, eng);
+    run r = {0};
+    int32_t *prompts[3] = {dup_tokens(ref_prompt, ref_prompt_len), dup_tokens(ref2_prompt, ref2_prompt_len),
+                           dup_tokens(ref_prompt, ref_prompt_len)};
+    int32_t lens[3] = {ref_prompt_len, ref2_prompt_len, ref_prompt_len};
+    sched_job_spec spec;
+    memset(&spec, 0, sizeof spec);
+    spec.kind = SCHED_EMBED;
+    spec.n_prompts = 3;
+    spec.prompts = prompts;
+    spec.prompt_len = lens;
+    spec.n = 1;
+    sampler_params_default(&spec.sp);
+    sched_job *j;
+    api_error e;
+    assert_int_equal(sched_submit(s, &spec, &ops, &r, &j, &e), 0);
+    loop_finish(&loop, s);
+    assert_int_equal(r.n_embd, 3);
+    assert_int_equal(r.n_done, 1);
+    double n0 = 0, dot = 0;
+    for (int32_t i = 0; i < r.embd_n; i++) {
+        n0 += (double)r.embd[0][i] * r.embd[0][i];
+        dot += (double)r.embd[0][i] * r.embd[1][i];
+    }
+    assert_true(fabs(sqrt(n0) - 1.0) < 1e-4);
+    assert_true(dot < 0.9999);
+    run_free(&r);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_n_choices_greedy),
+        cmocka_unit_test(test_chunked_prefill_and_batching),
+        cmocka_unit_test(test_stop_string),
+        cmocka_unit_test(test_queue_and_cancel),
+        cmocka_unit_test(test_embeddings),
+    };
+    return cmocka_run_group_tests(tests, setup, teardown);
+}

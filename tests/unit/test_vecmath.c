@@ -1,0 +1,51 @@
+/* test_vecmath.c -- the vectorised exp/SiLU against libm. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <cmocka.h>
+
+#include <math.h>
+#include <stdlib.h>
+#include "vecmath.h"
+
+static void test_exp_shift_sum(void **state) {
+    (void)state;
+    enum { N = 1003 };
+    float *x = malloc(N * sizeof(float));
+    double want_sum = 0, max_rel = 0;
+    for (int i = 0; i < N; i++) x[i] = -100.0f + 100.0f * i / N;
+    x[5] = -INFINITY;
+    float mx = 3.0f;
+    float ref[N];
+    for (int i = 0; i < N; i++) { ref[i] = expf(x[i] - mx); want_sum += ref[i]; }
+    float s = vec_exp_shift_sum(x, N, mx);
+    for (int i = 0; i < N; i++) {
+        if (ref[i] < 1e-30f) { assert_true(x[i] < 1e-30f); continue; }
+        double rel = fabs(x[i] - ref[i]) / ref[i];
+        if (rel > max_rel) max_rel = rel;
+    }
+    assert_true(max_rel < 1e-6);
+    assert_true(fabs(s - want_sum) / want_sum < 1e-5);
+    free(x);
+}
+
+static void test_silu_mul(void **state) {
+    (void)state;
+    enum { N = 517 };
+    float g[N], u[N], ref[N];
+    for (int i = 0; i < N; i++) {
+        g[i] = -30.0f + 60.0f * i / N;
+        u[i] = 0.5f + 0.001f * i;
+        ref[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
+    }
+    vec_silu_mul(g, u, N);
+    for (int i = 0; i < N; i++) assert_true(fabsf(g[i] - ref[i]) <= 1e-6f * (1.0f + fabsf(ref[i])));
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_exp_shift_sum),
+        cmocka_unit_test(test_silu_mul),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

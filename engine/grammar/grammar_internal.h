@@ -1,0 +1,128 @@
+/* grammar_internal.h -- shared between the grammar modules: the rule IR the
+ * GBNF parser builds, the flattened automaton, the stack machine, and the
+ * GBNF generators (schema, regex, integer ranges). Not a public API. */
+#ifndef QKVD_GRAMMAR_INTERNAL_H
+#define QKVD_GRAMMAR_INTERNAL_H
+
+#include <pthread.h>
+#include <stddef.h>
+#include <stdint.h>
+#include "grammar.h"
+
+/* Element kinds. An alternative is a run of BYTES/REF elements closed by END;
+ * a rule is its alternatives back to back. */
+enum { GE_BYTES = 0, GE_REF = 1, GE_END = 2 };
+
+typedef struct gelem {
+    uint32_t kind : 2;
+    uint32_t arg : 30; /* BYTES: byte-set index; REF: rule index */
+} gelem;
+
+typedef struct gbyteset { uint64_t w[4]; } gbyteset;
+
+static inline int gbyteset_has(const gbyteset *s, unsigned b) { return (int)((s->w[b >> 6] >> (b & 63)) & 1); }
+
+/* A growable string (GBNF generation). */
+typedef struct gstr { char *s; size_t n, cap; int oom; } gstr;
+void grammar__str_putn(gstr *b, const char *s, size_t n);
+void grammar__str_puts(gstr *b, const char *s);
+void grammar__str_printf(gstr *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Append s as a GBNF string literal "..." (escaping quotes, backslashes and
+ * control bytes; other bytes raw). */
+void grammar__str_literal(gstr *b, const char *s, size_t n);
+
+/* Maximum rules / elements in one grammar (bounds compile time and memory). */
+#define GRAMMAR_MAX_RULES 200000
+#define GRAMMAR_MAX_ELEMS 2000000
+
+/* Lazily computed per-position mask table. */
+typedef struct gpos_mask {
+    uint32_t *accepted;   /* n_vocab bits */
+    int32_t *uncertain;   /* token ids in trie order */
+    uint16_t *ulcp;       /* bytes shared with the previous uncertain token */
+    int32_t n_uncertain;
+} gpos_mask;
+
+struct grammar {
+    int refs; /* atomic */
+    gelem *elems; int32_t n_elems;
+    gbyteset *sets; int32_t n_sets;
+    int32_t n_rules;
+    int32_t *alt_off;   /* rule r's alternatives start at alt_start[alt_off[r] .. alt_off[r+1]) */
+    int32_t *alt_start; /* element index of each alternative's first element */
+    int32_t root;
+    int32_t *elem_rule; /* element -> its rule */
+    int32_t *site;      /* rule -> its only call site (element index; self tail calls
+                           excluded), -1 when called from several sites, -2 never */
+    /* mask tables, bound to one vocabulary on first use */
+    pthread_mutex_t lock;
+    const grammar_vocab *vocab;
+    gpos_mask **pm;     /* per element index; NULL until computed */
+    struct gprecomp *pre; /* scratch for the precomputation (under lock) */
+};
+
+/* Free g's mask tables and precomputation scratch (token_mask.c). */
+void grammar__mask_free(grammar *g);
+
+/* Parse GBNF into a compiled grammar (gbnf.c). */
+int grammar__parse_gbnf(const char *text, size_t len, grammar **out, char *err, size_t errlen);
+
+/* Regex (JSON Schema `pattern` subset) -> a GBNF expression matching the
+ * JSON-escaped string content (regex.c). 0 or -1 with a message. */
+int grammar__regex_to_gbnf(const char *re, size_t len, gstr *out, char *err, size_t errlen);
+
+/* GBNF expression for the decimal integers in [lo, hi]; has_lo/has_hi 0
+ * means unbounded on that side (json_schema.c). */
+void grammar__int_range(gstr *out, int has_lo, int64_t lo, int has_hi, int64_t hi);
+
+/* ---- stack machine (grammar_compile.c) ---- */
+
+/* Node ids 0 and 1 are sentinels: COMPLETE (the root returned) and BOTTOM
+ * (the unknown rest of the stack, for per-position precomputation). */
+#define GNODE_COMPLETE 0u
+#define GNODE_BOTTOM 1u
+
+typedef struct gmachine {
+    const grammar *g;
+    /* node arena with hash-consing; append-only with rollback */
+    uint32_t *pos, *parent, *hnext, *stamp_set, *stamp_work;
+    uint32_t n, cap;
+    uint32_t *bucket; uint32_t nbucket; /* power of two */
+    uint32_t gen;
+    /* work list */
+    uint32_t *work; uint32_t nwork, capwork;
+    int oom;
+} gmachine;
+
+int grammar__machine_init(gmachine *m, const grammar *g);
+void grammar__machine_free(gmachine *m);
+/* Forget every node but the sentinels. */
+void grammar__machine_clear(gmachine *m);
+/* Roll the arena back to n nodes (n >= 2). */
+void grammar__machine_rollback(gmachine *m, uint32_t n);
+/* Intern (pos, parent); returns the node id or UINT32_MAX on OOM. */
+uint32_t grammar__machine_node(gmachine *m, uint32_t pos, uint32_t parent);
+
+/* A set of stacks is a list of node ids in a caller-provided growable
+ * buffer. */
+typedef struct gset { uint32_t *v; uint32_t n, cap; } gset;
+int grammar__set_push(gset *s, uint32_t x);
+
+/* Start a new output set (dedupe generation). */
+void grammar__machine_begin(gmachine *m);
+/* Expand "continue at pos with return node parent" into stacks whose top is
+ * a BYTES element (or a sentinel), appended to out. 0 or -1 on OOM. */
+int grammar__machine_expand(gmachine *m, uint32_t pos, uint32_t parent, gset *out);
+/* The start set of the root rule (parent COMPLETE) or of a position with
+ * parent BOTTOM. */
+int grammar__machine_start(gmachine *m, gset *out);
+/* Consume byte b from every stack of in, appending the successors to out
+ * (call machine_begin first). *hit_bottom set when a BOTTOM stack met a
+ * byte. 0 or -1 on OOM. */
+int grammar__machine_consume(gmachine *m, const gset *in, unsigned b, gset *out, int *hit_bottom);
+
+/* Compact: copy the stacks of in into m2 (cleared first), writing the new
+ * ids to out. */
+int grammar__machine_copy(gmachine *dst, const gmachine *src, const gset *in, gset *out);
+
+#endif

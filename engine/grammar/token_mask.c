@@ -1,0 +1,493 @@
+/* token_mask.c -- vocabulary trie, per-position mask tables and the
+ * per-sequence matcher.
+ *
+ * Per-position tables. For a BYTES element p, one pruned walk of the trie
+ * runs the stack machine from the single stack (p, BOTTOM), BOTTOM standing
+ * for whatever the real stack holds below. A token is
+ *   accepted  if some path consumes all its bytes without needing to read
+ *             past BOTTOM (it is then valid on top of any stack),
+ *   rejected  if every path dies without reaching BOTTOM,
+ *   uncertain otherwise: it must be checked against the real stack.
+ * A subtree whose prefix is dead is skipped whole. At run time fill_mask ORs
+ * the accepted bitsets of the current stack tops and runs only the
+ * uncertain tokens (in trie order, reusing shared prefixes) on the real
+ * stacks, so its cost is a few thousand word ORs plus the uncertain tokens.
+ * The tables are computed on first use and kept in the grammar. */
+#include "grammar_internal.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+struct grammar_vocab {
+    const tokenizer *t;
+    int32_t n_vocab, n_words;
+    char *bytes;        /* all token bytes back to back */
+    uint32_t *off;      /* token id -> offset in bytes */
+    uint16_t *len;      /* token id -> byte count (0: never allowed by a grammar) */
+    uint8_t *eog;       /* token id -> ends generation */
+    int32_t *sorted;    /* tokens with bytes, lexicographic */
+    int32_t n_sorted;
+    /* trie in preorder; depth = bytes from the root (1 for first bytes) */
+    uint8_t *tn_byte;
+    uint16_t *tn_depth;
+    int32_t *tn_end;      /* preorder index just past the subtree */
+    int32_t *tn_first;    /* sorted index of the first token in the subtree */
+    int32_t *tn_ntok;     /* tokens ending exactly here: sorted[tn_first .. +tn_ntok) */
+    int32_t n_nodes;
+    int32_t max_len;
+};
+
+/* ---- vocabulary ---- */
+
+static const grammar_vocab *sort_vocab;
+static int cmp_tok(const void *a, const void *b) {
+    const grammar_vocab *v = sort_vocab;
+    int32_t x = *(const int32_t *)a, y = *(const int32_t *)b;
+    uint16_t lx = v->len[x], ly = v->len[y];
+    int c = memcmp(v->bytes + v->off[x], v->bytes + v->off[y], lx < ly ? lx : ly);
+    if (c) return c;
+    if (lx != ly) return lx < ly ? -1 : 1;
+    return x < y ? -1 : x > y;
+}
+
+void grammar_vocab_free(grammar_vocab *v) {
+    if (!v) return;
+    free(v->bytes); free(v->off); free(v->len); free(v->eog); free(v->sorted);
+    free(v->tn_byte); free(v->tn_depth); free(v->tn_end); free(v->tn_first); free(v->tn_ntok);
+    free(v);
+}
+
+int32_t grammar_vocab_n_vocab(const grammar_vocab *v) { return v->n_vocab; }
+
+grammar_vocab *grammar_vocab_create(const tokenizer *t) {
+    static pthread_mutex_t sort_lock = PTHREAD_MUTEX_INITIALIZER;
+    grammar_vocab *v = calloc(1, sizeof *v);
+    if (!v) return NULL;
+    v->t = t;
+    v->n_vocab = tokenizer_n_vocab(t);
+    if (v->n_vocab <= 0) goto fail;
+    v->n_words = (v->n_vocab + 31) / 32;
+    v->off = malloc((size_t)v->n_vocab * sizeof *v->off);
+    v->len = calloc((size_t)v->n_vocab, sizeof *v->len);
+    v->eog = calloc((size_t)v->n_vocab, 1);
+    v->sorted = malloc((size_t)v->n_vocab * sizeof *v->sorted);
+    if (!v->off || !v->len || !v->eog || !v->sorted) goto fail;
+    size_t cap = (size_t)v->n_vocab * 8 + 64, used = 0;
+    v->bytes = malloc(cap);
+    if (!v->bytes) goto fail;
+    for (int32_t id = 0; id < v->n_vocab; id++) {
+        v->eog[id] = (uint8_t)(tokenizer_is_eog(t, id) != 0);
+        v->off[id] = (uint32_t)used;
+        uint32_t attr = tokenizer_attr(t, id);
+        if (v->eog[id] || (attr & (TOK_ATTR_CONTROL | TOK_ATTR_UNUSED | TOK_ATTR_UNKNOWN))) continue;
+        int64_t n = tokenizer_token_to_bytes(t, id, 0, NULL, 0);
+        if (n <= 0 || n > 65535) continue;
+        if (used + (size_t)n > cap) {
+            while (used + (size_t)n > cap) cap *= 2;
+            char *nb = realloc(v->bytes, cap);
+            if (!nb) goto fail;
+            v->bytes = nb;
+        }
+        tokenizer_token_to_bytes(t, id, 0, v->bytes + used, n);
+        v->len[id] = (uint16_t)n;
+        used += (size_t)n;
+        v->sorted[v->n_sorted++] = id;
+        if (n > v->max_len) v->max_len = (int32_t)n;
+    }
+    pthread_mutex_lock(&sort_lock);
+    sort_vocab = v;
+    qsort(v->sorted, (size_t)v->n_sorted, sizeof *v->sorted, cmp_tok);
+    pthread_mutex_unlock(&sort_lock);
+    /* trie: at most one node per token byte */
+    size_t maxn = used + 1;
+    v->tn_byte = malloc(maxn);
+    v->tn_depth = malloc(maxn * sizeof *v->tn_depth);
+    v->tn_end = malloc(maxn * sizeof *v->tn_end);
+    v->tn_first = malloc(maxn * sizeof *v->tn_first);
+    v->tn_ntok = calloc(maxn, sizeof *v->tn_ntok);
+    int32_t *path = malloc(((size_t)v->max_len + 2) * sizeof *path);
+    if (!v->tn_byte || !v->tn_depth || !v->tn_end || !v->tn_first || !v->tn_ntok || !path) { free(path); goto fail; }
+    int32_t depth = 0; /* nodes on the current path */
+    const char *prev = NULL;
+    int32_t prevlen = 0;
+    for (int32_t i = 0; i < v->n_sorted; i++) {
+        int32_t id = v->sorted[i];
+        const char *s = v->bytes + v->off[id];
+        int32_t l = v->len[id], lcp = 0;
+        while (prev && lcp < l && lcp < prevlen && s[lcp] == prev[lcp]) lcp++;
+        while (depth > lcp) v->tn_end[path[--depth]] = v->n_nodes;
+        for (int32_t d = lcp; d < l; d++) {
+            int32_t k = v->n_nodes++;
+            v->tn_byte[k] = (uint8_t)s[d];
+            v->tn_depth[k] = (uint16_t)(d + 1);
+            v->tn_first[k] = i;
+            path[depth++] = k;
+        }
+        v->tn_ntok[path[l - 1]]++;
+        prev = s;
+        prevlen = l;
+    }
+    while (depth > 0) v->tn_end[path[--depth]] = v->n_nodes;
+    free(path);
+    return v;
+fail:
+    grammar_vocab_free(v);
+    return NULL;
+}
+
+/* ---- per-position precomputation ---- */
+
+typedef struct gprecomp {
+    gmachine m;
+    gset *sets;       /* per depth */
+    uint32_t *mark;   /* arena size after computing sets[d] */
+    uint8_t *ctx;     /* per depth: some path read past BOTTOM */
+    int32_t depth_cap;
+    int32_t *ubuf; int32_t ucap;
+} gprecomp;
+
+static void precomp_free(gprecomp *pc) {
+    if (!pc) return;
+    grammar__machine_free(&pc->m);
+    for (int32_t d = 0; d < pc->depth_cap; d++) free(pc->sets[d].v);
+    free(pc->sets); free(pc->mark); free(pc->ctx); free(pc->ubuf);
+    free(pc);
+}
+
+void grammar__mask_free(grammar *g) {
+    if (g->pm)
+        for (int32_t i = 0; i <= g->n_elems; i++)
+            if (g->pm[i]) { free(g->pm[i]->accepted); free(g->pm[i]->uncertain); free(g->pm[i]->ulcp); free(g->pm[i]); }
+    precomp_free(g->pre);
+    g->pre = NULL;
+}
+
+static int push_uncertain(gprecomp *pc, int32_t *n, int32_t id) {
+    if (*n == pc->ucap) {
+        int32_t nc = pc->ucap ? pc->ucap * 2 : 256;
+        int32_t *nb = realloc(pc->ubuf, (size_t)nc * sizeof *nb);
+        if (!nb) return -1;
+        pc->ubuf = nb;
+        pc->ucap = nc;
+    }
+    pc->ubuf[(*n)++] = id;
+    return 0;
+}
+
+/* The stack (p, ...) to precompute from: below p, the return positions that
+ * are statically known because each rule on the way has one call site,
+ * then BOTTOM (or COMPLETE above a root nobody calls). */
+static uint32_t start_node(const grammar *g, gmachine *m, uint32_t p) {
+    uint32_t chain[64];
+    int n = 0;
+    uint32_t bottom = GNODE_BOTTOM;
+    int32_t r = g->elem_rule[p];
+    while (n < 64) {
+        int32_t s = g->site[r];
+        if (s == -2) { if (r == g->root) bottom = GNODE_COMPLETE; break; }
+        if (s < 0) break;
+        if (g->elems[s + 1].kind != GE_END) chain[n++] = (uint32_t)s + 1;
+        r = g->elem_rule[s];
+    }
+    if (n == 64) { n = 0; bottom = GNODE_BOTTOM; }
+    uint32_t x = bottom;
+    while (n > 0 && x != UINT32_MAX) x = grammar__machine_node(m, chain[--n], x);
+    return x == UINT32_MAX ? x : grammar__machine_node(m, p, x);
+}
+
+/* The table of position p (under g->lock). NULL on OOM. */
+static gpos_mask *precompute(grammar *g, const grammar_vocab *v, uint32_t p) {
+    gprecomp *pc = g->pre;
+    if (!pc) {
+        pc = calloc(1, sizeof *pc);
+        if (!pc) return NULL;
+        pc->depth_cap = v->max_len + 1;
+        pc->sets = calloc((size_t)pc->depth_cap, sizeof *pc->sets);
+        pc->mark = calloc((size_t)pc->depth_cap, sizeof *pc->mark);
+        pc->ctx = calloc((size_t)pc->depth_cap, 1);
+        if (!pc->sets || !pc->mark || !pc->ctx || grammar__machine_init(&pc->m, g)) { precomp_free(pc); return NULL; }
+        g->pre = pc;
+    }
+    gpos_mask *pm = calloc(1, sizeof *pm);
+    if (!pm) return NULL;
+    pm->accepted = calloc((size_t)v->n_words, sizeof *pm->accepted);
+    if (!pm->accepted) { free(pm); return NULL; }
+    gmachine *m = &pc->m;
+    grammar__machine_clear(m);
+    pc->sets[0].n = 0;
+    uint32_t x = start_node(g, m, p);
+    if (x == UINT32_MAX || grammar__set_push(&pc->sets[0], x)) goto oom;
+    pc->mark[0] = m->n;
+    pc->ctx[0] = 0;
+    int32_t nu = 0;
+    for (int32_t k = 0; k < v->n_nodes;) {
+        int32_t d = v->tn_depth[k];
+        grammar__machine_rollback(m, pc->mark[d - 1]);
+        gset *out = &pc->sets[d];
+        out->n = 0;
+        int hit = 0;
+        grammar__machine_begin(m);
+        if (grammar__machine_consume(m, &pc->sets[d - 1], v->tn_byte[k], out, &hit) || m->oom) goto oom;
+        pc->mark[d] = m->n;
+        int ctx = pc->ctx[d - 1] || hit;
+        pc->ctx[d] = (uint8_t)ctx;
+        if (out->n == 0) {
+            /* dead prefix: the whole subtree is rejected, or uncertain when a path left the frame */
+            int32_t lo = v->tn_first[k];
+            int32_t hi = v->tn_end[k] < v->n_nodes ? v->tn_first[v->tn_end[k]] : v->n_sorted;
+            if (ctx)
+                for (int32_t i = lo; i < hi; i++)
+                    if (push_uncertain(pc, &nu, v->sorted[i])) goto oom;
+            k = v->tn_end[k];
+            continue;
+        }
+        for (int32_t i = v->tn_first[k]; i < v->tn_first[k] + v->tn_ntok[k]; i++) {
+            int32_t id = v->sorted[i];
+            pm->accepted[id >> 5] |= 1u << (id & 31);
+        }
+        k++;
+    }
+    if (nu) {
+        pm->uncertain = malloc((size_t)nu * sizeof *pm->uncertain);
+        pm->ulcp = malloc((size_t)nu * sizeof *pm->ulcp);
+        if (!pm->uncertain || !pm->ulcp) goto oom;
+        for (int32_t i = 0; i < nu; i++) {
+            int32_t id = pc->ubuf[i];
+            pm->uncertain[i] = id;
+            uint16_t l = 0;
+            if (i) {
+                int32_t pid = pc->ubuf[i - 1];
+                const char *a = v->bytes + v->off[pid], *b = v->bytes + v->off[id];
+                uint16_t la = v->len[pid], lb = v->len[id];
+                while (l < la && l < lb && a[l] == b[l]) l++;
+            }
+            pm->ulcp[i] = l;
+        }
+    }
+    pm->n_uncertain = nu;
+    return pm;
+oom:
+    free(pm->accepted); free(pm->uncertain); free(pm->ulcp); free(pm);
+    return NULL;
+}
+
+static int bind_vocab(grammar *g, const grammar_vocab *v) {
+    if (g->vocab && g->vocab != v) return GRAMMAR_ERR_VOCAB;
+    g->vocab = v;
+    return 0;
+}
+
+static gpos_mask *get_pm(grammar *g, const grammar_vocab *v, uint32_t p) {
+    gpos_mask *pm = __atomic_load_n(&g->pm[p], __ATOMIC_ACQUIRE);
+    if (pm) return pm;
+    pthread_mutex_lock(&g->lock);
+    pm = g->pm[p];
+    if (!pm) {
+        pm = precompute(g, v, p);
+        if (pm) __atomic_store_n(&g->pm[p], pm, __ATOMIC_RELEASE);
+    }
+    pthread_mutex_unlock(&g->lock);
+    return pm;
+}
+
+int grammar_precompute(grammar *g, const grammar_vocab *v) {
+    pthread_mutex_lock(&g->lock);
+    int rc = bind_vocab(g, v);
+    pthread_mutex_unlock(&g->lock);
+    if (rc) return rc;
+    for (int32_t p = 0; p < g->n_elems; p++)
+        if (g->elems[p].kind == GE_BYTES && !get_pm(g, v, (uint32_t)p)) return GRAMMAR_ERR_NOMEM;
+    return 0;
+}
+
+/* ---- matcher ---- */
+
+struct grammar_matcher {
+    grammar *g;
+    const grammar_vocab *v;
+    gmachine mach[2];
+    int cur_m;
+    gset cur;       /* stacks now, in mach[cur_m] */
+    gset next;      /* scratch for accept */
+    gset *dsets;    /* per depth, token checks */
+    uint32_t *dmark;
+    int32_t depth_cap;
+    int terminated;
+    int failed;     /* OOM happened: everything is rejected */
+    uint32_t *maskbuf; /* n_words, for apply */
+};
+
+void grammar_matcher_free(grammar_matcher *m) {
+    if (!m) return;
+    grammar__machine_free(&m->mach[0]);
+    grammar__machine_free(&m->mach[1]);
+    free(m->cur.v); free(m->next.v);
+    if (m->dsets) for (int32_t d = 0; d < m->depth_cap; d++) free(m->dsets[d].v);
+    free(m->dsets); free(m->dmark); free(m->maskbuf);
+    grammar_release(m->g);
+    free(m);
+}
+
+void grammar_matcher_reset(grammar_matcher *m) {
+    m->cur_m = 0;
+    m->terminated = 0;
+    grammar__machine_clear(&m->mach[0]);
+    m->cur.n = 0;
+    m->failed = grammar__machine_start(&m->mach[0], &m->cur) != 0 || m->mach[0].oom;
+}
+
+grammar_matcher *grammar_matcher_create(grammar *g, const grammar_vocab *v, int *rc) {
+    int r = 0;
+    pthread_mutex_lock(&g->lock);
+    r = bind_vocab(g, v);
+    pthread_mutex_unlock(&g->lock);
+    if (r) { if (rc) *rc = r; return NULL; }
+    grammar_matcher *m = calloc(1, sizeof *m);
+    if (!m) { if (rc) *rc = GRAMMAR_ERR_NOMEM; return NULL; }
+    grammar_retain(g);
+    m->g = g;
+    m->v = v;
+    m->depth_cap = v->max_len + 1;
+    m->dsets = calloc((size_t)m->depth_cap, sizeof *m->dsets);
+    m->dmark = calloc((size_t)m->depth_cap, sizeof *m->dmark);
+    m->maskbuf = malloc((size_t)v->n_words * sizeof *m->maskbuf);
+    if (!m->dsets || !m->dmark || !m->maskbuf || grammar__machine_init(&m->mach[0], g) || grammar__machine_init(&m->mach[1], g)) {
+        grammar_matcher_free(m);
+        if (rc) *rc = GRAMMAR_ERR_NOMEM;
+        return NULL;
+    }
+    grammar_matcher_reset(m);
+    if (m->failed) { grammar_matcher_free(m); if (rc) *rc = GRAMMAR_ERR_NOMEM; return NULL; }
+    if (rc) *rc = 0;
+    return m;
+}
+
+static int set_has_complete(const gset *s) {
+    for (uint32_t i = 0; i < s->n; i++) if (s->v[i] == GNODE_COMPLETE) return 1;
+    return 0;
+}
+
+int grammar_matcher_is_complete(const grammar_matcher *m) { return !m->failed && set_has_complete(&m->cur); }
+int grammar_matcher_is_terminated(const grammar_matcher *m) { return m->terminated; }
+
+/* Run the uncertain tokens of one stack top x on the real stack. */
+static int check_uncertain(grammar_matcher *m, uint32_t x, const gpos_mask *pm, uint32_t *mask) {
+    gmachine *mc = &m->mach[m->cur_m];
+    const grammar_vocab *v = m->v;
+    uint32_t base = mc->n;
+    m->dsets[0].n = 0;
+    if (grammar__set_push(&m->dsets[0], x)) return -1;
+    m->dmark[0] = base;
+    int32_t have = 0; /* dsets[0..have] are valid for the previous token */
+    for (int32_t i = 0; i < pm->n_uncertain; i++) {
+        int32_t id = pm->uncertain[i];
+        int32_t l = pm->ulcp[i] < have ? pm->ulcp[i] : have;
+        if (mask[id >> 5] >> (id & 31) & 1) { have = l; continue; }
+        if (m->dsets[l].n == 0) { have = l; continue; } /* a dead prefix */
+        const unsigned char *s = (const unsigned char *)v->bytes + v->off[id];
+        int32_t len = v->len[id], d = l;
+        while (d < len) {
+            grammar__machine_rollback(mc, m->dmark[d]);
+            gset *out = &m->dsets[d + 1];
+            out->n = 0;
+            int hit = 0;
+            grammar__machine_begin(mc);
+            if (grammar__machine_consume(mc, &m->dsets[d], s[d], out, &hit) || mc->oom) return -1;
+            d++;
+            m->dmark[d] = mc->n;
+            if (out->n == 0) break;
+        }
+        have = d;
+        if (d == len && m->dsets[d].n) mask[id >> 5] |= 1u << (id & 31);
+    }
+    grammar__machine_rollback(mc, base);
+    return 0;
+}
+
+int32_t grammar_matcher_fill_mask(grammar_matcher *m, uint32_t *mask) {
+    const grammar_vocab *v = m->v;
+    memset(mask, 0, (size_t)v->n_words * sizeof *mask);
+    if (m->terminated || m->failed) return 0;
+    int complete = 0;
+    for (uint32_t i = 0; i < m->cur.n; i++) {
+        uint32_t x = m->cur.v[i];
+        if (x < 2) { complete |= x == GNODE_COMPLETE; continue; }
+        uint32_t p = m->mach[m->cur_m].pos[x];
+        gpos_mask *pm = get_pm(m->g, v, p);
+        if (!pm) { m->failed = 1; memset(mask, 0, (size_t)v->n_words * sizeof *mask); return 0; }
+        const uint32_t *a = pm->accepted;
+        for (int32_t w = 0; w < v->n_words; w++) mask[w] |= a[w];
+        if (pm->n_uncertain && check_uncertain(m, x, pm, mask)) {
+            m->failed = 1;
+            memset(mask, 0, (size_t)v->n_words * sizeof *mask);
+            return 0;
+        }
+    }
+    if (complete)
+        for (int32_t id = 0; id < v->n_vocab; id++)
+            if (v->eog[id]) mask[id >> 5] |= 1u << (id & 31);
+    int32_t count = 0;
+    for (int32_t w = 0; w < v->n_words; w++) count += __builtin_popcount(mask[w]);
+    return count;
+}
+
+int32_t grammar_matcher_apply(grammar_matcher *m, float *logits) {
+    const grammar_vocab *v = m->v;
+    uint32_t *buf = m->maskbuf;
+    int32_t count = grammar_matcher_fill_mask(m, buf);
+    for (int32_t w = 0; w < v->n_words; w++) {
+        uint32_t bits = buf[w];
+        if (bits == 0xFFFFFFFFu) continue;
+        int32_t lo = w * 32, hi = lo + 32 < v->n_vocab ? lo + 32 : v->n_vocab;
+        for (int32_t i = lo; i < hi; i++)
+            if (!(bits >> (i - lo) & 1)) logits[i] = -INFINITY;
+    }
+    return count;
+}
+
+/* Consume bytes into m->next; commit on success. */
+static int advance(grammar_matcher *m, const unsigned char *s, size_t n, size_t *bad_at) {
+    gmachine *mc = &m->mach[m->cur_m];
+    uint32_t base = mc->n;
+    gset *a = &m->next;
+    /* ping-pong between m->next and dsets[0] */
+    gset *in = &m->cur, *bufs[2] = {a, &m->dsets[0]};
+    for (size_t i = 0; i < n; i++) {
+        gset *out = bufs[i & 1];
+        out->n = 0;
+        int hit = 0;
+        grammar__machine_begin(mc);
+        if (grammar__machine_consume(mc, in, s[i], out, &hit) || mc->oom) { m->failed = 1; return GRAMMAR_ERR_NOMEM; }
+        if (out->n == 0) {
+            grammar__machine_rollback(mc, base);
+            if (bad_at) *bad_at = i;
+            return GRAMMAR_ERR_REJECTED;
+        }
+        in = out;
+    }
+    if (n == 0) return 0;
+    /* compact the new stacks into the other arena */
+    int o = 1 - m->cur_m;
+    if (grammar__machine_copy(&m->mach[o], mc, in, &m->cur)) { m->failed = 1; return GRAMMAR_ERR_NOMEM; }
+    m->cur_m = o;
+    return 0;
+}
+
+int grammar_matcher_accept_token(grammar_matcher *m, int32_t id) {
+    const grammar_vocab *v = m->v;
+    if (m->terminated || m->failed || id < 0 || id >= v->n_vocab) return GRAMMAR_ERR_REJECTED;
+    if (v->eog[id]) {
+        if (!set_has_complete(&m->cur)) return GRAMMAR_ERR_REJECTED;
+        m->terminated = 1;
+        return 0;
+    }
+    if (v->len[id] == 0) return GRAMMAR_ERR_REJECTED;
+    return advance(m, (const unsigned char *)v->bytes + v->off[id], v->len[id], NULL);
+}
+
+int grammar_matcher_accept_bytes(grammar_matcher *m, const char *bytes, size_t n, size_t *bad_at) {
+    if (bad_at) *bad_at = 0;
+    if (m->terminated || m->failed) return GRAMMAR_ERR_REJECTED;
+    return advance(m, (const unsigned char *)bytes, n, bad_at);
+}

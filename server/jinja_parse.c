@@ -353,7 +353,16 @@ static void lex(parser *P) {
             i = lex_tag(P, r, 1, &sa2);
             P->ntok = ntok;  /* drop the endraw tokens */
             strip_next = sa2 == 1;
-            if (sa2 == 0 && i < len && P->src[i] == '\n') i++;
+            line_starting = 0;
+            if (sa2 == 0 && i < len && P->src[i] == '\n') {
+                i++;
+                line_starting = 1;
+            }
+            if (strip_next) {
+                size_t q2 = i;
+                while (q2 < len && is_ws(P->src[q2])) q2++;
+                line_starting = q2 > i && P->src[q2 - 1] == '\n';
+            }
         }
     }
     push_tok(P, T_EOF, len);
@@ -1094,8 +1103,6 @@ jnode *jinja__parse(jarena *a, const char *src, size_t len, char *err, size_t er
     parser P;
     memset(&P, 0, sizeof P);
     P.a = a;
-    P.src = src;
-    P.len = len;
     P.err = err;
     P.errlen = errlen;
     jmp_buf *saved = a->fail;
@@ -1106,6 +1113,20 @@ jnode *jinja__parse(jarena *a, const char *src, size_t len, char *err, size_t er
     a->fail = &P.jb;
     a->errbuf = err;
     a->errlen = errlen;
+    /* Jinja normalizes every newline (\r\n, \r) in the template to \n. */
+    char *norm = jarena__alloc(a, len + 1);
+    size_t nl = 0;
+    for (size_t i = 0; i < len; i++) {
+        if (src[i] == '\r') {
+            norm[nl++] = '\n';
+            if (i + 1 < len && src[i + 1] == '\n') i++;
+        } else {
+            norm[nl++] = src[i];
+        }
+    }
+    norm[nl] = 0;
+    P.src = norm;
+    P.len = nl;
     lex(&P);
     jnode *root = jarena__alloc(a, sizeof *root);
     memset(root, 0, sizeof *root);

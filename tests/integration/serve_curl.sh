@@ -105,6 +105,25 @@ echo "$out" | grep -q '"finish_reason":"length"' && [ "${n:-0}" -gt 0 ] && [ "${
 check request_timeout_cuts_generation $? "$n tokens"
 stop
 
+# /health is 503 while the model loads: a FIFO as the model file keeps the
+# loader blocked in open() until we open the other end (then loading fails)
+mkfifo "$TMP/fifo.gguf"
+"$BIN" serve --host 127.0.0.1 --port 0 -m "$TMP/fifo.gguf" 2>"$TMP/log" &
+PID=$!
+PORT=
+for _ in $(seq 100); do
+  PORT=$(grep -o 'listening on http://[0-9.]*:[0-9]*' "$TMP/log" | sed 's/.*://')
+  [ -n "$PORT" ] && break; sleep 0.05
+done
+out=$(curl -s -i "http://127.0.0.1:$PORT/health")
+echo "$out" | grep -q '^HTTP/1.1 503' && echo "$out" | grep -q '{"status":"loading"}' && echo "$out" | grep -qi '^Retry-After'
+check health_503_while_loading $? "$out"
+out=$(curl -s -w ' %{http_code}' "http://127.0.0.1:$PORT/v1/chat/completions" -d '{"messages":[{"role":"user","content":"hi"}]}')
+echo "$out" | grep -q '"code":"model_loading".* 503$'; check chat_503_while_loading $? "$out"
+exec 5>"$TMP/fifo.gguf"; exec 5>&-
+wait "$PID"; rc=$?; PID=
+[ $rc -eq 1 ] && grep -q "cannot load model" "$TMP/log"; check load_failure_exit_1 $? "$rc"
+
 # a missing model file: the listener comes up, loading fails, exit 1 with a message
 "$BIN" serve --port 0 -m "$TMP/none.gguf" 2>"$TMP/err" >/dev/null; rc=$?
 [ $rc -eq 1 ] && grep -q "cannot load model" "$TMP/err"; check bad_model_exit_1 $? "$rc $(tail -1 "$TMP/err")"

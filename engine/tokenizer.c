@@ -56,18 +56,18 @@ static int32_t find_hashed(const struct tokenizer *t, uint64_t hash, const char 
 }
 
 int32_t tok__find(const struct tokenizer *t, const char *s, size_t n) {
-    if (n > t->max_piece_len) return -1;
+    if (n == 0 || n > t->max_piece_len) return -1; /* no piece is empty */
     return find_hashed(t, tok__hash(s, n), s, n);
 }
 
 int32_t tok__find2(const struct tokenizer *t, const char *a, size_t na, const char *b, size_t nb) {
     size_t n = na + nb;
-    if (n > t->max_piece_len) return -1;
+    if (n == 0 || n > t->max_piece_len) return -1;
     char stackbuf[512];
     char *buf = n <= sizeof stackbuf ? stackbuf : malloc(n);
     if (!buf) return -1;
-    memcpy(buf, a, na);
-    memcpy(buf + na, b, nb);
+    if (na) memcpy(buf, a, na);
+    if (nb) memcpy(buf + na, b, nb);
     int32_t id = find_hashed(t, tok__hash(buf, n), buf, n);
     if (buf != stackbuf) free(buf);
     return id;

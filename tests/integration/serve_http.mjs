@@ -330,6 +330,29 @@ try {
   }
 }
 
+// ---- grace period over: the unfinished stream gets an error event, exit 0 ----
+{
+  const t = await startServer(['-m', STORIES, '--threads', '1', '--grace-period', '0.3', '--ctx', '16384', '--max-tokens', '16000']);
+  try {
+    const p = post(t.port, '/v1/completions', { prompt: 'Once upon a time', max_tokens: 12000, logit_bias: { 2: -100 }, stream: true });
+    const q = post(t.port, '/v1/completions', { prompt: 'Once upon a time', max_tokens: 12000, logit_bias: { 2: -100 } });
+    await sleep(200);
+    const t0 = Date.now();
+    t.proc.kill('SIGTERM');
+    const [r, r2] = await Promise.all([p, q]);
+    const ex = await t.exited;
+    const { events } = sseEvents(r.body);
+    const last = events[events.length - 1];
+    ok(last?.error?.code === 'shutting_down' && !events.includes('[DONE]'), 'grace_over_stream_error_event', r.body.slice(-300));
+    ok(r2.status === 503 && r2.json?.error?.code === 'shutting_down', 'grace_over_nonstream_503', r2.body);
+    ok(ex.code === 0 && Date.now() - t0 < 3000, 'grace_over_exit_0', `${JSON.stringify(ex)} after ${Date.now() - t0}ms`);
+  } catch (e) {
+    ok(false, 'grace_over', e.stack);
+  } finally {
+    await t.stop();
+  }
+}
+
 // ---- BPE model (tiny-qwen2, random weights): the same paths with a big vocabulary ----
 if (existsSync(QWEN)) {
   const t = await startServer(['-m', QWEN, '--threads', '1', '--model-alias', 'qwen-tiny']);

@@ -201,6 +201,32 @@ try {
   r = await post(P, '/v1/chat/completions', 'x'.repeat(5 * 1024 * 1024));
   ok(r.status === 413 && r.json?.error, 'error_body_too_large_413', r.body.slice(0, 200));
 
+  // ---- garbage in: 400 mutated bodies, every answer is a JSON success or an error envelope ----
+  {
+    let seed = 12345;
+    const rnd = (n) => { seed = (seed * 1103515245 + 12345) % 2147483648; return seed % n; };
+    const values = [null, true, false, 0, -1, 1.5, 1e300, -1e300, 2 ** 53, '', 'x', '\u00e9\ud83d\ude00', '\u0000', [], [1, 2], ['a'], [[1]], {}, { type: 'text' },
+      { role: 'user', content: 'x' }, [{ role: 'user', content: [{ type: 'text', text: 'hi' }] }], 'a'.repeat(5000), { include_usage: true }, { 1: 5 }];
+    const keys = ['model', 'messages', 'prompt', 'max_tokens', 'temperature', 'top_p', 'top_k', 'min_p', 'n', 'stop', 'seed', 'presence_penalty',
+      'frequency_penalty', 'repetition_penalty', 'logit_bias', 'logprobs', 'top_logprobs', 'echo', 'stream', 'stream_options', 'user',
+      'response_format', 'tools', 'input', 'encoding_format', 'content', 'tokens', 'best_of', 'suffix', 'max_completion_tokens'];
+    const paths = ['/v1/chat/completions', '/v1/completions', '/v1/embeddings', '/tokenize', '/detokenize', '/apply-template'];
+    let bad = 0, first = '';
+    for (let i = 0; i < 400; i++) {
+      const body = { messages: [{ role: 'user', content: 'Once' }], prompt: 'Once', input: 'Once', content: 'x', tokens: [1], max_tokens: 2 };
+      for (let k = rnd(4) + 1; k > 0; k--) body[keys[rnd(keys.length)]] = values[rnd(values.length)];
+      if (typeof body.max_tokens === 'number' && body.max_tokens > 3) body.max_tokens = 3;
+      if (typeof body.max_completion_tokens === 'number' && body.max_completion_tokens > 3) body.max_completion_tokens = 3;
+      if (typeof body.n === 'number' && body.n > 3) body.n = 3;
+      const x = await post(P, paths[rnd(paths.length)], body);
+      const good = x.status === 200 ? (x.json !== undefined || x.body.startsWith('data: ')) :
+        (x.status >= 400 && x.status < 600 && typeof x.json?.error?.message === 'string');
+      if (!good) { bad++; if (!first) first = `${x.status} ${JSON.stringify(body).slice(0, 200)} -> ${x.body.slice(0, 200)}`; }
+    }
+    const h = await get(P, '/health');
+    ok(bad === 0 && h.status === 200, 'garbage_bodies_answered', first);
+  }
+
   // ---- 8 concurrent clients ----
   {
     const t0 = Date.now();

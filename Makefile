@@ -12,7 +12,7 @@
 
 CC      ?= cc
 BUILD   ?= build
-PKGS    := openblas libmicrohttpd libuv jansson libpcre2-8
+PKGS    := openblas libmicrohttpd libuv jansson libpcre2-8 libcurl
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 

@@ -14,6 +14,9 @@ PKGS=(
   clang               # libFuzzer targets (make fuzz)
   libclang-rt-dev     # sanitizer and fuzzer runtimes for clang
   curl                # integration tests drive the server with raw HTTP
+  libcurl4-openssl-dev # qkvd pull: HTTP(S) downloads with Range resume (sha256 is our own)
+  nginx               # tests/integration/replicas.sh: load balancer in front of 3 replicas
+  chromium            # tests/integration/webui.mjs: headless browser for the chat page
 )
 
 # Node.js drives the integration tests (official openai npm package). Some

@@ -18,6 +18,7 @@ static const subcommand commands[] = {
     {"run", cli_run, "generate text from a prompt (one shot, streamed)"},
     {"logprobs", cli_logprobs, "teacher-forced next-token log-probs as JSON"},
     {"bench", cli_bench, "prompt processing (pp) and generation (tg) speed, like llama-bench"},
+    {"pull", cli_pull, "download a model over HTTP(S): progress, resume, --sha256 check"},
     {"info", cli_info, "architecture, hyperparameters, tensors and memory plan of a model"},
     {NULL, NULL, NULL}
 };

@@ -291,6 +291,7 @@ static void split_regex(const tok__regex *re, const char *text, const spanvec *i
             size_t ms = ov[0], me = ov[1];
             if (me <= ms) {
                 /* Empty match: step over one character. */
+                if (ms >= len) break;
                 start = ms + (size_t)tok__utf8_len((unsigned char)s[ms]);
                 continue;
             }

@@ -215,7 +215,9 @@ int cli_serve(int argc, char **argv) {
         free(st);
         return 1;
     }
-    log_msg("info", "listening on http://%s:%d (model %s loading)", cfg->host, http_server_port(a->http), cfg->model);
+    int v6 = strchr(cfg->host, ':') != NULL;
+    log_msg("info", "listening on http://%s%s%s:%d (model %s loading)", v6 ? "[" : "", cfg->host, v6 ? "]" : "",
+            http_server_port(a->http), cfg->model);
     uv_signal_init(loop, &st->sig_int);
     uv_signal_init(loop, &st->sig_term);
     st->sig_int.data = st->sig_term.data = st;

@@ -34,7 +34,7 @@ export async function startServer(args, env = {}) {
     let port = 0;
     proc.stderr.on('data', (d) => {
       log += d.toString();
-      const m = log.match(/listening on http:\/\/[^:]+:(\d+)/);
+      const m = log.match(/listening on http:\/\/(?:\[[^\]]*\]|[^:]+):(\d+)/);
       if (m) port = Number(m[1]);
       if (port && /model '.*' loaded/.test(log)) { clearTimeout(t); resolve(port); }
     });

@@ -9,6 +9,7 @@
 #include <cmocka.h>
 
 #include <jansson.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -456,6 +457,88 @@ static void test_special_priority(void **state) {
     tokenizer_free(t);
 }
 
+/* Llama 3 style pre-tokenizers take a whole word that is in the vocabulary
+ * as one token without merging (llama.cpp's ignore_merges); GPT-2 merges. */
+static void test_ignore_merges(void **state) {
+    (void)state;
+    const char *toks[] = {"<|begin_of_text|>", "a", "b", "c", "abc", "ab"};
+    int32_t types[] = {3, 1, 1, 1, 1, 1};
+    const char *merges[] = {"a b"}; /* no merge makes "abc" */
+    const char *pres[] = {"llama-bpe", "gpt-2"};
+    for (int k = 0; k < 2; k++) {
+        gguf_writer *w = gguf_writer_create();
+        gguf_writer_set_str(w, "tokenizer.ggml.model", "gpt2");
+        gguf_writer_set_str(w, "tokenizer.ggml.pre", pres[k]);
+        gguf_writer_set_arr_str(w, "tokenizer.ggml.tokens", toks, NULL, 6);
+        gguf_writer_set_arr_i32(w, "tokenizer.ggml.token_type", types, 6);
+        gguf_writer_set_arr_str(w, "tokenizer.ggml.merges", merges, NULL, 1);
+        gguf_writer_set_u32(w, "tokenizer.ggml.bos_token_id", 0);
+        snprintf(tmp_path, sizeof tmp_path, "/tmp/qkvd-test-tok-%d.gguf", (int)getpid());
+        char err[256];
+        assert_int_equal(gguf_writer_write(w, tmp_path, err, sizeof err), 0);
+        gguf_writer_free(w);
+        tokenizer *t = NULL;
+        assert_int_equal(load_tmp(&t, err, sizeof err), 0);
+        int32_t ids[8];
+        int64_t n = enc(t, "abc", 3, 1, 0, ids, 8);
+        if (k == 0) {
+            /* llama-bpe: BOS by default, and "abc" whole */
+            assert_int_equal(n, 2);
+            assert_int_equal(ids[0], 0);
+            assert_int_equal(ids[1], 4);
+        } else {
+            assert_int_equal(n, 2);
+            assert_int_equal(ids[0], 5);
+            assert_int_equal(ids[1], 3);
+        }
+        tokenizer_free(t);
+    }
+}
+
+/* A loaded tokenizer is shared read-only: concurrent encodes agree. */
+typedef struct enc_job {
+    const tokenizer *t;
+    const char *text;
+    size_t len;
+    int32_t *ids;
+    int64_t n;
+} enc_job;
+
+static void *enc_thread(void *arg) {
+    enc_job *j = arg;
+    for (int r = 0; r < 4 && j->n >= 0; r++)
+        j->n = tokenizer_encode(j->t, j->text, j->len, 1, 1, j->ids, 1 << 16);
+    return NULL;
+}
+
+static void test_concurrent_encode(void **state) {
+    (void)state;
+    tokenizer *g = load_shared("vocab/ggml-vocab-gpt-2.gguf", NULL);
+    if (!g) { printf("skip: vocab absent\n"); skip(); }
+    size_t n = 1 << 15;
+    char *text = malloc(n);
+    const char *para = "Once upon a time, <|endoftext|> there were 12345 \xe4\xbd\xa0\xe5\xa5\xbd tokens!\n";
+    for (size_t i = 0; i < n; i++) text[i] = para[i % strlen(para)];
+    int32_t *ref = malloc((1 << 16) * sizeof *ref);
+    int64_t nr = tokenizer_encode(g, text, n, 1, 1, ref, 1 << 16);
+    assert_true(nr > 0 && nr <= (1 << 16));
+    pthread_t th[4];
+    enc_job jobs[4];
+    for (int i = 0; i < 4; i++) {
+        jobs[i] = (enc_job){g, text, n, malloc((1 << 16) * sizeof(int32_t)), 0};
+        assert_int_equal(pthread_create(&th[i], NULL, enc_thread, &jobs[i]), 0);
+    }
+    for (int i = 0; i < 4; i++) {
+        pthread_join(th[i], NULL);
+        assert_int_equal(jobs[i].n, nr);
+        assert_memory_equal(jobs[i].ids, ref, (size_t)nr * sizeof *ref);
+        free(jobs[i].ids);
+    }
+    free(ref);
+    free(text);
+    tokenizer_free(g);
+}
+
 /* ---- differential: the merge loops against the textbook algorithm ------- */
 
 /* Naive merging straight from the definitions: repeatedly merge the adjacent
@@ -777,6 +860,8 @@ int main(void) {
         cmocka_unit_test(test_tiny_bpe_and_eos),
         cmocka_unit_test(test_all_pretokenizers_load),
         cmocka_unit_test(test_merges_match_naive),
+        cmocka_unit_test(test_ignore_merges),
+        cmocka_unit_test(test_concurrent_encode),
         cmocka_unit_test(test_roundtrip),
         cmocka_unit_test(test_invalid_utf8_bpe),
         cmocka_unit_test(test_stream_split_character),

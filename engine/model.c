@@ -358,7 +358,9 @@ int model_load(const char *path, model **out, char *err, size_t errlen) {
     char gerr[256] = "";
     int rc = gguf_open(path, &f, gerr, sizeof gerr);
     if (rc) {
-        model_errf(err, errlen, "%s: %s", path, gerr);
+        /* The reader's message may already name the file. */
+        if (strstr(gerr, path)) model_errf(err, errlen, "%s", gerr);
+        else model_errf(err, errlen, "%s: %s", path, gerr);
         return rc < 0 ? rc : -EINVAL;
     }
     char merr[256] = "";

@@ -175,6 +175,9 @@ json_t *request_messages_normalise(const json_t *messages, api_error *err) {
         }
         int is_assistant = !strcmp(json_string_value(role), "assistant");
         json_t *copy = json_deep_copy(m);
+        /* OpenAI's "developer" is the newer name of "system"; chat templates
+         * only know the latter. */
+        if (!strcmp(json_string_value(role), "developer")) json_object_set_new(copy, "role", json_string("system"));
         json_t *content = json_object_get(m, "content");
         snprintf(param, sizeof param, "messages[%zu].content", i);
         if (!content || json_is_null(content)) {

@@ -31,6 +31,11 @@ static void test_chat_full(void **state) {
     assert_int_equal(json_array_size(r.messages), 4);
     assert_string_equal(json_string_value(json_object_get(json_array_get(r.messages, 1), "content")), "ab");
     assert_string_equal(json_string_value(json_object_get(json_array_get(r.messages, 2), "content")), "");
+    gen_request_free(&r);
+    assert_int_equal(parse(GEN_CHAT, "{\"messages\":[{\"role\":\"developer\",\"content\":\"d\"}]}", &r, &e), 0);
+    assert_string_equal(json_string_value(json_object_get(json_array_get(r.messages, 0), "role")), "system");
+    gen_request_free(&r);
+    assert_int_equal(parse(GEN_CHAT, body, &r, &e), 0);
     assert_int_equal(r.max_tokens, 7);
     assert_true(r.sp.temperature == 0.5f && r.sp.top_p == 0.9f && r.sp.top_k == 40 && r.sp.min_p == 0.05f);
     assert_int_equal(r.n, 3);

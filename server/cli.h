@@ -10,6 +10,7 @@ int cli_bench(int argc, char **argv);      /* qkvd bench -m F -p 512 -n 128 */
 int cli_make_model(int argc, char **argv); /* qkvd make-model ... */
 int cli_template(int argc, char **argv);   /* qkvd template --chat-template-file F --messages M */
 int cli_serve(int argc, char **argv);      /* qkvd serve ... */
+int cli_grammar_check(int argc, char **argv); /* qkvd grammar-check -m F --schema S --text T */
 int cli_pull(int argc, char **argv);       /* qkvd pull URL [-o FILE] [--sha256 HEX] */
 
 #endif

@@ -20,6 +20,7 @@ static const subcommand commands[] = {
     {"bench", cli_bench, "prompt processing (pp) and generation (tg) speed, like llama-bench"},
     {"pull", cli_pull, "download a model over HTTP(S): progress, resume, --sha256 check"},
     {"info", cli_info, "architecture, hyperparameters, tensors and memory plan of a model"},
+    {"grammar-check", cli_grammar_check, "walk a text through a JSON schema / GBNF token mask (accepted / rejected at byte N)"},
     {NULL, NULL, NULL}
 };
 

@@ -1,0 +1,88 @@
+/* test_matmul.c -- both matmul strategies (per-token GEMV on quantised
+ * activations, dequantize + sgemm) against a double-precision product of
+ * the dequantized weights, for every weight type, on 1 and 2 threads. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <cmocka.h>
+
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include "matmul.h"
+#include "threadpool.h"
+
+extern void openblas_set_num_threads(int num_threads);
+
+static float frand(uint32_t *s) {
+    *s = *s * 1664525u + 1013904223u;
+    return ((*s >> 8) / 16777216.0f) * 2.0f - 1.0f;
+}
+
+static void check_type(threadpool *tp, enum qk_type t, int64_t K, int64_t N) {
+    size_t rb = quant_row_size(t, K);
+    uint8_t *W = malloc(rb * (size_t)N);
+    float *row = malloc((size_t)K * sizeof(float)), *deq = malloc((size_t)K * N * sizeof(float));
+    uint32_t s = 7;
+    for (int64_t r = 0; r < N; r++) {
+        for (int64_t c = 0; c < K; c++) row[c] = frand(&s);
+        quant_quantize_row(t, row, W + (size_t)r * rb, K);
+        quant_dequantize_row(t, W + (size_t)r * rb, deq + (size_t)r * K, K);
+    }
+    mm_matrix m = {t, W, K, N, rb};
+    const mm_matrix *mp[2] = {&m, &m};
+    matmul *mm = matmul_create(tp, K, 40);
+    assert_non_null(mm);
+    int32_t counts[] = {1, 5, 40};
+    for (int ci = 0; ci < 3; ci++) {
+        int32_t T = counts[ci];
+        float *x = malloc((size_t)T * K * sizeof(float));
+        float *y0 = malloc((size_t)T * N * sizeof(float)), *y1 = malloc((size_t)T * N * sizeof(float));
+        for (int64_t i = 0; i < T * K; i++) x[i] = frand(&s);
+        float *ys[2] = {y0, y1};
+        matmul_run(mm, 2, mp, x, T, ys);
+        double max_rel = 0;
+        for (int32_t tt = 0; tt < T; tt++)
+            for (int64_t r = 0; r < N; r++) {
+                double ref = 0, mag = 0;
+                for (int64_t c = 0; c < K; c++) {
+                    ref += (double)deq[(size_t)r * K + c] * x[(size_t)tt * K + c];
+                    mag += fabs((double)deq[(size_t)r * K + c] * x[(size_t)tt * K + c]);
+                }
+                double e0 = fabs(y0[(size_t)tt * N + r] - ref) / (mag + 1e-9);
+                double e1 = fabs(y1[(size_t)tt * N + r] - ref) / (mag + 1e-9);
+                if (e0 > max_rel) max_rel = e0;
+                if (e1 > max_rel) max_rel = e1;
+            }
+        /* Float types and the sgemm path: float rounding only. Quantised
+         * activations (GEMV path of block types): 8-bit error. */
+        int float_w = t == QK_F32 || t == QK_F16 || t == QK_BF16;
+        double tol = (float_w || T >= 32) ? 1e-5 : 2e-2;
+        if (max_rel > tol) fail_msg("%s T=%d: relative error %.3g > %.3g", quant_type_name(t), T, max_rel, tol);
+        free(x); free(y0); free(y1);
+    }
+    matmul_free(mm);
+    free(W); free(row); free(deq);
+}
+
+static void test_all_types(void **state) {
+    (void)state;
+    quant_init();
+    openblas_set_num_threads(1);
+    enum qk_type types[] = {QK_F32, QK_F16, QK_BF16, QK_Q8_0, QK_Q4_0, QK_Q4_1,
+                            QK_Q5_0, QK_Q5_1, QK_Q4_K, QK_Q5_K, QK_Q6_K};
+    for (int nt = 1; nt <= 2; nt++) {
+        threadpool *tp = threadpool_create(nt);
+        assert_non_null(tp);
+        for (size_t i = 0; i < sizeof types / sizeof types[0]; i++) check_type(tp, types[i], 512, 100);
+        threadpool_free(tp);
+    }
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_all_types),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

@@ -19,10 +19,12 @@
 #include "gguf.h"
 #include "tokenizer.h"
 
-#if defined(__SANITIZE_ADDRESS__)
+/* Sanitizers slow everything several times: the speed budgets apply to
+ * plain builds only. */
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
 #define SANITIZED 1
 #elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
+#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
 #define SANITIZED 1
 #endif
 #endif

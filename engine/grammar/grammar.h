@@ -100,7 +100,8 @@ int grammar_precompute(grammar *g, const grammar_vocab *v);
 /* A matcher at the start of g for the vocabulary v; retains g. The first
  * matcher binds g's mask tables to v: a matcher of another vocabulary on
  * the same grammar is refused (NULL, *rc = GRAMMAR_ERR_VOCAB). rc may be
- * NULL. Free with grammar_matcher_free. */
+ * NULL. v may be NULL for a byte-level matcher (accept_bytes and
+ * is_complete only; masks are empty). Free with grammar_matcher_free. */
 grammar_matcher *grammar_matcher_create(grammar *g, const grammar_vocab *v, int *rc);
 void grammar_matcher_free(grammar_matcher *m); /* accepts NULL */
 void grammar_matcher_reset(grammar_matcher *m);
@@ -117,6 +118,10 @@ int32_t grammar_matcher_apply(grammar_matcher *m, float *logits);
  * the token is not allowed. An end-of-generation token is accepted only when
  * complete, and then ends the matcher (nothing more is accepted). */
 int grammar_matcher_accept_token(grammar_matcher *m, int32_t id);
+/* 1 when accept_token(id) would succeed now, without changing the state.
+ * Runs the token directly on the stacks, independently of the mask tables
+ * (tests compare the two; servers may check a forced token). */
+int grammar_matcher_token_allowed(grammar_matcher *m, int32_t id);
 /* Advance by raw bytes (grammar-check, tests). 0, or GRAMMAR_ERR_REJECTED
  * with *bad_at = the index of the first byte not allowed (state unchanged). */
 int grammar_matcher_accept_bytes(grammar_matcher *m, const char *bytes, size_t n, size_t *bad_at);

@@ -339,19 +339,21 @@ void grammar_matcher_reset(grammar_matcher *m) {
 
 grammar_matcher *grammar_matcher_create(grammar *g, const grammar_vocab *v, int *rc) {
     int r = 0;
-    pthread_mutex_lock(&g->lock);
-    r = bind_vocab(g, v);
-    pthread_mutex_unlock(&g->lock);
+    if (v) {
+        pthread_mutex_lock(&g->lock);
+        r = bind_vocab(g, v);
+        pthread_mutex_unlock(&g->lock);
+    }
     if (r) { if (rc) *rc = r; return NULL; }
     grammar_matcher *m = calloc(1, sizeof *m);
     if (!m) { if (rc) *rc = GRAMMAR_ERR_NOMEM; return NULL; }
     grammar_retain(g);
     m->g = g;
     m->v = v;
-    m->depth_cap = v->max_len + 1;
+    m->depth_cap = v ? v->max_len + 1 : 1;
     m->dsets = calloc((size_t)m->depth_cap, sizeof *m->dsets);
     m->dmark = calloc((size_t)m->depth_cap, sizeof *m->dmark);
-    m->maskbuf = malloc((size_t)v->n_words * sizeof *m->maskbuf);
+    m->maskbuf = malloc((size_t)(v ? v->n_words : 1) * sizeof *m->maskbuf);
     if (!m->dsets || !m->dmark || !m->maskbuf || grammar__machine_init(&m->mach[0], g) || grammar__machine_init(&m->mach[1], g)) {
         grammar_matcher_free(m);
         if (rc) *rc = GRAMMAR_ERR_NOMEM;
@@ -407,6 +409,7 @@ static int check_uncertain(grammar_matcher *m, uint32_t x, const gpos_mask *pm, 
 
 int32_t grammar_matcher_fill_mask(grammar_matcher *m, uint32_t *mask) {
     const grammar_vocab *v = m->v;
+    if (!v) return 0;
     memset(mask, 0, (size_t)v->n_words * sizeof *mask);
     if (m->terminated || m->failed) return 0;
     int complete = 0;
@@ -434,6 +437,7 @@ int32_t grammar_matcher_fill_mask(grammar_matcher *m, uint32_t *mask) {
 
 int32_t grammar_matcher_apply(grammar_matcher *m, float *logits) {
     const grammar_vocab *v = m->v;
+    if (!v) return 0;
     uint32_t *buf = m->maskbuf;
     int32_t count = grammar_matcher_fill_mask(m, buf);
     for (int32_t w = 0; w < v->n_words; w++) {
@@ -446,8 +450,8 @@ int32_t grammar_matcher_apply(grammar_matcher *m, float *logits) {
     return count;
 }
 
-/* Consume bytes into m->next; commit on success. */
-static int advance(grammar_matcher *m, const unsigned char *s, size_t n, size_t *bad_at) {
+/* Consume bytes into m->next; commit on success unless dry_run. */
+static int advance(grammar_matcher *m, const unsigned char *s, size_t n, size_t *bad_at, int dry_run) {
     gmachine *mc = &m->mach[m->cur_m];
     uint32_t base = mc->n;
     gset *a = &m->next;
@@ -467,6 +471,7 @@ static int advance(grammar_matcher *m, const unsigned char *s, size_t n, size_t 
         in = out;
     }
     if (n == 0) return 0;
+    if (dry_run) { grammar__machine_rollback(mc, base); return 0; }
     /* compact the new stacks into the other arena */
     int o = 1 - m->cur_m;
     if (grammar__machine_copy(&m->mach[o], mc, in, &m->cur)) { m->failed = 1; return GRAMMAR_ERR_NOMEM; }
@@ -474,20 +479,24 @@ static int advance(grammar_matcher *m, const unsigned char *s, size_t n, size_t 
     return 0;
 }
 
-int grammar_matcher_accept_token(grammar_matcher *m, int32_t id) {
+static int token_step(grammar_matcher *m, int32_t id, int dry_run) {
     const grammar_vocab *v = m->v;
-    if (m->terminated || m->failed || id < 0 || id >= v->n_vocab) return GRAMMAR_ERR_REJECTED;
+    if (!v || m->terminated || m->failed || id < 0 || id >= v->n_vocab) return GRAMMAR_ERR_REJECTED;
     if (v->eog[id]) {
         if (!set_has_complete(&m->cur)) return GRAMMAR_ERR_REJECTED;
-        m->terminated = 1;
+        if (!dry_run) m->terminated = 1;
         return 0;
     }
     if (v->len[id] == 0) return GRAMMAR_ERR_REJECTED;
-    return advance(m, (const unsigned char *)v->bytes + v->off[id], v->len[id], NULL);
+    return advance(m, (const unsigned char *)v->bytes + v->off[id], v->len[id], NULL, dry_run);
 }
+
+int grammar_matcher_accept_token(grammar_matcher *m, int32_t id) { return token_step(m, id, 0); }
+
+int grammar_matcher_token_allowed(grammar_matcher *m, int32_t id) { return token_step(m, id, 1) == 0; }
 
 int grammar_matcher_accept_bytes(grammar_matcher *m, const char *bytes, size_t n, size_t *bad_at) {
     if (bad_at) *bad_at = 0;
     if (m->terminated || m->failed) return GRAMMAR_ERR_REJECTED;
-    return advance(m, (const unsigned char *)bytes, n, bad_at);
+    return advance(m, (const unsigned char *)bytes, n, bad_at, 0);
 }

@@ -124,13 +124,21 @@ void chat_template_free(chat_template *t) {
 
 /* llama.cpp hands templates string content: the text parts of an array
  * content joined with "\n" (other part types dropped), unless the template
- * only understands typed parts. Changes our copy; the caller's JSON is untouched. */
-static jv flatten_content(jarena *a, jv msgs) {
+ * only understands typed parts; null content becomes "". Changes our copy; the caller's JSON is untouched. */
+static jv flatten_content(jarena *a, jv msgs, int typed_only) {
     if (msgs.t != JV_LIST) return msgs;
     for (size_t i = 0; i < msgs.u.l->n; i++) {
         jv m = msgs.u.l->v[i];
-        jv *content = m.t == JV_DICT ? jdict_gets(m.u.d, "content") : NULL;
-        if (!content || content->t != JV_LIST) continue;
+        if (m.t != JV_DICT) continue;
+        jv *content = jdict_gets(m.u.d, "content");
+        if (!content || content->t == JV_NONE) {
+            /* null or missing content (an assistant turn with only tool
+             * calls) reaches templates as "", as llama.cpp stores it: many
+             * templates concatenate content and would fail on None */
+            jdict_set(a, m.u.d, jv_cstr(a, "content"), jv_cstr(a, ""));
+            continue;
+        }
+        if (content->t != JV_LIST || typed_only) continue;
         jbuf text = {0};
         jbuf_put(a, &text, "", 0);
         int first = 1;
@@ -238,7 +246,7 @@ int chat_template_render(const chat_template *t, const json_t *messages, const j
     long long now = opts->now ? opts->now : (long long)time(NULL);
     jdict *g = jv_newdict(&a).u.d;
     jv msgs = messages ? jv_from_json(&a, messages) : jv_newlist(&a);
-    if (!t->typed_only) msgs = flatten_content(&a, msgs);
+    msgs = flatten_content(&a, msgs, t->typed_only);
     if (t->object_args) parse_arguments(&a, msgs);
     if (t->no_system) msgs = merge_system(&a, msgs);
     set_global(&a, g, "messages", msgs);

@@ -42,7 +42,8 @@ typedef struct chat_template_opts {
  * o->extra (which may override them; enable_thinking defaults to true). o
  * may be NULL (defaults). Like llama.cpp, the messages are adapted to what the
  * template understands (probed at compile time): array content becomes its
- * text parts joined by "\n" unless the template only reads parts; system
+ * text parts joined by "\n" unless the template only reads parts; null or
+ * missing content becomes ""; system
  * messages fold into the next user message for templates without a system
  * role; string tool-call arguments are parsed for templates that need
  * objects.

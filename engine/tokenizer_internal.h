@@ -123,8 +123,9 @@ int tok__utf8_len(unsigned char c);
  * valid, complete sequence (overlong, surrogate, > U+10FFFF, truncated). */
 int tok__utf8_decode(const unsigned char *s, size_t n, uint32_t *cp);
 int tok__utf8_encode(uint32_t cp, char *out); /* 1..4 bytes */
-/* Copy src to dst replacing every invalid UTF-8 byte by U+FFFD (as
- * llama.cpp's unicode_cpts_from_utf8). dst needs 3*n bytes. Returns length. */
+/* Copy src to dst as valid UTF-8, as llama.cpp's unicode_cpts_from_utf8
+ * reads it: overlong forms become their code point's canonical encoding,
+ * every other invalid byte U+FFFD. dst needs 3*n bytes. Returns length. */
 size_t tok__utf8_sanitize(const char *src, size_t n, char *dst);
 /* Length of the longest prefix of s[0..n) that is a complete, valid UTF-8
  * text, and whether the rest could still become valid with more bytes. */

@@ -52,6 +52,26 @@ int tok__utf8_encode(uint32_t cp, char *out) {
     return 4;
 }
 
+/* llama.cpp's decoder only checks the lead byte's length bits and the
+ * continuation bytes, so it also reads overlong forms (C0 80 is U+0000).
+ * Returns the sequence length and code point, or 0. */
+static int decode_lenient(const unsigned char *s, size_t n, uint32_t *cp) {
+    unsigned char c = s[0];
+    int len;
+    uint32_t v;
+    if (c >= 0xC0 && c <= 0xDF) { len = 2; v = c & 0x1F; }
+    else if (c >= 0xE0 && c <= 0xEF) { len = 3; v = c & 0x0F; }
+    else if (c >= 0xF0 && c <= 0xF7) { len = 4; v = c & 0x07; }
+    else return 0;
+    if ((size_t)len > n) return 0;
+    for (int i = 1; i < len; i++) {
+        if ((s[i] & 0xC0) != 0x80) return 0;
+        v = (v << 6) | (s[i] & 0x3F);
+    }
+    *cp = v;
+    return len;
+}
+
 size_t tok__utf8_sanitize(const char *src, size_t n, char *dst) {
     const unsigned char *s = (const unsigned char *)src;
     size_t i = 0, o = 0;
@@ -59,16 +79,24 @@ size_t tok__utf8_sanitize(const char *src, size_t n, char *dst) {
         if (s[i] < 0x80) { dst[o++] = (char)s[i++]; continue; }
         uint32_t cp;
         int l = tok__utf8_decode(s + i, n - i, &cp);
-        if (l == 0) {
-            /* One replacement character per bad byte, then resynchronise on
-             * the next byte (what llama.cpp does). */
-            dst[o++] = (char)0xEF; dst[o++] = (char)0xBF; dst[o++] = (char)0xBD;
-            i++;
+        if (l > 0) {
+            memcpy(dst + o, s + i, (size_t)l);
+            o += (size_t)l;
+            i += (size_t)l;
             continue;
         }
-        memcpy(dst + o, s + i, (size_t)l);
-        o += (size_t)l;
-        i += (size_t)l;
+        /* An overlong form stands for its code point (as in llama.cpp),
+         * written canonically. */
+        l = decode_lenient(s + i, n - i, &cp);
+        if (l > 0 && cp <= 0x10FFFF && !(cp >= 0xD800 && cp <= 0xDFFF)) {
+            o += (size_t)tok__utf8_encode(cp, dst + o);
+            i += (size_t)l;
+            continue;
+        }
+        /* One replacement character per bad byte, then resynchronise on
+         * the next byte (what llama.cpp does). */
+        dst[o++] = (char)0xEF; dst[o++] = (char)0xBF; dst[o++] = (char)0xBD;
+        i++;
     }
     return o;
 }

@@ -719,6 +719,12 @@ static void test_invalid_utf8_bpe(void **state) {
     int64_t m = tokenizer_decode(g, ids, n, 0, buf, sizeof buf);
     assert_int_equal(m, 5);
     assert_memory_equal(buf, "a\xef\xbf\xbd" "b", 5);
+    /* an overlong form reads as its code point: C1 81 is 'A' */
+    int32_t ov[8], plain[8];
+    int64_t no = enc(g, "x\xc1\x81", 3, 0, 0, ov, 8);
+    int64_t np = enc(g, "xA", 2, 0, 0, plain, 8);
+    assert_int_equal(no, np);
+    assert_memory_equal(ov, plain, (size_t)np * sizeof *ov);
     /* random garbage never crashes */
     uint64_t x = 88172645463325252ull;
     char junk[512];

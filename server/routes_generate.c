@@ -30,6 +30,13 @@ typedef struct gen_ctx {
     int64_t created;
     int64_t prompt_tokens, completion_tokens;
     sse_buf *out;
+    /* echo (+ logprobs): per prompt */
+    int32_t n_prompts;
+    char **echo;             /* owned copies of the echoed prompt text */
+    size_t *echo_len;
+    json_t **p_tokens, **p_logprobs, **p_top, **p_offset; /* prompt token log-probs */
+    size_t *p_off;           /* text offset of the next prompt token */
+    size_t *p_strip;         /* bytes the first piece has beyond its decoded text (SPM space) */
 } gen_ctx;
 
 /* A JSON string from bytes that may not be valid UTF-8. */
@@ -61,6 +68,23 @@ static void choice_lp_reset(gen_ctx *c, gen_choice *ch) {
 }
 
 static void gen_ctx_free(gen_ctx *c) {
+    for (int32_t p = 0; p < c->n_prompts; p++) {
+        if (c->echo) free(c->echo[p]);
+        if (c->p_tokens) {
+            json_decref(c->p_tokens[p]);
+            json_decref(c->p_logprobs[p]);
+            json_decref(c->p_top[p]);
+            json_decref(c->p_offset[p]);
+        }
+    }
+    free(c->echo);
+    free(c->echo_len);
+    free(c->p_tokens);
+    free(c->p_logprobs);
+    free(c->p_top);
+    free(c->p_offset);
+    free(c->p_off);
+    free(c->p_strip);
     for (int32_t i = 0; c->ch && i < c->n_choices; i++) {
         gen_choice *ch = &c->ch[i];
         sse_buf_free(&ch->text);
@@ -134,9 +158,9 @@ static json_t *usage_json(gen_ctx *c) {
 }
 
 /* ---- scheduler callbacks ---- */
-static json_t *token_text_json(serve_app *a, int32_t id, json_t **bytes_out, size_t *len_out) {
+static json_t *token_text_json_r(serve_app *a, int32_t id, int render_special, json_t **bytes_out, size_t *len_out) {
     char buf[512];
-    int64_t n = tokenizer_token_to_bytes(a->tok, id, 1, buf, sizeof buf);
+    int64_t n = tokenizer_token_to_bytes(a->tok, id, render_special, buf, sizeof buf);
     if (n < 0) n = 0;
     if (n > (int64_t)sizeof buf) n = sizeof buf;
     if (bytes_out) {
@@ -146,6 +170,55 @@ static json_t *token_text_json(serve_app *a, int32_t id, json_t **bytes_out, siz
     }
     if (len_out) *len_out = (size_t)n;
     return jstr(buf, (size_t)n);
+}
+
+static json_t *token_text_json(serve_app *a, int32_t id, json_t **bytes_out, size_t *len_out) {
+    return token_text_json_r(a, id, 1, bytes_out, len_out);
+}
+
+/* Completions-format top_logprobs object {piece: logprob}. */
+static json_t *top_object(serve_app *a, const sampler_result *res, int render_special) {
+    json_t *top = json_object();
+    for (int32_t k = 0; k < res->n_top && k < 20; k++) {
+        json_t *p = token_text_json_r(a, res->top_ids[k], render_special, NULL, NULL);
+        const char *key = json_string_value(p);
+        if (key && !json_object_get(top, key)) json_object_set_new(top, key, json_real(res->top_logprobs[k]));
+        json_decref(p);
+    }
+    return top;
+}
+
+/* Append one prompt token's entry to prompt p's arrays (res NULL: the first
+ * token, which has no log-prob). */
+static void prompt_lp_add(gen_ctx *c, int32_t p, int32_t token, const sampler_result *res) {
+    size_t plen;
+    json_t *piece = token_text_json_r(c->a, token, 0, NULL, &plen);
+    json_array_append_new(c->p_tokens[p], piece);
+    json_array_append_new(c->p_logprobs[p], res ? json_real(res->logprob) : json_null());
+    json_array_append_new(c->p_top[p], res ? top_object(c->a, res, 0) : json_null());
+    size_t off = c->p_off[p] > c->p_strip[p] ? c->p_off[p] - c->p_strip[p] : 0;
+    if (off > c->echo_len[p]) off = c->echo_len[p];
+    json_array_append_new(c->p_offset[p], json_integer((json_int_t)off));
+    c->p_off[p] += plen;
+}
+
+static void gen_on_prompt_token(void *user, int32_t p, int32_t pos, int32_t token, const sampler_result *res) {
+    prompt_lp_add(user, p, token, res);
+}
+
+/* Prompt p is in the KV: its choices start with the prompt's log-probs (and,
+ * streaming, the echoed text goes out now, with them). */
+static void chunk_send(gen_ctx *c, int32_t idx, const char *text, size_t len, int role, const char *finish);
+static void gen_on_prompt_done(void *user, int32_t p) {
+    gen_ctx *c = user;
+    for (int32_t i = p * c->n; i < (p + 1) * c->n; i++) {
+        gen_choice *ch = &c->ch[i];
+        json_array_extend(ch->lp_tokens, c->p_tokens[p]);
+        json_array_extend(ch->lp_logprobs, c->p_logprobs[p]);
+        json_array_extend(ch->lp_top, c->p_top[p]);
+        json_array_extend(ch->lp_offset, c->p_offset[p]);
+        if (c->stream) chunk_send(c, i, c->echo[p], c->echo_len[p], 0, NULL);
+    }
 }
 
 static void gen_on_token(void *user, int32_t idx, int32_t token, const sampler_result *res) {
@@ -173,14 +246,7 @@ static void gen_on_token(void *user, int32_t idx, int32_t token, const sampler_r
         json_array_append(ch->lp_tokens, piece);
         json_decref(piece);
         json_array_append_new(ch->lp_logprobs, json_real(res->logprob));
-        json_t *top = json_object();
-        for (int32_t k = 0; k < res->n_top && k < 20; k++) {
-            json_t *p = token_text_json(a, res->top_ids[k], NULL, NULL);
-            const char *key = json_string_value(p);
-            if (key && !json_object_get(top, key)) json_object_set_new(top, key, json_real(res->top_logprobs[k]));
-            json_decref(p);
-        }
-        json_array_append_new(ch->lp_top, top);
+        json_array_append_new(ch->lp_top, top_object(a, res, 1));
         json_array_append_new(ch->lp_offset, json_integer((json_int_t)ch->lp_off));
         ch->lp_off += plen;
     }
@@ -291,10 +357,6 @@ static void gen_start(serve_app *a, http_req *r, gen_request *req) {
                       (int)(req->n * n_prompts), a->cfg.max_seqs);
         ok = 0;
     }
-    if (ok && req->echo && req->logprobs) {
-        api_error_set(&e, 400, NULL, "echo", "unsupported_parameter", "'echo' together with 'logprobs' is not supported");
-        ok = 0;
-    }
     if (ok && req->kind == GEN_CHAT) {
         char *prompt = routes_render_chat(a, req->messages, NULL, &e);
         if (!prompt) ok = 0;
@@ -360,6 +422,45 @@ static void gen_start(serve_app *a, http_req *r, gen_request *req) {
     for (int32_t i = 0; i < c->n_choices; i++) {
         sse_buf_init(&c->ch[i].text);
         choice_lp_reset(c, &c->ch[i]);
+        if (echo[i / c->n]) c->ch[i].lp_off = echo_len[i / c->n]; /* generated text follows the echo */
+    }
+    int prompt_lp = req->echo && req->logprobs;
+    c->n_prompts = n_prompts;
+    c->echo = calloc((size_t)n_prompts, sizeof *c->echo);
+    c->echo_len = calloc((size_t)n_prompts, sizeof *c->echo_len);
+    if (!c->echo || !c->echo_len) abort();
+    for (int32_t p = 0; p < n_prompts; p++) {
+        if (!echo[p]) continue;
+        c->echo[p] = malloc(echo_len[p] + 1);
+        if (!c->echo[p]) abort();
+        memcpy(c->echo[p], echo[p], echo_len[p]);
+        c->echo_len[p] = echo_len[p];
+    }
+    if (prompt_lp) {
+        c->p_tokens = calloc((size_t)n_prompts, sizeof(json_t *));
+        c->p_logprobs = calloc((size_t)n_prompts, sizeof(json_t *));
+        c->p_top = calloc((size_t)n_prompts, sizeof(json_t *));
+        c->p_offset = calloc((size_t)n_prompts, sizeof(json_t *));
+        c->p_off = calloc((size_t)n_prompts, sizeof(size_t));
+        c->p_strip = calloc((size_t)n_prompts, sizeof(size_t));
+        if (!c->p_tokens || !c->p_logprobs || !c->p_top || !c->p_offset || !c->p_off || !c->p_strip) abort();
+        int32_t bos = tokenizer_bos(a->tok);
+        for (int32_t p = 0; p < n_prompts; p++) {
+            c->p_tokens[p] = json_array();
+            c->p_logprobs[p] = json_array();
+            c->p_top[p] = json_array();
+            c->p_offset[p] = json_array();
+            /* A BOS is not part of the echoed text: the first reported token is
+             * the one after it (and gets a real log-prob). */
+            int32_t start = toks[p][0] == bos && bos >= 0 ? 1 : 0;
+            if (start < lens[p]) {
+                char tmp[512];
+                int64_t piece = tokenizer_token_to_bytes(a->tok, toks[p][start], 0, tmp, sizeof tmp);
+                int64_t dec = tokenizer_decode(a->tok, toks[p], start + 1, 0, NULL, 0);
+                c->p_strip[p] = piece > dec ? (size_t)(piece - dec) : 0;
+            }
+            if (start == 0) prompt_lp_add(c, p, toks[p][0], NULL);
+        }
     }
 
     int32_t max_tokens = req->max_tokens >= 0 ? req->max_tokens : req->kind == GEN_CHAT ? a->cfg.max_tokens : 16;
@@ -373,6 +474,11 @@ static void gen_start(serve_app *a, http_req *r, gen_request *req) {
     if (!req->has_seed) spec.sp.seed = uv_hrtime() ^ (a->id_counter * 0x9E3779B97F4A7C15ull);
     sched_job_ops ops = gen_ops;
     if (!req->logprobs) ops.on_token = NULL;
+    if (prompt_lp) {
+        spec.prompt_logprobs = 1;
+        ops.on_prompt_token = gen_on_prompt_token;
+        ops.on_prompt_done = gen_on_prompt_done;
+    }
     if (sched_submit(a->sched, &spec, &ops, c, &c->job, &e) < 0) {
         gen_ctx_free(c);
         c = NULL;
@@ -384,7 +490,7 @@ static void gen_start(serve_app *a, http_req *r, gen_request *req) {
         for (int32_t i = 0; i < c->n_choices; i++) {
             const char *et = echo[i / c->n];
             if (c->kind == GEN_CHAT) chunk_send(c, i, "", 0, 1, NULL);
-            else if (et) chunk_send(c, i, et, echo_len[i / c->n], 0, NULL);
+            else if (et && !prompt_lp) chunk_send(c, i, et, echo_len[i / c->n], 0, NULL); /* else with its log-probs */
         }
     } else {
         for (int32_t i = 0; i < c->n_choices; i++)

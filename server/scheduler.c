@@ -42,7 +42,8 @@ struct sched_job {
     char *stop[4];
     size_t stop_len[4];
     int32_t n_stop;
-    int logprobs;
+    int logprobs, prompt_logprobs;
+    int32_t n_top;           /* alternatives per prompt token */
     uint64_t deadline_ms;    /* uv_now() deadline, 0 = none */
     int32_t seqs_needed;     /* reserved at admission, returned at free */
     int32_t embd_seq, embd_next;
@@ -67,6 +68,7 @@ struct sched {
     int32_t n_items, cap_items;
     int step_rc;
     float *scratch;          /* n_vocab logits copy: the sampler modifies its input */
+    float *lsm;              /* n_vocab log-softmax of one prompt row */
     char text[4096];         /* one token's text */
 };
 
@@ -111,7 +113,9 @@ void sched_set_engine(sched *s, engine *e) {
     s->n_ctx = info->n_ctx;
     free(s->scratch);
     s->scratch = malloc((size_t)s->n_vocab * sizeof(float));
-    if (!s->scratch) abort();
+    free(s->lsm);
+    s->lsm = malloc((size_t)s->n_vocab * sizeof(float));
+    if (!s->scratch || !s->lsm) abort();
 }
 
 static void job_free(sched *s, sched_job *j) {
@@ -141,6 +145,7 @@ void sched_destroy(sched *s) {
     free(s->item_slot);
     free(s->item_chunk);
     free(s->scratch);
+    free(s->lsm);
     free(s);
 }
 
@@ -334,6 +339,26 @@ static void sched_cleanup(sched *s) {
 
 static void sched_plan(sched *s);
 
+/* Log-prob of `token` under one logits row, with the n_top best alternatives. */
+static void row_logprob(sched *s, const float *row, int32_t token, int32_t n_top, sampler_result *r) {
+    sampler_log_softmax(row, s->lsm, s->n_vocab);
+    r->token = token;
+    r->logprob = s->lsm[token];
+    r->n_top = 0;
+    for (int32_t v = 0; v < s->n_vocab; v++) {
+        float x = s->lsm[v];
+        if (r->n_top == n_top && (n_top == 0 || x <= r->top_logprobs[n_top - 1])) continue;
+        int32_t k = r->n_top < n_top ? r->n_top++ : n_top - 1;
+        while (k > 0 && r->top_logprobs[k - 1] < x) {
+            r->top_logprobs[k] = r->top_logprobs[k - 1];
+            r->top_ids[k] = r->top_ids[k - 1];
+            k--;
+        }
+        r->top_logprobs[k] = x;
+        r->top_ids[k] = v;
+    }
+}
+
 static void sched_work_cb(uv_work_t *w) {
     sched *s = w->data;
     s->step_rc = engine_step(s->e, s->items, s->n_items);
@@ -360,10 +385,25 @@ static void sched_after_cb(uv_work_t *w, int status) {
             int32_t idx = s->item_slot[i];
             sched_slot *sl = &j->slots[idx];
             if (sl->state == SLOT_PREFILL) {
-                sl->n_fed += s->item_chunk[i];
-                if (sl->n_fed == j->prompt_len[sl->prompt]) {
+                int32_t chunk = s->item_chunk[i], len = j->prompt_len[sl->prompt];
+                const float *last = it->logits;
+                if (j->prompt_logprobs) {
+                    /* Row k holds the prediction for the token after position n_fed + k. */
+                    const int32_t *toks = j->prompts[sl->prompt];
+                    for (int32_t k = 0; k < chunk && !j->finished; k++) {
+                        int32_t pos = sl->n_fed + k + 1;
+                        if (pos >= len) break;
+                        sampler_result r;
+                        row_logprob(s, it->logits + (size_t)k * s->n_vocab, toks[pos], j->n_top, &r);
+                        if (j->ops.on_prompt_token) j->ops.on_prompt_token(j->user, sl->prompt, pos, toks[pos], &r);
+                    }
+                    last = it->logits + (size_t)(chunk - 1) * s->n_vocab;
+                }
+                sl->n_fed += chunk;
+                if (sl->n_fed == len && !j->finished) {
                     sl->state = SLOT_WAIT;
-                    prefill_done(s, j, idx, it->logits);
+                    if (j->prompt_logprobs && j->ops.on_prompt_done) j->ops.on_prompt_done(j->user, sl->prompt);
+                    prefill_done(s, j, idx, last);
                 }
             } else if (sl->state == SLOT_DECODE) {
                 slot_sample(s, j, idx, it->logits);
@@ -416,7 +456,7 @@ static void sched_plan(sched *s) {
             int32_t len = j->prompt_len[sl->prompt], left = len - sl->n_fed;
             int32_t chunk = left < budget ? left : budget;
             item_add(s, j, i, sl->seq, j->prompts[sl->prompt] + sl->n_fed, chunk,
-                     chunk == left ? ENGINE_OUT_LAST : ENGINE_OUT_NONE);
+                     j->prompt_logprobs ? ENGINE_OUT_ALL : chunk == left ? ENGINE_OUT_LAST : ENGINE_OUT_NONE);
             budget -= chunk;
         }
     }
@@ -471,6 +511,8 @@ int sched_submit(sched *s, const sched_job_spec *spec, const sched_job_ops *ops,
     j->seqs_needed = need;
     j->max_tokens = spec->max_tokens;
     j->logprobs = spec->sp.n_top_logprobs >= 0 && ops->on_token;
+    j->prompt_logprobs = spec->prompt_logprobs;
+    j->n_top = spec->sp.n_top_logprobs < 0 ? 0 : spec->sp.n_top_logprobs > 20 ? 20 : spec->sp.n_top_logprobs;
     j->embd_seq = -1;
     j->deadline_ms = spec->timeout_s > 0 ? uv_now(s->loop) + (uint64_t)(spec->timeout_s * 1000.0) : 0;
     size_t max_stop = 0;

@@ -40,6 +40,11 @@ typedef struct sched_job_ops {
     /* Choice finished: reason "stop" or "length"; n_tokens generated (an
      * end-of-generation token is not counted). */
     void (*on_finish)(void *user, int32_t choice, const char *reason, int32_t n_tokens);
+    /* Prompt log-probs (spec.prompt_logprobs): token `pos` (>= 1) of prompt
+     * `prompt` given the tokens before it, in order; then on_prompt_done
+     * once that prompt is in the KV, before its first sampled token. */
+    void (*on_prompt_token)(void *user, int32_t prompt, int32_t pos, int32_t token, const sampler_result *r);
+    void (*on_prompt_done)(void *user, int32_t prompt);
     /* Embedding of input `index` (n floats, valid during the call). */
     void (*on_embd)(void *user, int32_t index, const float *v, int32_t n);
     /* Everything finished (err NULL) or failed (err set; choices not yet
@@ -59,6 +64,7 @@ typedef struct sched_job_spec {
     const char *const *stop;  /* copied */
     const size_t *stop_len;
     int strip_leading_space;  /* SPM: first piece's leading space is not text */
+    int prompt_logprobs;      /* report log-probs of the prompt tokens (echo + logprobs) */
     double timeout_s;         /* 0: none */
 } sched_job_spec;
 

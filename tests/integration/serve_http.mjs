@@ -146,6 +146,22 @@ try {
        `${lp.token_logprobs[0]} vs ${step0.exact_at_top[0]}`);
   }
 
+  // ---- echo + logprobs: prompt log-probs (as lm-eval's loglikelihood uses them) ----
+  {
+    const gen = await post(P, '/v1/completions', { prompt: ref[0].prompt_tokens, max_tokens: 5, temperature: 0, logprobs: 1 });
+    const full = ref[0].prompt_tokens.concat(ref[0].tokens.slice(0, 5));
+    const e = await post(P, '/v1/completions', { prompt: full, max_tokens: 0, echo: true, logprobs: 3 });
+    const lp = e.json?.choices?.[0]?.logprobs;
+    const tail = lp ? lp.token_logprobs.slice(-5) : [];
+    ok(e.status === 200 && lp.tokens.length === full.length - 1 && tail.every((x, i) => Math.abs(x - gen.json.choices[0].logprobs.token_logprobs[i]) < 1e-3) &&
+       e.json.choices[0].text === 'Once upon a time' + gen.json.choices[0].text && e.json.usage.completion_tokens === 0 &&
+       lp.top_logprobs.every((t) => Object.keys(t).length === 3), 'echo_prompt_logprobs_match_generation', `${JSON.stringify(tail)} vs ${JSON.stringify(gen.json?.choices?.[0]?.logprobs?.token_logprobs)}`);
+    const s2 = await post(P, '/v1/completions', { prompt: 'Once upon a time', max_tokens: 3, echo: true, logprobs: 1, temperature: 0, stream: true });
+    const chunks = sseEvents(s2.body).events.filter((x) => x !== '[DONE]');
+    ok(chunks[0].choices[0].text === 'Once upon a time' && chunks[0].choices[0].logprobs.tokens.length === 4 &&
+       chunks[0].choices[0].logprobs.text_offset.join() === '0,4,9,11' && chunks[1].choices[0].logprobs.text_offset[0] === 16, 'echo_logprobs_stream', s2.body.slice(0, 400));
+  }
+
   // ---- embeddings ----
   r = await post(P, '/v1/embeddings', { input: ['Once upon a time', 'The little dog'], model: 'stories260K' });
   {

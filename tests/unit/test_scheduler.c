@@ -55,7 +55,7 @@ static void on_embd(void *u, int32_t i, const float *v, int32_t n) {
     if (i < 2) memcpy(r->embd[i], v, (size_t)n * sizeof(float));
     r->embd_n = n;
 }
-static const sched_job_ops ops = {on_token, on_text, on_finish, on_embd, on_done};
+static const sched_job_ops ops = {.on_token = on_token, .on_text = on_text, .on_finish = on_finish, .on_embd = on_embd, .on_done = on_done};
 
 static void run_free(run *r) {
     for (int i = 0; i < 8; i++) sse_buf_free(&r->text[i]);

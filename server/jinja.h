@@ -51,6 +51,9 @@ typedef struct jv {
 
 struct jlist { size_t n, cap; jv *v; int tuple; /* prints as (a, b) */ };
 struct jdict { size_t n, cap; jv *k; jv *v; int is_ns; };
+/* is_ns values: 0 plain dict, 1 namespace(), JDICT_LOOP a for-loop's `loop`
+ * object (index0 is its second entry; it has a cycle() method). */
+#define JDICT_LOOP 2
 
 /* ---- string builder (arena-backed) ---- */
 typedef struct jbuf { char *p; size_t n, cap; } jbuf;

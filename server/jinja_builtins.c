@@ -890,6 +890,11 @@ int jinja__method(jctx *c, jv self, const char *name, jargs *args, jv *res) {
         jdict *d = self.u.d;
         if (!strcmp(name, "items") || !strcmp(name, "keys") || !strcmp(name, "values"))
             return jinja__filter(c, name, self, &(jargs){0}, res);
+        if (d->is_ns == JDICT_LOOP && !strcmp(name, "cycle")) {
+            if (!args->n) jctx_fail(c, "loop.cycle needs at least one value");
+            *res = args->v[(size_t)d->v[1].u.i % args->n];
+            return 1;
+        }
         if (!strcmp(name, "get")) {
             jv *v = jdict_get(d, a0);
             *res = v ? *v : jargs_get(args, 1, "default", jv_none());

@@ -588,6 +588,7 @@ static void set_loop(jctx *c, jdict *d, size_t i, size_t n, jlist *items) {
         return;
     }
     d->n = 0;
+    d->is_ns = JDICT_LOOP;
     for (int k = 0; k < 11; k++) jdict_set(c->a, d, jv_cstr(c->a, keys[k]), vals[k]);
 }
 

@@ -200,6 +200,7 @@ static void test_loops(void **state) {
     EXPECT("{% for k, v in {'a': 1, 'b': 2}.items() %}{{ k }}={{ v }};{% endfor %}", NULL, "a=1;b=2;");
     EXPECT("{% for x in [1,2,3] %}{{ loop.previtem }}-{{ loop.nextitem }} {% endfor %}", NULL, "-2 1-3 2- ");
     EXPECT("{% for i in range(3, 0, -1) %}{{ i }}{% endfor %}", NULL, "321");
+    EXPECT("{% for i in range(3) %}{{ loop.cycle('a', 'b') }}{% endfor %}", NULL, "aba");
     /* for-loop scope: a set inside the loop does not leak out */
     EXPECT("{% set x = 1 %}{% for i in [1] %}{% set x = 2 %}{% endfor %}{{ x }}", NULL, "1");
 }

@@ -8,7 +8,7 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
 OUT=${FUZZ_BUILD:-build-fuzz}
 CC=${FUZZ_CC:-clang}
-PKGS="openblas libmicrohttpd libuv jansson libpcre2-8"
+PKGS="openblas libmicrohttpd libuv jansson libpcre2-8 libcurl"
 PKG_CFLAGS=$(pkg-config --cflags $PKGS 2>/dev/null || true)
 PKG_LIBS=$(pkg-config --libs $PKGS 2>/dev/null || true)
 SAN="-fsanitize=fuzzer,address,undefined"

@@ -57,6 +57,9 @@ $(BUILD)/%.o: %.c
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -c $< -o $@
 
+# The chat page is embedded by .incbin in routes_webui.c, which -MMD cannot see.
+$(BUILD)/server/routes_webui.o: server/webui/index.html
+
 $(BUILD)/libqkvd.a: $(LIB_OBJ)
 	@rm -f $@
 	ar rcs $@ $^

@@ -24,9 +24,12 @@ static jstr *want_str(jctx *c, jv v, const char *what) {
     return v.u.s;
 }
 
+/* Converting a double outside int64's range is undefined behaviour in C. */
+static int fits_int64(double f) { return f > -9.2e18 && f < 9.2e18; }
+
 static int64_t want_int(jctx *c, jv v, const char *what) {
     if (v.t == JV_INT || v.t == JV_BOOL) return v.u.i;
-    if (v.t == JV_FLOAT) return (int64_t)v.u.f;
+    if (v.t == JV_FLOAT && fits_int64(v.u.f)) return (int64_t)v.u.f;
     jctx_fail(c, "%s expects an integer, got %s", what, jv_typename(v));
 }
 
@@ -237,7 +240,7 @@ static jv to_int(jctx *c, jv x, jv dflt) {
     switch (x.t) {
     case JV_INT: return x;
     case JV_BOOL: return jv_int(x.u.i);
-    case JV_FLOAT: return isfinite(x.u.f) ? jv_int((int64_t)x.u.f) : dflt;
+    case JV_FLOAT: return fits_int64(x.u.f) ? jv_int((int64_t)x.u.f) : dflt;
     case JV_STR: {
         char *end;
         const char *p = x.u.s->s;
@@ -246,7 +249,7 @@ static jv to_int(jctx *c, jv x, jv dflt) {
         if (end != p && !*end) return jv_int(v);
         double f = strtod(p, &end);
         while (is_space(*end)) end++;
-        if (end != p && !*end && isfinite(f)) return jv_int((int64_t)f);
+        if (end != p && !*end && fits_int64(f)) return jv_int((int64_t)f);
         return dflt;
     }
     default: return dflt;
@@ -332,7 +335,7 @@ int jinja__test(jctx *c, const char *name, jv x, jargs *args, int *res) {
         *res = (v % 2 != 0) == (name[0] == 'o');
     } else if (!strcmp(name, "divisibleby")) {
         int64_t d = want_int(c, a0, name);
-        *res = d != 0 && want_int(c, x, name) % d == 0;
+        *res = d == -1 || (d != 0 && want_int(c, x, name) % d == 0);
     } else if (!strcmp(name, "lower") || !strcmp(name, "upper")) {
         *res = 0;
         if (x.t == JV_STR) {
@@ -473,7 +476,8 @@ int jinja__filter(jctx *c, const char *name, jv x, jargs *args, jv *res) {
     if (!strcmp(name, "int")) { *res = to_int(c, x, jargs_get(args, 0, "default", jv_int(0))); return 1; }
     if (!strcmp(name, "float")) { *res = to_float(c, x, jargs_get(args, 0, "default", jv_float(0))); return 1; }
     if (!strcmp(name, "abs")) {
-        if (x.t == JV_INT || x.t == JV_BOOL) *res = jv_int(x.u.i < 0 && x.u.i != INT64_MIN ? -x.u.i : x.u.i);
+        if (x.t == JV_INT && x.u.i == INT64_MIN) *res = jv_float(-(double)x.u.i);
+        else if (x.t == JV_INT || x.t == JV_BOOL) *res = jv_int(x.u.i < 0 ? -x.u.i : x.u.i);
         else if (x.t == JV_FLOAT) *res = jv_float(fabs(x.u.f));
         else jctx_fail(c, "bad operand type for abs(): %s", jv_typename(x));
         return 1;
@@ -681,7 +685,9 @@ int jinja__filter(jctx *c, const char *name, jv x, jargs *args, jv *res) {
         jv acc = jargs_get(args, 1, "start", jv_int(0));
         for (size_t i = 0; i < l.u.l->n; i++) {
             jv it = at.t != JV_NONE ? attr_path(c, l.u.l->v[i], at) : l.u.l->v[i];
-            if (acc.t == JV_INT && (it.t == JV_INT || it.t == JV_BOOL)) acc = jv_int(acc.u.i + it.u.i);
+            int64_t sum;
+            if (acc.t == JV_INT && (it.t == JV_INT || it.t == JV_BOOL) && !__builtin_add_overflow(acc.u.i, it.u.i, &sum))
+                acc = jv_int(sum);
             else if ((acc.t == JV_INT || acc.t == JV_FLOAT) && (it.t == JV_INT || it.t == JV_FLOAT || it.t == JV_BOOL))
                 acc = jv_float((acc.t == JV_FLOAT ? acc.u.f : (double)acc.u.i) + (it.t == JV_FLOAT ? it.u.f : (double)it.u.i));
             else jctx_fail(c, "sum of %s", jv_typename(it));
@@ -958,9 +964,10 @@ int jinja__global_fn(jctx *c, const char *name, jargs *args, jv *res) {
         }
         if (stp == 0) jctx_fail(c, "range step must not be zero");
         jv r = jv_newlist(A);
-        for (int64_t i = start, n = 0; stp > 0 ? i < stop : i > stop; i += stp, n++) {
+        for (int64_t i = start, n = 0; stp > 0 ? i < stop : i > stop; n++) {
             if (n >= 1000000) jctx_fail(c, "range too large");
             jlist_push(A, r.u.l, jv_int(i));
+            if (__builtin_add_overflow(i, stp, &i)) break;
         }
         *res = r;
         return 1;

@@ -242,10 +242,11 @@ static size_t slice_indices(jctx *c, int64_t n, jv start, jv stop, jv stepv, int
     }
     size_t cnt = 0;
     int64_t *idx = jarena__alloc(c->a, (size_t)(n > 0 ? n : 1) * sizeof *idx);
+    /* stepping stops before i + st could overflow */
     if (st > 0)
-        for (int64_t i = lo; i < hi; i += st) idx[cnt++] = i;
+        for (int64_t i = lo; i < hi; i = hi - i > st ? i + st : hi) idx[cnt++] = i;
     else
-        for (int64_t i = lo; i > hi; i += st) idx[cnt++] = i;
+        for (int64_t i = lo; i > hi; i = i - hi > -st ? i + st : hi) idx[cnt++] = i;
     *out = idx;
     return cnt;
 }
@@ -511,7 +512,8 @@ static jv eval(jctx *c, scope *s, const jnode *n) {
     case JN_NEG: case JN_POS: {
         jv x = eval(c, s, n->a);
         if (x.t == JV_INT || x.t == JV_BOOL) {
-            r = jv_int(n->k == JN_NEG ? (x.u.i == INT64_MIN ? x.u.i : -x.u.i) : x.u.i);
+            if (n->k == JN_NEG && x.u.i == INT64_MIN) r = jv_float(-(double)x.u.i);  /* past int64 */
+            else r = jv_int(n->k == JN_NEG ? -x.u.i : x.u.i);
         } else if (x.t == JV_FLOAT) {
             r = jv_float(n->k == JN_NEG ? -x.u.f : x.u.f);
         } else {

@@ -244,6 +244,32 @@ static void fwd_attn_task(void *ctx, int32_t task, int32_t thread) {
                      f->attn_scratch + (size_t)thread * f->attn_scratch_floats);
 }
 
+/* Attention chunks for the output rows only (last layer, compacted). */
+static void fwd_out_chunks(forward *f, const engine_item *items, int32_t n_items) {
+    int32_t T = 0;
+    f->n_chunks = 0;
+    for (int32_t i = 0; i < n_items; i++) {
+        const engine_item *it = &items[i];
+        int32_t pos0 = f->tok_pos[T];
+        if (it->out == ENGINE_OUT_LAST) {
+            fwd_chunk *c = &f->chunks[f->n_chunks++];
+            c->seq = it->seq;
+            c->t0 = T + it->n_tokens - 1;
+            c->n = 1;
+            c->pos0 = pos0 + it->n_tokens - 1;
+        } else if (it->out == ENGINE_OUT_ALL) {
+            for (int32_t j = 0; j < it->n_tokens; j += ATTN_Q_CHUNK) {
+                fwd_chunk *c = &f->chunks[f->n_chunks++];
+                c->seq = it->seq;
+                c->t0 = T + j;
+                c->n = it->n_tokens - j < ATTN_Q_CHUNK ? it->n_tokens - j : ATTN_Q_CHUNK;
+                c->pos0 = pos0 + j;
+            }
+        }
+        T += it->n_tokens;
+    }
+}
+
 int forward_step(forward *f, kv_cache *kv, engine_item *items, int32_t n_items) {
     const model *m = f->m;
     const model_hparams *hp = &m->hp;
@@ -293,6 +319,14 @@ int forward_step(forward *f, kv_cache *kv, engine_item *items, int32_t n_items) 
 
     fwd_run_rows(f, FWD_OP_EMBED, T, NULL);
     fwd_run_rows(f, FWD_OP_NORM, T, m->layers[0].attn_norm);
+    /* In the last layer only the rows that produce output matter once
+     * their K/V are stored: attention, FFN and the final norm run on those
+     * rows alone (a prompt chunk with ENGINE_OUT_LAST saves 1/n_layer of
+     * its work). Embeddings pool every row, so they keep all. */
+    int has_embd = 0;
+    for (int32_t i = 0; i < n_items; i++) has_embd |= items[i].out == ENGINE_OUT_EMBD;
+    int compact = 0;
+    int32_t Tl = T; /* rows the rest of the current layer works on */
     for (int32_t il = 0; il < hp->n_layer; il++) {
         const model_layer *L = &m->layers[il];
         f->layer = il;
@@ -300,27 +334,44 @@ int forward_step(forward *f, kv_cache *kv, engine_item *items, int32_t n_items) 
         float *qkv_out[3] = {f->q, f->k, f->v};
         matmul_run(f->mm, 3, qkv, f->xn, T, qkv_out);
         fwd_run_rows(f, FWD_OP_QKV_POST, T, NULL);
+        if (il == hp->n_layer - 1 && !has_embd && n_out < T) {
+            compact = 1;
+            Tl = n_out;
+            if (n_out == 0) break; /* only the K/V were wanted */
+            fwd_out_chunks(f, items, n_items);
+        }
         threadpool_run(f->tp, f->n_chunks * hp->n_head, fwd_attn_task, f);
+        if (compact) {
+            /* Move the output rows to the front (out_rows ascend: r <= t). */
+            for (int32_t r = 0; r < n_out; r++) {
+                int32_t t = f->out_rows[r];
+                if (t == r) continue;
+                memcpy(f->att + (size_t)r * f->qd, f->att + (size_t)t * f->qd, (size_t)f->qd * sizeof(float));
+                memcpy(f->x + (size_t)r * E, f->x + (size_t)t * E, (size_t)E * sizeof(float));
+            }
+        }
         const mm_matrix *wo[1] = {&L->wo};
         float *wo_out[1] = {f->tmp};
-        matmul_run(f->mm, 1, wo, f->att, T, wo_out);
-        fwd_run_rows(f, FWD_OP_ADD_NORM, T, L->ffn_norm);
+        matmul_run(f->mm, 1, wo, f->att, Tl, wo_out);
+        fwd_run_rows(f, FWD_OP_ADD_NORM, Tl, L->ffn_norm);
         const mm_matrix *gu[2] = {&L->gate, &L->up};
         float *gu_out[2] = {f->g, f->u};
-        matmul_run(f->mm, 2, gu, f->xn, T, gu_out);
-        fwd_run_rows(f, FWD_OP_SWIGLU, T, NULL);
+        matmul_run(f->mm, 2, gu, f->xn, Tl, gu_out);
+        fwd_run_rows(f, FWD_OP_SWIGLU, Tl, NULL);
         const mm_matrix *dn[1] = {&L->down};
         float *dn_out[1] = {f->tmp};
-        matmul_run(f->mm, 1, dn, f->g, T, dn_out);
+        matmul_run(f->mm, 1, dn, f->g, Tl, dn_out);
         /* Fuse the residual with the next layer's attention norm (or the
          * final norm, which feeds the output rows). */
         const float *next = il + 1 < hp->n_layer ? m->layers[il + 1].attn_norm : m->output_norm;
-        fwd_run_rows(f, FWD_OP_ADD_NORM, T, next);
+        fwd_run_rows(f, FWD_OP_ADD_NORM, Tl, next);
     }
 
-    /* xn now holds the final-normed hidden states of every token. */
+    /* xn holds the final-normed hidden states: of every token, or of the
+     * output rows in order when the last layer was compacted. */
     for (int32_t r = 0; r < n_out; r++)
-        memcpy(f->hid + (size_t)r * E, f->xn + (size_t)f->out_rows[r] * E, (size_t)E * sizeof(float));
+        memcpy(f->hid + (size_t)r * E, f->xn + (size_t)(compact ? r : f->out_rows[r]) * E,
+               (size_t)E * sizeof(float));
     if (n_out > 0) {
         const mm_matrix *out[1] = {&m->output};
         float *lg[1] = {f->logits};

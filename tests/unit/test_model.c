@@ -236,6 +236,19 @@ static void test_batch_equivalence(void **state) {
     }
     printf("prefill batch vs decode: max |dlogit| %.2e\n", maxd);
     assert_true(maxd < 1e-4);
+    /* Chunked prefill: ENGINE_OUT_NONE then ENGINE_OUT_LAST (the last layer
+     * then runs on the output row alone) == the whole batch. */
+    int32_t s3 = engine_seq_create(e);
+    engine_item p1 = {s3, toks, 20, ENGINE_OUT_NONE, NULL};
+    assert_int_equal(engine_step(e, &p1, 1), 0);
+    assert_null(p1.logits);
+    engine_item p2 = {s3, toks + 20, 20, ENGINE_OUT_LAST, NULL};
+    assert_int_equal(engine_step(e, &p2, 1), 0);
+    double maxc = 0;
+    for (int32_t j = 0; j < V; j++) maxc = fmax(maxc, fabs(p2.logits[j] - batch[(size_t)39 * V + j]));
+    printf("chunked prefill vs batch: max |dlogit| %.2e\n", maxc);
+    assert_true(maxc < 1e-4);
+    engine_seq_free(e, s3);
     /* Two sequences in one step: s0 continues, s1 starts a different prompt. */
     int32_t s1 = engine_seq_create(e);
     engine_item two[2] = {{s0, toks + 5, 3, ENGINE_OUT_ALL, NULL}, {s1, toks + 20, 7, ENGINE_OUT_LAST, NULL}};

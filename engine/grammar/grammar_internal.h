@@ -59,6 +59,7 @@ struct grammar {
     const grammar_vocab *vocab;
     gpos_mask **pm;     /* per element index; NULL until computed */
     struct gprecomp *pre; /* scratch for the precomputation (under lock) */
+    struct gdeep_map *deep; /* tables keyed by several stack positions (token_mask.c) */
 };
 
 /* Free g's mask tables and precomputation scratch (token_mask.c). */

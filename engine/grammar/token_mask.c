@@ -16,8 +16,22 @@
 #include "grammar_internal.h"
 
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+/* Keys of the mask tables: the top positions of a stack (key[0] the BYTES
+ * element on top), a sentinel ending it if the stack ends there. */
+#define KEY_MAX 6
+#define KEY_SENT 0xFFFFFFF0u
+
+typedef struct gdeep {
+    uint32_t key[KEY_MAX];
+    int32_t n;
+    gpos_mask *pm;
+} gdeep;
+
+struct gdeep_map { gdeep *e; uint32_t cap, n; };
 
 struct grammar_vocab {
     const tokenizer *t;
@@ -147,6 +161,8 @@ typedef struct gprecomp {
     int32_t *ubuf; int32_t ucap;
 } gprecomp;
 
+static void free_pm(gpos_mask *pm);
+
 static void precomp_free(gprecomp *pc) {
     if (!pc) return;
     grammar__machine_free(&pc->m);
@@ -157,8 +173,13 @@ static void precomp_free(gprecomp *pc) {
 
 void grammar__mask_free(grammar *g) {
     if (g->pm)
-        for (int32_t i = 0; i <= g->n_elems; i++)
-            if (g->pm[i]) { free(g->pm[i]->accepted); free(g->pm[i]->uncertain); free(g->pm[i]->ulcp); free(g->pm[i]); }
+        for (int32_t i = 0; i <= g->n_elems; i++) free_pm(g->pm[i]);
+    if (g->deep) {
+        for (uint32_t i = 0; i < g->deep->cap; i++) free_pm(g->deep->e[i].pm);
+        free(g->deep->e);
+        free(g->deep);
+        g->deep = NULL;
+    }
     precomp_free(g->pre);
     g->pre = NULL;
 }
@@ -175,14 +196,13 @@ static int push_uncertain(gprecomp *pc, int32_t *n, int32_t id) {
     return 0;
 }
 
-/* The stack (p, ...) to precompute from: below p, the return positions that
- * are statically known because each rule on the way has one call site,
- * then BOTTOM (or COMPLETE above a root nobody calls). */
-static uint32_t start_node(const grammar *g, gmachine *m, uint32_t p) {
+/* The frames below a frame of rule r that are statically known because
+ * each rule on the way has one call site, then BOTTOM (or COMPLETE below a
+ * root nobody calls). */
+static uint32_t static_below(const grammar *g, gmachine *m, int32_t r) {
     uint32_t chain[64];
     int n = 0;
     uint32_t bottom = GNODE_BOTTOM;
-    int32_t r = g->elem_rule[p];
     while (n < 64) {
         int32_t s = g->site[r];
         if (s == -2) { if (r == g->root) bottom = GNODE_COMPLETE; break; }
@@ -193,11 +213,22 @@ static uint32_t start_node(const grammar *g, gmachine *m, uint32_t p) {
     if (n == 64) { n = 0; bottom = GNODE_BOTTOM; }
     uint32_t x = bottom;
     while (n > 0 && x != UINT32_MAX) x = grammar__machine_node(m, chain[--n], x);
-    return x == UINT32_MAX ? x : grammar__machine_node(m, p, x);
+    return x;
 }
 
-/* The table of position p (under g->lock). NULL on OOM. */
-static gpos_mask *precompute(grammar *g, const grammar_vocab *v, uint32_t p) {
+
+/* The stack to precompute from: the key's frames, then the static frames. */
+static uint32_t start_node(const grammar *g, gmachine *m, const uint32_t *key, int n) {
+    uint32_t x;
+    if (key[n - 1] >= KEY_SENT) { x = key[n - 1] - KEY_SENT; n--; }
+    else x = static_below(g, m, g->elem_rule[key[n - 1]]);
+    while (n > 0 && x != UINT32_MAX) x = grammar__machine_node(m, key[--n], x);
+    return x;
+}
+
+/* The table of a key (under g->lock). NULL on OOM. */
+static gpos_mask *precompute(grammar *g, const grammar_vocab *v, const uint32_t *key, int keylen) {
+    uint32_t p = key[0];
     gprecomp *pc = g->pre;
     if (!pc) {
         pc = calloc(1, sizeof *pc);
@@ -216,7 +247,7 @@ static gpos_mask *precompute(grammar *g, const grammar_vocab *v, uint32_t p) {
     gmachine *m = &pc->m;
     grammar__machine_clear(m);
     pc->sets[0].n = 0;
-    uint32_t x = start_node(g, m, p);
+    uint32_t x = start_node(g, m, key, keylen);
     if (x == UINT32_MAX || grammar__set_push(&pc->sets[0], x)) goto oom;
     pc->mark[0] = m->n;
     pc->ctx[0] = 0;
@@ -266,6 +297,11 @@ static gpos_mask *precompute(grammar *g, const grammar_vocab *v, uint32_t p) {
         }
     }
     pm->n_uncertain = nu;
+    if (getenv("QKVD_GRAMMAR_DEBUG")) {
+        int32_t na = 0;
+        for (int32_t w = 0; w < v->n_words; w++) na += __builtin_popcount(pm->accepted[w]);
+        fprintf(stderr, "pos %u rule %d key depth %d: accepted %d uncertain %d\n", p, g->elem_rule[p], keylen, na, nu);
+    }
     return pm;
 oom:
     free(pm->accepted); free(pm->uncertain); free(pm->ulcp); free(pm);
@@ -284,10 +320,88 @@ static gpos_mask *get_pm(grammar *g, const grammar_vocab *v, uint32_t p) {
     pthread_mutex_lock(&g->lock);
     pm = g->pm[p];
     if (!pm) {
-        pm = precompute(g, v, p);
+        pm = precompute(g, v, &p, 1);
         if (pm) __atomic_store_n(&g->pm[p], pm, __ATOMIC_RELEASE);
     }
     pthread_mutex_unlock(&g->lock);
+    return pm;
+}
+
+/* Tables of deeper keys, for positions whose one-position table leaves too
+ * many tokens to the run-time check (a rule called from many sites, e.g.
+ * each step of a bounded repetition): the real frames below the top make
+ * more tokens decidable in advance. Open addressing, under g->lock. */
+
+static uint32_t key_hash(const uint32_t *k, int n) {
+    uint64_t h = 1469598103934665603ull;
+    for (int i = 0; i < n; i++) h = (h ^ k[i]) * 1099511628211ull;
+    return (uint32_t)(h ^ (h >> 32));
+}
+
+static gpos_mask *get_pm_deep(grammar *g, const grammar_vocab *v, const uint32_t *key, int n) {
+    pthread_mutex_lock(&g->lock);
+    struct gdeep_map *dm = g->deep;
+    gpos_mask *pm = NULL;
+    if (!dm) {
+        dm = calloc(1, sizeof *dm);
+        if (!dm) goto out;
+        g->deep = dm;
+    }
+    if (dm->n * 2 >= dm->cap) {
+        uint32_t nc = dm->cap ? dm->cap * 2 : 64;
+        gdeep *ne = calloc(nc, sizeof *ne);
+        if (!ne) goto out;
+        for (uint32_t i = 0; i < dm->cap; i++) {
+            if (!dm->e[i].pm) continue;
+            uint32_t h = key_hash(dm->e[i].key, dm->e[i].n) & (nc - 1);
+            while (ne[h].pm) h = (h + 1) & (nc - 1);
+            ne[h] = dm->e[i];
+        }
+        free(dm->e);
+        dm->e = ne;
+        dm->cap = nc;
+    }
+    uint32_t h = key_hash(key, n) & (dm->cap - 1);
+    while (dm->e[h].pm) {
+        if (dm->e[h].n == n && !memcmp(dm->e[h].key, key, (size_t)n * sizeof *key)) { pm = dm->e[h].pm; goto out; }
+        h = (h + 1) & (dm->cap - 1);
+    }
+    pm = precompute(g, v, key, n);
+    if (pm) {
+        memcpy(dm->e[h].key, key, (size_t)n * sizeof *key);
+        dm->e[h].n = n;
+        dm->e[h].pm = pm;
+        dm->n++;
+    }
+out:
+    pthread_mutex_unlock(&g->lock);
+    return pm;
+}
+
+static void free_pm(gpos_mask *pm) {
+    if (!pm) return;
+    free(pm->accepted); free(pm->uncertain); free(pm->ulcp); free(pm);
+}
+
+/* Uncertain tokens above which a deeper key is tried. */
+#define DEEP_THRESHOLD 4096
+
+/* The most specific useful table for the stack x of machine mc. */
+static gpos_mask *get_pm_stack(grammar *g, const grammar_vocab *v, const gmachine *mc, uint32_t x) {
+    gpos_mask *pm = get_pm(g, v, mc->pos[x]);
+    if (!pm || pm->n_uncertain <= DEEP_THRESHOLD) return pm;
+    uint32_t key[KEY_MAX];
+    int n = 0;
+    key[n++] = mc->pos[x];
+    uint32_t y = mc->parent[x];
+    while (n < KEY_MAX) {
+        key[n++] = y < 2 ? KEY_SENT + y : mc->pos[y];
+        gpos_mask *d = get_pm_deep(g, v, key, n);
+        if (!d) return NULL;
+        pm = d;
+        if (pm->n_uncertain <= DEEP_THRESHOLD || y < 2) break;
+        y = mc->parent[y];
+    }
     return pm;
 }
 
@@ -416,8 +530,7 @@ int32_t grammar_matcher_fill_mask(grammar_matcher *m, uint32_t *mask) {
     for (uint32_t i = 0; i < m->cur.n; i++) {
         uint32_t x = m->cur.v[i];
         if (x < 2) { complete |= x == GNODE_COMPLETE; continue; }
-        uint32_t p = m->mach[m->cur_m].pos[x];
-        gpos_mask *pm = get_pm(m->g, v, p);
+        gpos_mask *pm = get_pm_stack(m->g, v, &m->mach[m->cur_m], x);
         if (!pm) { m->failed = 1; memset(mask, 0, (size_t)v->n_words * sizeof *mask); return 0; }
         const uint32_t *a = pm->accepted;
         for (int32_t w = 0; w < v->n_words; w++) mask[w] |= a[w];

@@ -32,10 +32,10 @@ static void check_type(threadpool *tp, enum qk_type t, int64_t K, int64_t N) {
     }
     mm_matrix m = {t, W, K, N, rb};
     const mm_matrix *mp[2] = {&m, &m};
-    matmul *mm = matmul_create(tp, K, 40);
+    matmul *mm = matmul_create(tp, K, 70);
     assert_non_null(mm);
-    int32_t counts[] = {1, 5, 40};
-    for (int ci = 0; ci < 3; ci++) {
+    int32_t counts[] = {1, 5, 37, 70};
+    for (int ci = 0; ci < 4; ci++) {
         int32_t T = counts[ci];
         float *x = malloc((size_t)T * K * sizeof(float));
         float *y0 = malloc((size_t)T * N * sizeof(float)), *y1 = malloc((size_t)T * N * sizeof(float));
@@ -75,7 +75,7 @@ static void test_all_types(void **state) {
     for (int nt = 1; nt <= 2; nt++) {
         threadpool *tp = threadpool_create(nt);
         assert_non_null(tp);
-        for (size_t i = 0; i < sizeof types / sizeof types[0]; i++) check_type(tp, types[i], 512, 100);
+        for (size_t i = 0; i < sizeof types / sizeof types[0]; i++) check_type(tp, types[i], 512, 101);
         threadpool_free(tp);
     }
 }

@@ -37,7 +37,10 @@ void grammar__str_literal(gstr *b, const char *s, size_t n);
 
 /* Lazily computed per-position mask table. */
 typedef struct gpos_mask {
-    uint32_t *accepted;   /* n_vocab bits */
+    uint32_t *accepted;   /* n_vocab bits, or NULL when acc_ids lists them */
+    int32_t w_lo, w_hi;   /* accepted words outside [w_lo, w_hi) are zero */
+    int32_t *acc_ids;     /* the accepted tokens when there are few */
+    int32_t n_acc;
     int32_t *uncertain;   /* token ids in trie order */
     uint16_t *ulcp;       /* bytes shared with the previous uncertain token */
     int32_t n_uncertain;

@@ -16,7 +16,6 @@
 #include "grammar_internal.h"
 
 #include <math.h>
-#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -51,6 +50,20 @@ struct grammar_vocab {
     int32_t n_nodes;
     int32_t max_len;
 };
+
+/* Portable popcount (the default x86-64 target has no POPCNT instruction
+ * and the builtin becomes a library call). */
+static inline int popcount32(uint32_t x) {
+    x = x - ((x >> 1) & 0x55555555u);
+    x = (x & 0x33333333u) + ((x >> 2) & 0x33333333u);
+    x = (x + (x >> 4)) & 0x0F0F0F0Fu;
+    return (int)((x * 0x01010101u) >> 24);
+}
+
+/* dst |= src over n words (vectorised: the arrays never overlap). */
+static void or_words(uint32_t *restrict dst, const uint32_t *restrict src, int32_t n) {
+    for (int32_t i = 0; i < n; i++) dst[i] |= src[i];
+}
 
 /* ---- vocabulary ---- */
 
@@ -228,7 +241,6 @@ static uint32_t start_node(const grammar *g, gmachine *m, const uint32_t *key, i
 
 /* The table of a key (under g->lock). NULL on OOM. */
 static gpos_mask *precompute(grammar *g, const grammar_vocab *v, const uint32_t *key, int keylen) {
-    uint32_t p = key[0];
     gprecomp *pc = g->pre;
     if (!pc) {
         pc = calloc(1, sizeof *pc);
@@ -297,14 +309,29 @@ static gpos_mask *precompute(grammar *g, const grammar_vocab *v, const uint32_t 
         }
     }
     pm->n_uncertain = nu;
-    if (getenv("QKVD_GRAMMAR_DEBUG")) {
-        int32_t na = 0;
-        for (int32_t w = 0; w < v->n_words; w++) na += __builtin_popcount(pm->accepted[w]);
-        fprintf(stderr, "pos %u rule %d key depth %d: accepted %d uncertain %d\n", p, g->elem_rule[p], keylen, na, nu);
+    /* few accepted tokens: a list is cheaper to apply than a bitset */
+    int32_t na = 0;
+    pm->w_lo = v->n_words;
+    pm->w_hi = 0;
+    for (int32_t w = 0; w < v->n_words; w++)
+        if (pm->accepted[w]) {
+            na += popcount32(pm->accepted[w]);
+            if (w < pm->w_lo) pm->w_lo = w;
+            pm->w_hi = w + 1;
+        }
+    pm->n_acc = na;
+    if (na <= 512) {
+        pm->acc_ids = malloc((size_t)(na ? na : 1) * sizeof *pm->acc_ids);
+        if (!pm->acc_ids) goto oom;
+        int32_t k = 0;
+        for (int32_t w = pm->w_lo; w < pm->w_hi; w++)
+            for (uint32_t bits = pm->accepted[w]; bits; bits &= bits - 1) pm->acc_ids[k++] = w * 32 + __builtin_ctz(bits);
+        free(pm->accepted);
+        pm->accepted = NULL;
     }
     return pm;
 oom:
-    free(pm->accepted); free(pm->uncertain); free(pm->ulcp); free(pm);
+    free(pm->accepted); free(pm->uncertain); free(pm->ulcp); free(pm->acc_ids); free(pm);
     return NULL;
 }
 
@@ -380,7 +407,7 @@ out:
 
 static void free_pm(gpos_mask *pm) {
     if (!pm) return;
-    free(pm->accepted); free(pm->uncertain); free(pm->ulcp); free(pm);
+    free(pm->accepted); free(pm->uncertain); free(pm->ulcp); free(pm->acc_ids); free(pm);
 }
 
 /* Uncertain tokens above which a deeper key is tried. */
@@ -532,8 +559,9 @@ int32_t grammar_matcher_fill_mask(grammar_matcher *m, uint32_t *mask) {
         if (x < 2) { complete |= x == GNODE_COMPLETE; continue; }
         gpos_mask *pm = get_pm_stack(m->g, v, &m->mach[m->cur_m], x);
         if (!pm) { m->failed = 1; memset(mask, 0, (size_t)v->n_words * sizeof *mask); return 0; }
-        const uint32_t *a = pm->accepted;
-        for (int32_t w = 0; w < v->n_words; w++) mask[w] |= a[w];
+        if (pm->accepted) or_words(mask + pm->w_lo, pm->accepted + pm->w_lo, pm->w_hi - pm->w_lo);
+        else
+            for (int32_t k = 0; k < pm->n_acc; k++) mask[pm->acc_ids[k] >> 5] |= 1u << (pm->acc_ids[k] & 31);
         if (pm->n_uncertain && check_uncertain(m, x, pm, mask)) {
             m->failed = 1;
             memset(mask, 0, (size_t)v->n_words * sizeof *mask);
@@ -544,7 +572,7 @@ int32_t grammar_matcher_fill_mask(grammar_matcher *m, uint32_t *mask) {
         for (int32_t id = 0; id < v->n_vocab; id++)
             if (v->eog[id]) mask[id >> 5] |= 1u << (id & 31);
     int32_t count = 0;
-    for (int32_t w = 0; w < v->n_words; w++) count += __builtin_popcount(mask[w]);
+    for (int32_t w = 0; w < v->n_words; w++) count += popcount32(mask[w]);
     return count;
 }
 

@@ -293,7 +293,7 @@ static enum MHD_Result http_access(void *cls, struct MHD_Connection *conn, const
             api_error_set(&e, 413, NULL, NULL, "request_too_large", "request body is larger than the limit of %ld bytes (--max-body)",
                           h->o.max_body);
             http_reply_error(r, &e);
-        } else if (h->api_key && h->api_key[0] && strcmp(r->path, "/health") &&
+        } else if (h->api_key && h->api_key[0] && strcmp(r->path, "/health") && strcmp(r->path, "/") &&
                    !http_auth_ok(h, http_req_header(r, MHD_HTTP_HEADER_AUTHORIZATION))) {
             api_error_set(&e, 401, "invalid_request_error", NULL, "invalid_api_key",
                           "missing or invalid API key: send 'Authorization: Bearer KEY'");

@@ -6,6 +6,7 @@
 #include <time.h>
 #include "request.h"
 #include "serve.h"
+#include "webui.h"
 
 static void reply_400(http_req *r, const char *param, const char *msg) {
     api_error e;
@@ -259,6 +260,7 @@ typedef struct route {
 } route;
 
 static const route routes[] = {
+    {"/", "GET", 0},
     {"/health", "GET", 0},
     {"/v1/models", "GET", 0},
     {"/v1/models/", "GET", 1},
@@ -274,6 +276,15 @@ static const route routes[] = {
 void routes_dispatch(void *app, http_req *r) {
     serve_app *a = app;
     const char *path = http_req_path(r), *method = http_req_method(r);
+    /* Clients configured with a base URL lacking /v1 call /chat/completions,
+     * /completions, /embeddings, /models: serve those as their /v1 twins. */
+    char alias[256];
+    if (strncmp(path, "/v1/", 4) && (!strcmp(path, "/chat/completions") || !strcmp(path, "/completions") ||
+                                     !strcmp(path, "/embeddings") || !strncmp(path, "/models", 7)) &&
+        strlen(path) < sizeof alias - 3) {
+        snprintf(alias, sizeof alias, "/v1%s", path);
+        path = alias;
+    }
     const route *hit = NULL;
     for (const route *rt = routes; rt->path; rt++) {
         size_t l = strlen(rt->path);
@@ -295,7 +306,8 @@ void routes_dispatch(void *app, http_req *r) {
         http_reply_error(r, &e);
         return;
     }
-    if (!strcmp(hit->path, "/health")) route_health(a, r);
+    if (!strcmp(hit->path, "/")) webui_reply(r);
+    else if (!strcmp(hit->path, "/health")) route_health(a, r);
     else if (!strcmp(hit->path, "/v1/models")) route_models(a, r);
     else if (hit->prefix) route_model(a, r, path + strlen(hit->path));
     else if (!strcmp(hit->path, "/v1/chat/completions")) routes_chat(a, r);

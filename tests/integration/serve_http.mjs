@@ -23,6 +23,12 @@ try {
      r.json.data[0].object === 'model', 'models_list', r.body);
   r = await get(P, '/v1/models/stories260K');
   ok(r.status === 200 && r.json.id === 'stories260K', 'models_get', r.body);
+  r = await get(P, '/');
+  ok(r.status === 200 && /^text\/html/.test(r.headers['content-type']) && /<html/i.test(r.body), 'webui_page', r.body.slice(0, 100));
+  r = await get(P, '/models');
+  ok(r.status === 200 && r.json.data[0].id === 'stories260K', 'models_without_v1_prefix', r.body);
+  r = await post(P, '/chat/completions', { messages: [{ role: 'user', content: 'x' }], max_tokens: 1 });
+  ok(r.status === 200 && r.json.object === 'chat.completion', 'chat_without_v1_prefix', r.body);
   r = await get(P, '/v1/models/nope');
   ok(r.status === 404 && r.json.error.code === 'model_not_found', 'models_get_unknown_404', r.body);
 

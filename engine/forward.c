@@ -4,7 +4,9 @@
  * All tokens of all items of a step go through the matrix products together
  * (one weight pass per step); attention runs per item, since each item sees
  * only its own sequence's KV. Element-wise work is split over token rows on
- * the pool when the step is large, and done inline for decode. */
+ * the pool when the step is large, and done inline for decode. The last
+ * layer, once every row's K/V is stored, runs only the rows that produce
+ * output (a prompt chunk asking for its last logits computes one row). */
 #include "forward.h"
 
 #include <errno.h>

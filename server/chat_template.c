@@ -21,6 +21,12 @@ struct chat_template {
  * (a render is typically tens of KiB), low enough to protect the daemon. */
 #define RENDER_MEM_LIMIT ((size_t)512 << 20)
 
+static int render_limited(const chat_template *t, const json_t *messages, const json_t *tools,
+                          const chat_template_opts *o, uint64_t step_limit, char **out, char *err, size_t errlen);
+
+/* Steps a probe render may take: real templates need a few thousand. */
+#define PROBE_STEPS 200000
+
 /* Renders a tiny conversation to learn whether the template keeps a system
  * message. It does not when rendering with one fails (Gemma 2 raises) or
  * drops its text, while the same conversation without it renders fine. */
@@ -32,11 +38,11 @@ static int probe_no_system(chat_template *t) {
     chat_template_opts po = {.add_generation_prompt = 1, .now = 1};
     int no_system = 0;
     if (with && without) {
-        int rc = chat_template_render(t, with, NULL, &po, &text, err, sizeof err);
+        int rc = render_limited(t, with, NULL, &po, PROBE_STEPS, &text, err, sizeof err);
         int kept = rc == 0 && strstr(text, "<<qkvd-system-probe>>") != NULL;
         free(text);
         text = NULL;
-        if (!kept && chat_template_render(t, without, NULL, &po, &text, err, sizeof err) == 0) no_system = 1;
+        if (!kept && render_limited(t, without, NULL, &po, PROBE_STEPS, &text, err, sizeof err) == 0) no_system = 1;
         free(text);
     }
     json_decref(with);
@@ -47,7 +53,7 @@ static int probe_no_system(chat_template *t) {
 static int probe_shows(chat_template *t, json_t *msgs, const char *needle) {
     char *text = NULL, err[256];
     chat_template_opts po = {.add_generation_prompt = 1, .now = 1};
-    int shown = msgs && chat_template_render(t, msgs, NULL, &po, &text, err, sizeof err) == 0 && strstr(text, needle);
+    int shown = msgs && render_limited(t, msgs, NULL, &po, PROBE_STEPS, &text, err, sizeof err) == 0 && strstr(text, needle);
     free(text);
     json_decref(msgs);
     return shown;
@@ -74,7 +80,7 @@ static int probe_args_render(chat_template *t, json_t *args) {
                              "role", "user", "content", "bye");
     char *text = NULL, err[256];
     chat_template_opts po = {.add_generation_prompt = 1, .now = 1};
-    int ok = msgs && chat_template_render(t, msgs, NULL, &po, &text, err, sizeof err) == 0 &&
+    int ok = msgs && render_limited(t, msgs, NULL, &po, PROBE_STEPS, &text, err, sizeof err) == 0 &&
              strstr(text, "qkvd_arg_needle") && !strstr(text, "\\\"qkvd_arg_needle");
     free(text);
     json_decref(msgs);
@@ -221,6 +227,13 @@ static void set_global(jarena *a, jdict *g, const char *k, jv v) { jdict_set(a, 
 
 int chat_template_render(const chat_template *t, const json_t *messages, const json_t *tools,
                          const chat_template_opts *o, char **out, char *err, size_t errlen) {
+    return render_limited(t, messages, tools, o, 0, out, err, errlen);
+}
+
+/* The render itself; step_limit 0 = the default. Compile-time probes pass a
+ * small limit so a pathological template cannot make compiling slow. */
+static int render_limited(const chat_template *t, const json_t *messages, const json_t *tools,
+                          const chat_template_opts *o, uint64_t step_limit, char **out, char *err, size_t errlen) {
     static const chat_template_opts defaults = {0};
     *out = NULL;
     if (!t) {
@@ -277,7 +290,7 @@ int chat_template_render(const chat_template *t, const json_t *messages, const j
         json_object_foreach((json_t *)opts->extra, k, v) set_global(&a, g, k, jv_from_json(&a, v));
     }
     a.limit = a.used_total + RENDER_MEM_LIMIT;
-    jrender_in in = {.root = t->root, .globals = g, .now = now};
+    jrender_in in = {.root = t->root, .globals = g, .now = now, .step_limit = step_limit};
     char *text = NULL;
     size_t n = 0;
     int rc = jinja__render(&in, &a, &text, &n, err, errlen);

@@ -50,7 +50,10 @@ typedef struct jv {
 } jv;
 
 struct jlist { size_t n, cap; jv *v; int tuple; /* prints as (a, b) */ };
-struct jdict { size_t n, cap; jv *k; jv *v; int is_ns; };
+struct jdict {
+    size_t n, cap; jv *k; jv *v; int is_ns;
+    uint32_t *idx; size_t idx_cap;  /* hash index (entry+1, 0 = empty) once n >= 16 */
+};
 /* is_ns values: 0 plain dict, 1 namespace(), JDICT_LOOP a for-loop's `loop`
  * object (index0 is its second entry; it has a cycle() method). */
 #define JDICT_LOOP 2
@@ -104,6 +107,7 @@ typedef struct jrender_in {
     const jnode *root;
     jdict *globals;     /* top-level variables */
     long long now;      /* for strftime_now */
+    uint64_t step_limit; /* 0 = default */
 } jrender_in;
 
 /* Value helpers shared by eval and builtins (jinja_value.c). */
@@ -120,6 +124,10 @@ void jlist_push(jarena *a, jlist *l, jv v);
 void jdict_set(jarena *a, jdict *d, jv k, jv v);
 jv *jdict_get(const jdict *d, jv k);
 jv *jdict_gets(const jdict *d, const char *k);
+/* Keeps the first n entries (n <= d->n) and removes entry i, respectively;
+ * both keep the hash index right. */
+void jdict_truncate(jarena *a, jdict *d, size_t n);
+void jdict_remove(jarena *a, jdict *d, size_t i);
 int jv_truthy(jv v);
 int jv_equal(jv a, jv b);
 /* <0, 0, >0; sets *ok=0 when the types are not comparable. */
@@ -165,6 +173,10 @@ struct jctx {
     long long now;
     const jnode *cur;   /* node being evaluated, for error positions */
 };
+
+/* Counts units of work (list elements scanned, KiB of string processed)
+ * toward the step limit, so builtins that hide loops stay bounded too. */
+void jinja__charge(jctx *c, uint64_t units);
 
 /* Raise a render error: formats into ctx->err and longjmps. */
 void jctx_fail(jctx *c, const char *fmt, ...) __attribute__((noreturn, format(printf, 2, 3)));

@@ -94,6 +94,9 @@ static jv attr_path(jctx *c, jv v, jv path) {
 
 static jv sorted(jctx *c, jv list, int rev, int cs, jv attribute) {
     jlist *l = list.u.l;
+    uint64_t lg = 1;
+    while (((size_t)1 << lg) < l->n) lg++;
+    jinja__charge(c, l->n * lg);
     sortkey *v = jarena__alloc(A, (l->n + 1) * sizeof *v), *tmp = jarena__alloc(A, (l->n + 1) * sizeof *v);
     for (size_t i = 0; i < l->n; i++) {
         v[i].val = l->v[i];
@@ -416,8 +419,16 @@ static jv indent_filter(jctx *c, jstr *s, jargs *args) {
     return S(c, b.p, b.n);
 }
 
+/* Work a builtin over x may do, charged before it runs. */
+static void charge_for(jctx *c, jv x) {
+    if (x.t == JV_LIST) jinja__charge(c, x.u.l->n + 1);
+    else if (x.t == JV_DICT) jinja__charge(c, x.u.d->n + 1);
+    else if (x.t == JV_STR) jinja__charge(c, (x.u.s->len >> 6) + 1);
+}
+
 int jinja__filter(jctx *c, const char *name, jv x, jargs *args, jv *res) {
     jv a0 = jargs_get(args, 0, NULL, jv_undef());
+    charge_for(c, x);
     if (!strcmp(name, "trim")) { *res = strip(c, jv_to_string(A, x), jargs_get(args, 0, "chars", jv_none()), 1, 1); return 1; }
     if (!strcmp(name, "tojson")) { *res = tojson(c, x, args); return 1; }
     if (!strcmp(name, "length") || !strcmp(name, "count")) {
@@ -568,16 +579,13 @@ int jinja__filter(jctx *c, const char *name, jv x, jargs *args, jv *res) {
         jv l = jinja__iter_list(c, x), r = jv_newlist(A);
         int cs = jv_truthy(jargs_get(args, 0, "case_sensitive", jv_bool(0)));
         jv at = jargs_get(args, 1, "attribute", jv_none());
+        jdict *seen = jv_newdict(A).u.d;  /* used as a set: hashed, so linear overall */
         for (size_t i = 0; i < l.u.l->n; i++) {
             jv k = at.t != JV_NONE ? attr_path(c, l.u.l->v[i], at) : l.u.l->v[i];
             if (!cs && k.t == JV_STR) k = case_map(c, k.u.s, 0);
-            int seen = 0;
-            for (size_t j = 0; j < r.u.l->n && !seen; j++) {
-                jv k2 = at.t != JV_NONE ? attr_path(c, r.u.l->v[j], at) : r.u.l->v[j];
-                if (!cs && k2.t == JV_STR) k2 = case_map(c, k2.u.s, 0);
-                seen = jv_equal(k, k2);
-            }
-            if (!seen) jlist_push(A, r.u.l, l.u.l->v[i]);
+            if (jdict_get(seen, k)) continue;
+            jdict_set(A, seen, k, jv_none());
+            jlist_push(A, r.u.l, l.u.l->v[i]);
         }
         *res = r;
         return 1;
@@ -719,6 +727,10 @@ int jinja__filter(jctx *c, const char *name, jv x, jargs *args, jv *res) {
 
 int jinja__method(jctx *c, jv self, const char *name, jargs *args, jv *res) {
     jv a0 = jargs_get(args, 0, NULL, jv_undef());
+    /* O(1) methods (hash lookups, appends) are not charged by size */
+    if (strcmp(name, "append") && strcmp(name, "get") && strcmp(name, "pop") && strcmp(name, "cycle") &&
+        strcmp(name, "update") && strcmp(name, "setdefault"))
+        charge_for(c, self);
     if (self.t == JV_STR) {
         jstr *s = self.u.s;
         if (!strcmp(name, "strip")) { *res = strip(c, self, a0, 1, 1); return 1; }
@@ -910,9 +922,7 @@ int jinja__method(jctx *c, jv self, const char *name, jargs *args, jv *res) {
             for (size_t i = 0; i < d->n; i++)
                 if (jv_equal(d->k[i], a0)) {
                     *res = d->v[i];
-                    memmove(d->k + i, d->k + i + 1, (d->n - i - 1) * sizeof(jv));
-                    memmove(d->v + i, d->v + i + 1, (d->n - i - 1) * sizeof(jv));
-                    d->n--;
+                    jdict_remove(A, d, i);
                     return 1;
                 }
             if (args->n < 2) jctx_fail(c, "key not found in pop");

@@ -91,6 +91,12 @@ static void enter(jctx *c) {
     if (++c->depth > c->depth_limit) jctx_fail(c, "template recursion too deep");
 }
 
+void jinja__charge(jctx *c, uint64_t units) {
+    c->steps += units;
+    if (c->steps > c->step_limit)
+        jctx_fail(c, "template exceeded %llu evaluation steps", (unsigned long long)c->step_limit);
+}
+
 static void step(jctx *c) {
     if (++c->steps > c->step_limit)
         jctx_fail(c, "template exceeded %llu evaluation steps", (unsigned long long)c->step_limit);
@@ -281,6 +287,8 @@ static jv do_slice(jctx *c, jv obj, jv start, jv stop, jv stepv) {
 }
 
 static int contains(jctx *c, jv hay, jv needle) {
+    if (hay.t == JV_LIST) jinja__charge(c, hay.u.l->n);
+    else if (hay.t == JV_STR) jinja__charge(c, hay.u.s->len >> 6);
     switch (hay.t) {
     case JV_STR:
         if (needle.t != JV_STR) jctx_fail(c, "'in <string>' requires a string, not %s", jv_typename(needle));
@@ -311,8 +319,11 @@ static jv binop(jctx *c, jop op, jv l, jv r) {
         res = jv_str(c->a, buf.p, buf.n);
         return res;
     }
-    case JOP_EQ: return jv_bool(jv_equal(l, r));
-    case JOP_NE: return jv_bool(!jv_equal(l, r));
+    case JOP_EQ: case JOP_NE:
+        if (l.t == JV_LIST && r.t == JV_LIST) jinja__charge(c, l.u.l->n);
+        else if (l.t == JV_DICT && r.t == JV_DICT) jinja__charge(c, l.u.d->n);
+        else if (l.t == JV_STR && r.t == JV_STR) jinja__charge(c, l.u.s->len >> 6);
+        return jv_bool(jv_equal(l, r) == (op == JOP_EQ));
     case JOP_LT: case JOP_LE: case JOP_GT: case JOP_GE: {
         int ok, cmp = jv_compare(l, r, &ok);
         if (!ok) jctx_fail(c, "cannot compare %s with %s", jv_typename(l), jv_typename(r));
@@ -345,10 +356,10 @@ static jv binop(jctx *c, jop op, jv l, jv r) {
         size_t unit = l.t == JV_STR ? l.u.s->len : l.u.l->n * sizeof(jv);
         if (unit && (uint64_t)times > c->out_limit / unit) jctx_fail(c, "repetition result too large");
         if (l.t == JV_STR) {
-            jbuf buf = {0};
-            jbuf_put(c->a, &buf, "", 0);
-            for (int64_t i = 0; i < times; i++) jbuf_put(c->a, &buf, l.u.s->s, l.u.s->len);
-            return jv_str(c->a, buf.p, buf.n);
+            size_t len = l.u.s->len * (size_t)times;
+            jv res = jv_str(c->a, NULL, len);
+            for (int64_t i = 0; i < times; i++) memcpy(res.u.s->s + (size_t)i * l.u.s->len, l.u.s->s, l.u.s->len);
+            return res;
         }
         jv res = jv_newlist(c->a);
         for (int64_t i = 0; i < times; i++)
@@ -622,7 +633,7 @@ static void exec_for(jctx *c, scope *s, const jnode *n) {
     size_t fixed = 0;
     for (size_t i = 0; i < cnt; i++) {
         step(c);
-        if (i) ls->vars->n = fixed;
+        if (i) jdict_truncate(c->a, ls->vars, fixed);
         set_loop(c, loop.u.d, i, cnt, items);
         scope_set(c, ls, "loop", loop);
         assign(c, ls, n->a, items->v[i]);
@@ -735,7 +746,7 @@ int jinja__render(const jrender_in *in, jarena *a, char **out, size_t *outlen, c
     c->err = err;
     c->errlen = errlen;
     c->out_limit = 64u << 20;
-    c->step_limit = 5000000;
+    c->step_limit = in->step_limit ? in->step_limit : 5000000;
     c->depth_limit = 1500;
     c->now = in->now;
     jbuf result = {0};

@@ -88,7 +88,7 @@ jv jv_str(jarena *a, const char *s, size_t n) {
     jv v = {.t = JV_STR};
     jstr *js = jarena__alloc(a, sizeof *js + n + 1);
     js->len = n;
-    if (n) memcpy(js->s, s, n);
+    if (n && s) memcpy(js->s, s, n);  /* s NULL: the caller fills the bytes */
     js->s[n] = 0;
     v.u.s = js;
     return v;
@@ -121,7 +121,71 @@ void jlist_push(jarena *a, jlist *l, jv v) {
     l->v[l->n++] = v;
 }
 
+/* Dicts stay plain arrays while small (scopes, messages); from 16 entries a
+ * hash index keeps lookups O(1), so a template that fills a dict in a loop
+ * stays linear. Keys equal under jv_equal hash the same (1 == 1.0 == true). */
+#define JDICT_INDEX_MIN 16
+
+static uint64_t hash_bytes(const char *s, size_t n) {
+    uint64_t h = 1469598103934665603ull;
+    for (size_t i = 0; i < n; i++) h = (h ^ (unsigned char)s[i]) * 1099511628211ull;
+    return h;
+}
+
+static uint64_t hash_int(uint64_t x) {
+    x += 0x9e3779b97f4a7c15ull;
+    x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+    x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+    return x ^ (x >> 31);
+}
+
+static uint64_t jv_hash(jv k) {
+    switch (k.t) {
+    case JV_STR: return hash_bytes(k.u.s->s, k.u.s->len);
+    case JV_INT: case JV_BOOL: return hash_int((uint64_t)k.u.i);
+    case JV_FLOAT:
+        if (k.u.f > -9.2e18 && k.u.f < 9.2e18 && k.u.f == (double)(int64_t)k.u.f)
+            return hash_int((uint64_t)(int64_t)k.u.f);
+        {
+            uint64_t bits;
+            memcpy(&bits, &k.u.f, sizeof bits);
+            return hash_int(bits);
+        }
+    case JV_LIST: return hash_int(0x1157 + k.u.l->n);
+    case JV_DICT: return hash_int(0xd1c7 + k.u.d->n);
+    default: return hash_int((uint64_t)k.t);
+    }
+}
+
+static void index_insert(jdict *d, size_t entry, uint64_t h) {
+    size_t mask = d->idx_cap - 1, p = (size_t)h & mask;
+    while (d->idx[p]) p = (p + 1) & mask;
+    d->idx[p] = (uint32_t)(entry + 1);
+}
+
+static void jdict_reindex(jarena *a, jdict *d) {
+    if (d->n < JDICT_INDEX_MIN || d->n > UINT32_MAX / 4) {
+        d->idx = NULL;
+        d->idx_cap = 0;
+        return;
+    }
+    size_t cap = 64;
+    while (cap < d->n * 4) cap *= 2;
+    if (cap != d->idx_cap) {
+        d->idx = jarena__alloc(a, cap * sizeof *d->idx);
+        d->idx_cap = cap;
+    }
+    memset(d->idx, 0, cap * sizeof *d->idx);
+    for (size_t i = 0; i < d->n; i++) index_insert(d, i, jv_hash(d->k[i]));
+}
+
 jv *jdict_get(const jdict *d, jv k) {
+    if (d->idx) {
+        size_t mask = d->idx_cap - 1, p = (size_t)jv_hash(k) & mask;
+        for (; d->idx[p]; p = (p + 1) & mask)
+            if (jv_equal(d->k[d->idx[p] - 1], k)) return &d->v[d->idx[p] - 1];
+        return NULL;
+    }
     for (size_t i = 0; i < d->n; i++)
         if (jv_equal(d->k[i], k)) return &d->v[i];
     return NULL;
@@ -129,6 +193,14 @@ jv *jdict_get(const jdict *d, jv k) {
 
 jv *jdict_gets(const jdict *d, const char *k) {
     size_t n = strlen(k);
+    if (d->idx) {
+        size_t mask = d->idx_cap - 1, p = (size_t)hash_bytes(k, n) & mask;
+        for (; d->idx[p]; p = (p + 1) & mask) {
+            jv key = d->k[d->idx[p] - 1];
+            if (key.t == JV_STR && key.u.s->len == n && !memcmp(key.u.s->s, k, n)) return &d->v[d->idx[p] - 1];
+        }
+        return NULL;
+    }
     for (size_t i = 0; i < d->n; i++)
         if (d->k[i].t == JV_STR && d->k[i].u.s->len == n && !memcmp(d->k[i].u.s->s, k, n))
             return &d->v[i];
@@ -152,6 +224,22 @@ void jdict_set(jarena *a, jdict *d, jv k, jv v) {
     d->k[d->n] = k;
     d->v[d->n] = v;
     d->n++;
+    if (d->n >= JDICT_INDEX_MIN && d->n * 2 > d->idx_cap) jdict_reindex(a, d);
+    else if (d->idx) index_insert(d, d->n - 1, jv_hash(k));
+}
+
+void jdict_truncate(jarena *a, jdict *d, size_t n) {
+    if (n >= d->n) return;
+    d->n = n;
+    if (d->idx) jdict_reindex(a, d);
+}
+
+void jdict_remove(jarena *a, jdict *d, size_t i) {
+    if (i >= d->n) return;
+    memmove(d->k + i, d->k + i + 1, (d->n - i - 1) * sizeof(jv));
+    memmove(d->v + i, d->v + i + 1, (d->n - i - 1) * sizeof(jv));
+    d->n--;
+    if (d->idx) jdict_reindex(a, d);
 }
 
 /* ---- truth, equality, order ---- */

@@ -337,6 +337,12 @@ static void test_errors(void **state) {
     EXPECT_ERR("{% set r = range(5000) %}{% for i in r %}{% for j in r %}{% for k in r %}{% endfor %}{% endfor %}{% endfor %}", NULL, "steps");
     EXPECT_ERR("{% set ns = namespace(s='xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx') %}{% for i in range(40) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}{{ ns.s }}",
                NULL, "too large");
+    /* work hidden in builtins counts too: a linear scan per iteration is stopped */
+    EXPECT_ERR("{% set r = range(100000) %}{% for i in r %}{{ i in r }}{% endfor %}", NULL, "steps");
+    /* while hashed dicts keep big fills linear */
+    EXPECT("{% set d = {} %}{% for i in range(50000) %}{% set _ = d.update({i: i * 2}) %}{% endfor %}{{ d|length }} {{ d[49999] }} {{ 123 in d }} {{ d.get(-1, 'none') }}",
+           NULL, "50000 99998 True none");
+    EXPECT("{{ range(100000)|unique|length }}", NULL, "100000");
     /* self-containing and very deep values print, compare and serialize
      * without overflowing the stack */
     EXPECT("{% set l = [] %}{% set _ = l.append(l) %}{{ (l|string)[:12] }}|{{ l == l }}", NULL, "[[[[[[[[[[[[|False");

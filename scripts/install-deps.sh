@@ -17,6 +17,7 @@ PKGS=(
   libcurl4-openssl-dev # qkvd pull: HTTP(S) downloads with Range resume (sha256 is our own)
   nginx               # tests/integration/replicas.sh: load balancer in front of 3 replicas
   chromium            # tests/integration/webui.mjs: headless browser for the chat page
+  python3-yaml        # tests/integration/deploy_config.sh: parses deploy/k8s/*.yaml
 )
 
 # Node.js drives the integration tests (official openai npm package). Some

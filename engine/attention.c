@@ -28,11 +28,13 @@ void attention_causal(const kv_cache *kv, int32_t seq, int32_t layer, const attn
     float *kp, *vp;
 
     if (n_q == 1) {
+        /* Decode: direct kernels per run of keys; BLAS call overhead would
+         * dominate these 64 x head_dim products at long contexts. */
         for (int32_t p = 0; p < n_keys;) {
             int32_t len = kv_cache_span(kv, seq, layer, p, &kp, &vp);
             if (len > n_keys - p) len = n_keys - p;
-            cblas_sgemv(CblasRowMajor, CblasNoTrans, len, hd, s->scale, kp + (size_t)kvh * hd,
-                        kv_dim, q, 1, 0.0f, S + p, 1);
+            vec_dot_rows(q, kp + (size_t)kvh * hd, (size_t)kv_dim, (size_t)len, (size_t)hd,
+                         s->scale, S + p);
             p += len;
         }
         attn_softmax_row(S, n_keys - 1, n_keys);
@@ -40,8 +42,7 @@ void attention_causal(const kv_cache *kv, int32_t seq, int32_t layer, const attn
         for (int32_t p = 0; p < n_keys;) {
             int32_t len = kv_cache_span(kv, seq, layer, p, &kp, &vp);
             if (len > n_keys - p) len = n_keys - p;
-            cblas_sgemv(CblasRowMajor, CblasTrans, len, hd, 1.0f, vp + (size_t)kvh * hd, kv_dim,
-                        S + p, 1, 1.0f, out, 1);
+            vec_axpy_rows(out, vp + (size_t)kvh * hd, (size_t)kv_dim, (size_t)len, (size_t)hd, S + p);
             p += len;
         }
         return;

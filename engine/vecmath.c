@@ -33,3 +33,29 @@ void vec_silu_mul(float *g, const float *u, size_t n) {
     }
     for (size_t i = 0; i < n; i++) g[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
 }
+
+void vec_dot_rows(const float *q, const float *rows, size_t stride, size_t n_rows, size_t n,
+                  float scale, float *out) {
+    if (vec_has_avx2() && n % 8 == 0) {
+        vec__dot_rows_avx2(q, rows, stride, n_rows, n, scale, out);
+        return;
+    }
+    for (size_t i = 0; i < n_rows; i++) {
+        const float *r = rows + i * stride;
+        float s = 0;
+        for (size_t j = 0; j < n; j++) s += q[j] * r[j];
+        out[i] = s * scale;
+    }
+}
+
+void vec_axpy_rows(float *out, const float *rows, size_t stride, size_t n_rows, size_t n,
+                   const float *w) {
+    if (vec_has_avx2() && n % 8 == 0) {
+        vec__axpy_rows_avx2(out, rows, stride, n_rows, n, w);
+        return;
+    }
+    for (size_t i = 0; i < n_rows; i++) {
+        const float *r = rows + i * stride;
+        for (size_t j = 0; j < n; j++) out[j] += w[i] * r[j];
+    }
+}

@@ -12,8 +12,22 @@ float vec_exp_shift_sum(float *x, size_t n, float mx);
 /* g[i] = silu(g[i]) * u[i] = g[i] / (1 + exp(-g[i])) * u[i] for i < n. */
 void vec_silu_mul(float *g, const float *u, size_t n);
 
+/* out[i] = scale * dot(q, rows + i * stride, n) for i < n_rows (attention
+ * scores of one query against a run of keys). */
+void vec_dot_rows(const float *q, const float *rows, size_t stride, size_t n_rows, size_t n,
+                  float scale, float *out);
+
+/* out[j] += sum_i w[i] * rows[i * stride + j] for j < n, i < n_rows
+ * (probability-weighted sum of a run of values). */
+void vec_axpy_rows(float *out, const float *rows, size_t stride, size_t n_rows, size_t n,
+                   const float *w);
+
 /* Internal: the AVX2 kernels (vecmath_avx2.c), called only after a CPU check. */
 float vec__exp_shift_sum_avx2(float *x, size_t n, float mx);
 void vec__silu_mul_avx2(float *g, const float *u, size_t n);
+void vec__dot_rows_avx2(const float *q, const float *rows, size_t stride, size_t n_rows, size_t n,
+                        float scale, float *out);
+void vec__axpy_rows_avx2(float *out, const float *rows, size_t stride, size_t n_rows, size_t n,
+                         const float *w);
 
 #endif

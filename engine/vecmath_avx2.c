@@ -57,3 +57,53 @@ void vec__silu_mul_avx2(float *g, const float *u, size_t n) {
     }
     for (; i < n; i++) g[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
 }
+
+static inline float vec_hsum8(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+void vec__dot_rows_avx2(const float *q, const float *rows, size_t stride, size_t n_rows, size_t n,
+                        float scale, float *out) {
+    for (size_t i = 0; i < n_rows; i++) {
+        const float *r = rows + i * stride;
+        __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+        size_t j = 0;
+        for (; j + 16 <= n; j += 16) {
+            a0 = _mm256_fmadd_ps(_mm256_loadu_ps(q + j), _mm256_loadu_ps(r + j), a0);
+            a1 = _mm256_fmadd_ps(_mm256_loadu_ps(q + j + 8), _mm256_loadu_ps(r + j + 8), a1);
+        }
+        for (; j < n; j += 8) a0 = _mm256_fmadd_ps(_mm256_loadu_ps(q + j), _mm256_loadu_ps(r + j), a0);
+        out[i] = vec_hsum8(_mm256_add_ps(a0, a1)) * scale;
+    }
+}
+
+void vec__axpy_rows_avx2(float *out, const float *rows, size_t stride, size_t n_rows, size_t n,
+                         const float *w) {
+    /* Columns in register blocks of 32: out stays in registers over all rows. */
+    size_t j = 0;
+    for (; j + 32 <= n; j += 32) {
+        __m256 o0 = _mm256_loadu_ps(out + j), o1 = _mm256_loadu_ps(out + j + 8);
+        __m256 o2 = _mm256_loadu_ps(out + j + 16), o3 = _mm256_loadu_ps(out + j + 24);
+        for (size_t i = 0; i < n_rows; i++) {
+            const float *r = rows + i * stride + j;
+            __m256 wi = _mm256_set1_ps(w[i]);
+            o0 = _mm256_fmadd_ps(wi, _mm256_loadu_ps(r), o0);
+            o1 = _mm256_fmadd_ps(wi, _mm256_loadu_ps(r + 8), o1);
+            o2 = _mm256_fmadd_ps(wi, _mm256_loadu_ps(r + 16), o2);
+            o3 = _mm256_fmadd_ps(wi, _mm256_loadu_ps(r + 24), o3);
+        }
+        _mm256_storeu_ps(out + j, o0);
+        _mm256_storeu_ps(out + j + 8, o1);
+        _mm256_storeu_ps(out + j + 16, o2);
+        _mm256_storeu_ps(out + j + 24, o3);
+    }
+    for (; j < n; j += 8) {
+        __m256 o = _mm256_loadu_ps(out + j);
+        for (size_t i = 0; i < n_rows; i++)
+            o = _mm256_fmadd_ps(_mm256_set1_ps(w[i]), _mm256_loadu_ps(rows + i * stride + j), o);
+        _mm256_storeu_ps(out + j, o);
+    }
+}

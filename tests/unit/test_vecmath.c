@@ -42,10 +42,38 @@ static void test_silu_mul(void **state) {
     for (int i = 0; i < N; i++) assert_true(fabsf(g[i] - ref[i]) <= 1e-6f * (1.0f + fabsf(ref[i])));
 }
 
+static void test_rows_kernels(void **state) {
+    (void)state;
+    enum { R = 13, STRIDE = 200 };
+    size_t dims[] = {8, 64, 72, 128, 5};
+    float *rows = malloc(R * STRIDE * sizeof(float));
+    for (int i = 0; i < R * STRIDE; i++) rows[i] = sinf(i * 0.37f);
+    for (size_t di = 0; di < sizeof dims / sizeof dims[0]; di++) {
+        size_t n = dims[di];
+        float q[128], w[R], out[R], acc[128], ref[128];
+        for (size_t j = 0; j < n; j++) { q[j] = cosf(j * 0.11f); acc[j] = ref[j] = 0.5f; }
+        for (int i = 0; i < R; i++) w[i] = 0.1f * i;
+        vec_dot_rows(q, rows, STRIDE, R, n, 0.25f, out);
+        for (int i = 0; i < R; i++) {
+            double s = 0;
+            for (size_t j = 0; j < n; j++) s += (double)q[j] * rows[i * STRIDE + j];
+            assert_true(fabs(out[i] - 0.25 * s) < 1e-5);
+        }
+        vec_axpy_rows(acc, rows, STRIDE, R, n, w);
+        for (size_t j = 0; j < n; j++) {
+            double s = ref[j];
+            for (int i = 0; i < R; i++) s += (double)w[i] * rows[i * STRIDE + j];
+            assert_true(fabs(acc[j] - s) < 1e-5);
+        }
+    }
+    free(rows);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_exp_shift_sum),
         cmocka_unit_test(test_silu_mul),
+        cmocka_unit_test(test_rows_kernels),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -3,7 +3,9 @@
  * Hugging Face chat templates use (HF environment settings: trim_blocks,
  * lstrip_blocks, loop controls), matching llama.cpp's renderings.
  *
- * Compile once per model, render per request. Rendering is bounded: loop
+ * Compile once per model, render per request; a compiled template is
+ * read-only while rendering, so several threads may render it at once.
+ * Rendering is bounded: loop
  * steps, recursion depth, memory and output size are limited, and any
  * template or input error becomes a message, never a crash.
  */

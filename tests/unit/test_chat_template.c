@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <pthread.h>
 #include <time.h>
 
 #include "chat_template.h"
@@ -362,6 +363,48 @@ static void test_errors(void **state) {
     free(deep);
 }
 
+/* One compiled template rendered from several threads at once gives the
+ * same text everywhere (renders share nothing mutable). */
+typedef struct render_job { const chat_template *t; json_t *msgs; char *out[50]; int fails; } render_job;
+
+static void *render_thread(void *arg) {
+    render_job *j = arg;
+    char err[256];
+    chat_template_opts o = {.bos_token = "<s>", .add_generation_prompt = 1, .now = REF_NOW, .keep_bos = 1};
+    for (int i = 0; i < 50; i++)
+        if (chat_template_render(j->t, j->msgs, NULL, &o, &j->out[i], err, sizeof err)) j->fails++;
+    return NULL;
+}
+
+static void test_concurrent_renders(void **state) {
+    (void)state;
+    const char *src = "{% set ns = namespace(n=0) %}{% for m in messages %}{% set ns.n = ns.n + 1 %}"
+                      "{{ m.role|upper }}:{{ m.content|title }}|{{ {'k': [m.content]}|tojson }}{% endfor %}{{ ns.n }}";
+    chat_template *t = NULL;
+    char err[256];
+    assert_int_equal(chat_template_compile(src, strlen(src), &t, err, sizeof err), 0);
+    json_t *msgs = json_loads("[{\"role\":\"user\",\"content\":\"héllo there\"},{\"role\":\"assistant\",\"content\":\"ok\"}]", 0, NULL);
+    render_job jobs[4];
+    pthread_t th[4];
+    for (int i = 0; i < 4; i++) {
+        memset(&jobs[i], 0, sizeof jobs[i]);
+        jobs[i].t = t;
+        jobs[i].msgs = msgs;
+        assert_int_equal(pthread_create(&th[i], NULL, render_thread, &jobs[i]), 0);
+    }
+    for (int i = 0; i < 4; i++) pthread_join(th[i], NULL);
+    const char *want = "USER:Héllo There|{\"k\": [\"héllo there\"]}ASSISTANT:Ok|{\"k\": [\"ok\"]}2";
+    for (int i = 0; i < 4; i++) {
+        assert_int_equal(jobs[i].fails, 0);
+        for (int k = 0; k < 50; k++) {
+            assert_string_equal(jobs[i].out[k], want);
+            free(jobs[i].out[k]);
+        }
+    }
+    json_decref(msgs);
+    chat_template_free(t);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_output_and_literals),
@@ -372,6 +415,7 @@ int main(void) {
         cmocka_unit_test(test_tests_and_methods),
         cmocka_unit_test(test_messages_and_globals),
         cmocka_unit_test(test_polyfills),
+        cmocka_unit_test(test_concurrent_renders),
         cmocka_unit_test(test_errors),
         cmocka_unit_test(test_reference_templates),
     };

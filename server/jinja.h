@@ -191,6 +191,8 @@ int jinja__test(jctx *c, const char *name, jv x, jargs *args, int *res);
 int jinja__method(jctx *c, jv self, const char *name, jargs *args, jv *res);
 int jinja__global_fn(jctx *c, const char *name, jargs *args, jv *res);
 jv jargs_get(jargs *a, size_t pos, const char *kw, jv dflt);
+/* Python's `fmt % values` (a tuple supplies several values): %s %r %d %i %f %%. */
+jv jinja__percent_format(jctx *c, jv fmt, jv values);
 
 /* Calls a callable value (macro) from a builtin (e.g. map with a macro is not
  * supported, but caller() is); implemented in jinja_eval.c. */

@@ -298,6 +298,18 @@ static jv py_format(jctx *c, jstr *fmt, jargs *args) {
     return S(c, b.p, b.n);
 }
 
+jv jinja__percent_format(jctx *c, jv fmt, jv values) {
+    jargs a = {0};
+    if (values.t == JV_LIST && values.u.l->tuple) {
+        a.n = values.u.l->n;
+        a.v = values.u.l->v;
+    } else {
+        a.n = 1;
+        a.v = &values;
+    }
+    return py_format(c, fmt.u.s, &a);
+}
+
 /* ---- tests ---- */
 
 int jinja__test(jctx *c, const char *name, jv x, jargs *args, int *res) {

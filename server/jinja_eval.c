@@ -366,6 +366,7 @@ static jv binop(jctx *c, jop op, jv l, jv r) {
             for (size_t k = 0; k < l.u.l->n; k++) jlist_push(c->a, res.u.l, l.u.l->v[k]);
         return res;
     }
+    if (op == JOP_MOD && l.t == JV_STR) return jinja__percent_format(c, l, r);
     if (!isnum(l) || !isnum(r))
         jctx_fail(c, "unsupported operand types for arithmetic: %s and %s", jv_typename(l), jv_typename(r));
     int ints = l.t != JV_FLOAT && r.t != JV_FLOAT;

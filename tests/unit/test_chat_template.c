@@ -265,6 +265,7 @@ static void test_tests_and_methods(void **state) {
            NULL, "1dNone['a'][1]");
     EXPECT("{% set l = [1,2,3] %}{{ l.pop() }}{{ l.pop(0) }}{{ l }}", NULL, "31[2]");
     EXPECT("{{ '-'.join(['a', 'b']) }}|{{ '{} and {}'.format(1, 2) }}", NULL, "a-b|1 and 2");
+    EXPECT("{{ '%s=%d%%' % ('x', 5) }}|{{ 'v:%s' % 'one' }}|{{ '%s'|format([1]) }}", NULL, "x=5%|v:one|[1]");
     EXPECT("{{ strftime_now('%Y-%m-%d') }}|{{ date_string }}", NULL, "2026-11-22|22 Nov 2026");
 }
 

@@ -14,7 +14,9 @@ static void template_usage(FILE *to) {
             "                     [--now UNIXTIME] [--var JSON_OBJECT]\n"
             "  --messages: a JSON array of messages, or {\"messages\": [...], \"tools\": [...]}\n"
             "  --chat-template-file chatml: use the built-in ChatML template\n"
-            "  --var: extra template variables, e.g. '{\"enable_thinking\": false}'\n");
+            "  --var: extra template variables, e.g. '{\"enable_thinking\": false}'\n"
+            "  --bos/--eos: token texts the template sees (default <s> and </s>); a leading\n"
+            "  BOS text is dropped from the output, as llama.cpp does, unless --keep-bos\n");
 }
 
 /* Reads a whole file; malloc'ed, NUL-terminated, owned by the caller. */

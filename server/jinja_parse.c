@@ -1060,7 +1060,11 @@ static const char *parse_body(parser *P, jnodes *body, const char *const *ends) 
         tok *t = next(P);
         switch (t->t) {
         case T_EOF:
-            if (ends) perr(P, t->line, t->col, "unexpected end of template, expected '%s'", ends[0]);
+            if (ends) {
+                int last = 0;  /* the closing tag ("endif", not "elif") */
+                while (ends[last + 1]) last++;
+                perr(P, t->line, t->col, "unexpected end of template, expected '%s'", ends[last]);
+            }
             P->depth--;
             return NULL;
         case T_TEXT: {
@@ -1087,9 +1091,12 @@ static const char *parse_body(parser *P, jnodes *body, const char *const *ends) 
                     }
             }
             if (kw->t == T_NAME && (!strncmp(kw->s, "end", 3) || !strcmp(kw->s, "else") ||
-                                    !strcmp(kw->s, "elif")))
-                perr(P, kw->line, kw->col, "unexpected '%s'%s%s", kw->s,
-                     ends ? ", expected " : "", ends ? ends[0] : "");
+                                    !strcmp(kw->s, "elif"))) {
+                int last = 0;
+                while (ends && ends[last + 1]) last++;
+                if (ends) perr(P, kw->line, kw->col, "unexpected '%s', expected '%s'", kw->s, ends[last]);
+                perr(P, kw->line, kw->col, "unexpected '%s'", kw->s);
+            }
             nodes_push(P, body, parse_stmt(P, t));
             break;
         }

@@ -326,7 +326,8 @@ static void test_errors(void **state) {
     EXPECT_ERR("{{ raise_exception('Roles must alternate') }}", NULL, "Roles must alternate");
     EXPECT_ERR("{{ 'x'|no_such_filter }}", NULL, "unknown filter 'no_such_filter'");
     EXPECT_ERR("{{ 1 is no_such_test }}", NULL, "unknown test");
-    EXPECT_ERR("{% if true %}open", NULL, "expected 'elif'");
+    EXPECT_ERR("{% if true %}open", NULL, "1:18: unexpected end of template, expected 'endif'");
+    EXPECT_ERR("{% for x in y %}{% endif %}", NULL, "unexpected 'endif', expected 'endfor'");
     EXPECT_ERR("{{ 1 + }}", NULL, "1:");
     EXPECT_ERR("{{ unclosed", NULL, "unclosed");
     EXPECT_ERR("{% for %}", NULL, "expected a name");

@@ -104,11 +104,22 @@ int grammar_precompute(grammar *g, const grammar_vocab *v);
  * is_complete only; masks are empty). Free with grammar_matcher_free. */
 grammar_matcher *grammar_matcher_create(grammar *g, const grammar_vocab *v, int *rc);
 void grammar_matcher_free(grammar_matcher *m); /* accepts NULL */
+/* Back to the start of the grammar (a new sequence with the same grammar). */
 void grammar_matcher_reset(grammar_matcher *m);
+
+/* A matcher belongs to one thread at a time; matchers of the same grammar
+ * may run on different threads (the shared tables are built under the
+ * grammar's mutex). fill_mask/apply/accept allocate nothing once their
+ * buffers have grown to the grammar's needs. */
 
 /* The allowed tokens now as a bitset: bit (id & 31) of word id >> 5, for
  * ceil(n_vocab / 32) words. End-of-generation tokens are allowed only when
- * the output so far is complete. Returns the number of allowed tokens. */
+ * the output so far is complete; control tokens and tokens without bytes
+ * never otherwise. Returns the number of allowed tokens: never 0 for a
+ * live matcher of a well-formed grammar; 0 after the matcher terminated or
+ * ran out of memory (the caller should then end the sequence with an
+ * error). The first visit of a grammar position builds its table (a trie
+ * walk, up to tens of ms on a 50k vocabulary); later visits are cheap. */
 int32_t grammar_matcher_fill_mask(grammar_matcher *m, uint32_t *bitmask);
 /* Set the logit of every disallowed token to -INFINITY (logits has n_vocab
  * entries). Returns the number of allowed tokens. */

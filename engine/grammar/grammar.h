@@ -115,10 +115,10 @@ void grammar_matcher_reset(grammar_matcher *m);
 /* The allowed tokens now as a bitset: bit (id & 31) of word id >> 5, for
  * ceil(n_vocab / 32) words. End-of-generation tokens are allowed only when
  * the output so far is complete; control tokens and tokens without bytes
- * never otherwise. Returns the number of allowed tokens: never 0 for a
- * live matcher of a well-formed grammar; 0 after the matcher terminated or
- * ran out of memory (the caller should then end the sequence with an
- * error). The first visit of a grammar position builds its table (a trie
+ * never otherwise. Returns the number of allowed tokens: 0 after the
+ * matcher terminated or ran out of memory, or in a dead end of a grammar
+ * with rules that cannot complete (the caller then ends the sequence with
+ * an error; schema-generated grammars have no dead ends). The first visit of a grammar position builds its table (a trie
  * walk, up to tens of ms on a 50k vocabulary); later visits are cheap. */
 int32_t grammar_matcher_fill_mask(grammar_matcher *m, uint32_t *bitmask);
 /* Set the logit of every disallowed token to -INFINITY (logits has n_vocab

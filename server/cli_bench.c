@@ -27,6 +27,8 @@ static void bench_usage(FILE *to) {
             "  -p N      prompt tokens for the pp test (0: skip)\n"
             "  -n N      tokens generated one by one for the tg test (0: skip)\n"
             "  -r REPS   repetitions of each test (default 3), after a warm-up\n"
+            "  -s SEQS   sequences decoded together in each tg step (default 1, max 64);\n"
+            "            tg tok/s then counts the tokens of all of them\n"
             "  --batch N max tokens per forward step (default 512)\n"
             "  --json    one JSON object instead of the table\n");
 }
@@ -77,18 +79,29 @@ static double bench_pp(engine *e, const int32_t *toks, int32_t n, int32_t batch)
     return dt;
 }
 
-static double bench_tg(engine *e, int32_t first, int32_t n, int32_t V) {
-    int32_t seq = engine_seq_create(e);
-    if (seq < 0) return -1;
-    int32_t tok = first;
-    double t0 = bench_now();
-    for (int32_t i = 0; i < n; i++) {
-        engine_item it = {seq, &tok, 1, ENGINE_OUT_LAST, NULL};
-        if (engine_step(e, &it, 1)) { engine_seq_free(e, seq); return -1; }
-        tok = bench_argmax(it.logits, V);
+/* n decode steps of n_seqs sequences at once (one token each per step);
+ * seconds, or < 0 on error. */
+static double bench_tg(engine *e, int32_t first, int32_t n, int32_t n_seqs, int32_t V) {
+    int32_t seq[64], tok[64];
+    engine_item it[64];
+    for (int32_t s = 0; s < n_seqs; s++) {
+        seq[s] = engine_seq_create(e);
+        if (seq[s] < 0) {
+            for (int32_t k = 0; k < s; k++) engine_seq_free(e, seq[k]);
+            return -1;
+        }
+        tok[s] = (first + s) % V;
     }
-    double dt = bench_now() - t0;
-    engine_seq_free(e, seq);
+    double t0 = bench_now(), dt = -1;
+    for (int32_t i = 0; i < n; i++) {
+        for (int32_t s = 0; s < n_seqs; s++)
+            it[s] = (engine_item){seq[s], &tok[s], 1, ENGINE_OUT_LAST, NULL};
+        if (engine_step(e, it, n_seqs)) goto out;
+        for (int32_t s = 0; s < n_seqs; s++) tok[s] = bench_argmax(it[s].logits, V);
+    }
+    dt = bench_now() - t0;
+out:
+    for (int32_t s = 0; s < n_seqs; s++) engine_seq_free(e, seq[s]);
     return dt;
 }
 
@@ -102,7 +115,7 @@ static void bench_stats(const double *tps, int n, double *mean, double *sd) {
 
 int cli_bench(int argc, char **argv) {
     const char *model = NULL;
-    long pp = 512, tg = 128, reps = 3, threads = 0, batch = 512;
+    long pp = 512, tg = 128, reps = 3, threads = 0, batch = 512, seqs = 1;
     int json = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
@@ -119,6 +132,7 @@ int cli_bench(int argc, char **argv) {
         else if (!strcmp(a, "-p")) pp = strtol(val, &end, 10);
         else if (!strcmp(a, "-n")) tg = strtol(val, &end, 10);
         else if (!strcmp(a, "-r")) reps = strtol(val, &end, 10);
+        else if (!strcmp(a, "-s") || !strcmp(a, "--seqs")) seqs = strtol(val, &end, 10);
         else if (!strcmp(a, "-t") || !strcmp(a, "--threads")) threads = strtol(val, &end, 10);
         else if (!strcmp(a, "--batch") || !strcmp(a, "-b")) batch = strtol(val, &end, 10);
         else {
@@ -137,8 +151,8 @@ int cli_bench(int argc, char **argv) {
         return 2;
     }
     if (pp < 0 || tg < 0 || pp > 1 << 20 || tg > 1 << 20 || reps < 1 || reps > 100 || batch < 1 ||
-        batch > 65536 || threads < 0 || threads > 1024) {
-        fprintf(stderr, "qkvd bench: bad -p/-n/-r/--batch/-t value\n");
+        batch > 65536 || threads < 0 || threads > 1024 || seqs < 1 || seqs > 64 || seqs > batch) {
+        fprintf(stderr, "qkvd bench: bad -p/-n/-r/-s/--batch/-t value\n");
         return 2;
     }
     engine_params ep;
@@ -146,7 +160,7 @@ int cli_bench(int argc, char **argv) {
     ep.model_path = model;
     ep.n_threads = (int32_t)threads;
     ep.n_ctx = (int32_t)(pp > tg ? pp : tg) + 8;
-    ep.max_seqs = 2;
+    ep.max_seqs = (int32_t)seqs + 1;
     ep.max_batch_tokens = (int32_t)batch;
     char err[512];
     engine *e = NULL;
@@ -179,15 +193,15 @@ int cli_bench(int argc, char **argv) {
     int rc = 0;
     /* Warm-up: fault the mapping in and settle the pool. */
     if (pp > 0 && bench_pp(e, toks, pp < 32 ? (int32_t)pp : 32, (int32_t)batch) < 0) rc = 1;
-    if (!rc && tg > 0 && bench_tg(e, first, tg < 8 ? (int32_t)tg : 8, V) < 0) rc = 1;
+    if (!rc && tg > 0 && bench_tg(e, first, tg < 8 ? (int32_t)tg : 8, (int32_t)seqs, V) < 0) rc = 1;
     for (long r = 0; !rc && r < reps; r++) {
         if (pp > 0) {
             double dt = bench_pp(e, toks, (int32_t)pp, (int32_t)batch);
             if (dt <= 0) rc = 1; else pp_tps[r] = pp / dt;
         }
         if (!rc && tg > 0) {
-            double dt = bench_tg(e, first, (int32_t)tg, V);
-            if (dt <= 0) rc = 1; else tg_tps[r] = tg / dt;
+            double dt = bench_tg(e, first, (int32_t)tg, (int32_t)seqs, V);
+            if (dt <= 0) rc = 1; else tg_tps[r] = (double)tg * seqs / dt;
         }
     }
     if (rc) {
@@ -198,7 +212,7 @@ int cli_bench(int argc, char **argv) {
     bench_stats(pp_tps, (int)reps, &pp_m, &pp_s);
     bench_stats(tg_tps, (int)reps, &tg_m, &tg_s);
     uint64_t wbt = bench_weight_bytes_per_token(model);
-    double gbs = tg_m * (double)wbt / 1e9;
+    double gbs = tg_m / (double)seqs * (double)wbt / 1e9; /* one weight pass per step */
     const char *base = strrchr(model, '/');
     base = base ? base + 1 : model;
     if (json) {
@@ -211,17 +225,19 @@ int cli_bench(int argc, char **argv) {
         printf("\", \"threads\": %d, \"pp\": {\"n\": %ld, \"tok_s\": %.2f, \"std\": %.2f}, "
                "\"tg\": {\"n\": %ld, \"tok_s\": %.2f, \"std\": %.2f}, \"weight_type\": \"%s\", "
                "\"weight_bytes_per_token\": %llu, \"tg_gb_s\": %.2f, \"reps\": %ld, \"batch\": %ld, "
-               "\"kernels\": \"%s\"}\n",
+               "\"tg_seqs\": %ld, \"kernels\": \"%s\"}\n",
                n_threads, pp, pp_m, pp_s, tg, tg_m, tg_s, info->weight_type,
-               (unsigned long long)wbt, gbs, reps, batch, quant_kernel_name());
+               (unsigned long long)wbt, gbs, reps, batch, seqs, quant_kernel_name());
     } else {
         printf("model: %s (%s, %s, %.1f M params), %d threads, kernels %s\n", base, info->arch,
                info->weight_type, info->n_params / 1e6, n_threads, quant_kernel_name());
         printf("%-8s %10s %14s\n", "test", "tokens", "tok/s");
         if (pp > 0) printf("%-8s %10ld %8.2f +- %.2f\n", "pp", pp, pp_m, pp_s);
-        if (tg > 0) printf("%-8s %10ld %8.2f +- %.2f\n", "tg", tg, tg_m, tg_s);
+        if (tg > 0) printf("%-8s %10ld %8.2f +- %.2f%s\n", "tg", tg, tg_m, tg_s,
+                           seqs > 1 ? " (all sequences)" : "");
         if (tg > 0)
-            printf("tg reads %.1f MB of weights per token: %.2f GB/s\n", wbt / 1e6, gbs);
+            printf("tg reads %.1f MB of weights per step (%ld sequence%s): %.2f GB/s\n", wbt / 1e6,
+                   seqs, seqs > 1 ? "s" : "", gbs);
     }
 out:
     free(toks);

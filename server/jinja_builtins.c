@@ -505,6 +505,11 @@ int jinja__filter(jctx *c, const char *name, jv x, jargs *args, jv *res) {
         else jctx_fail(c, "bad operand type for abs(): %s", jv_typename(x));
         return 1;
     }
+    if (!strcmp(name, "round") && (x.t == JV_INT || x.t == JV_BOOL) &&
+        !strcmp(jv_to_string(A, jargs_get(args, 1, "method", jv_cstr(A, "common"))).u.s->s, "common")) {
+        *res = jv_int(x.u.i);  /* Python's round() of an int stays an int */
+        return 1;
+    }
     if (!strcmp(name, "round")) {
         int64_t prec = want_int(c, jargs_get(args, 0, "precision", jv_int(0)), "round");
         jv m = jargs_get(args, 1, "method", jv_cstr(A, "common"));

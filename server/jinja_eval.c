@@ -282,8 +282,9 @@ static jv do_slice(jctx *c, jv obj, jv start, jv stop, jv stepv) {
         }
         return jv_str(c->a, b.p, b.n);
     }
-    if (obj.t == JV_UNDEF) return jv_undef();
-    jctx_fail(c, "cannot slice %s", jv_typename(obj));
+    /* like Jinja's getitem, a subscript that does not apply is undefined */
+    (void)c;
+    return jv_undef();
 }
 
 static int contains(jctx *c, jv hay, jv needle) {
@@ -351,7 +352,12 @@ static jv binop(jctx *c, jop op, jv l, jv r) {
             return res;
         }
     }
-    if (op == JOP_MUL && ((l.t == JV_STR || l.t == JV_LIST) && r.t == JV_INT)) {
+    if (op == JOP_MUL && (l.t == JV_INT || l.t == JV_BOOL) && (r.t == JV_STR || r.t == JV_LIST)) {
+        jv t = l;  /* n * seq == seq * n */
+        l = r;
+        r = t;
+    }
+    if (op == JOP_MUL && ((l.t == JV_STR || l.t == JV_LIST) && (r.t == JV_INT || r.t == JV_BOOL))) {
         int64_t times = r.u.i < 0 ? 0 : r.u.i;
         size_t unit = l.t == JV_STR ? l.u.s->len : l.u.l->n * sizeof(jv);
         if (unit && (uint64_t)times > c->out_limit / unit) jctx_fail(c, "repetition result too large");

@@ -232,6 +232,60 @@ int chat_template_render(const chat_template *t, const json_t *messages, const j
 
 /* The render itself; step_limit 0 = the default. Compile-time probes pass a
  * small limit so a pathological template cannot make compiling slow. */
+/* The template's variables, built in arena a (see chat_template_render). */
+static jdict *build_globals(jarena *a, const chat_template *t, const json_t *messages, const json_t *tools,
+                            const chat_template_opts *opts, long long now) {
+    jdict *g = jv_newdict(a).u.d;
+    jv msgs = messages ? jv_from_json(a, messages) : jv_newlist(a);
+    msgs = flatten_content(a, msgs, t->typed_only);
+    if (t->object_args) parse_arguments(a, msgs);
+    if (t->no_system) msgs = merge_system(a, msgs);
+    set_global(a, g, "messages", msgs);
+    /* An empty tools array counts as no tools, as in llama.cpp: Llama 3.x and
+     * Mistral templates would otherwise print an empty tool section. */
+    if (tools && json_is_array(tools) && json_array_size(tools))
+        set_global(a, g, "tools", jv_from_json(a, tools));
+    set_global(a, g, "add_generation_prompt", jv_bool(opts->add_generation_prompt));
+    const char *bos = opts->bos_token ? opts->bos_token : "", *eos = opts->eos_token ? opts->eos_token : "";
+    set_global(a, g, "bos_token", jv_cstr(a, bos));
+    set_global(a, g, "eos_token", jv_cstr(a, eos));
+    {
+        /* llama.cpp passes today's date for templates (Llama 3.x) that print it */
+        time_t tt = (time_t)now;
+        struct tm tm;
+        char ds[64];
+        localtime_r(&tt, &tm);
+        size_t n = strftime(ds, sizeof ds, "%d %b %Y", &tm);
+        set_global(a, g, "date_string", jv_str(a, ds, n));
+        n = strftime(ds, sizeof ds, "%b %d %Y", &tm);
+        set_global(a, g, "datetime", jv_str(a, ds, n));
+    }
+    /* llama.cpp's default: reasoning on unless the request turns it off */
+    set_global(a, g, "enable_thinking", jv_bool(1));
+    if (opts->extra) {
+        const char *k;
+        json_t *v;
+        json_object_foreach((json_t *)opts->extra, k, v) set_global(a, g, k, jv_from_json(a, v));
+    }
+    return g;
+}
+
+/* build_globals with allocation failure (or a copy past the memory limit:
+ * huge messages) reported as an error instead of aborting. */
+static jdict *build_globals_guarded(jarena *a, const chat_template *t, const json_t *messages,
+                                    const json_t *tools, const chat_template_opts *opts, long long now,
+                                    char *err, size_t errlen) {
+    jmp_buf jb;
+    a->fail = &jb;
+    a->errbuf = err;
+    a->errlen = errlen;
+    a->limit = RENDER_MEM_LIMIT;
+    if (setjmp(jb)) return NULL;
+    jdict *g = build_globals(a, t, messages, tools, opts, now);
+    a->fail = NULL;
+    return g;
+}
+
 static int render_limited(const chat_template *t, const json_t *messages, const json_t *tools,
                           const chat_template_opts *o, uint64_t step_limit, char **out, char *err, size_t errlen) {
     static const chat_template_opts defaults = {0};
@@ -253,42 +307,14 @@ static int render_limited(const chat_template *t, const json_t *messages, const 
         snprintf(err, errlen, "extra template variables must be a JSON object");
         return -1;
     }
-    /* The globals are a copy of JSON the caller already holds in memory, so
-     * building them runs without the limit; the render itself is limited. */
     jarena a = {0};
     long long now = opts->now ? opts->now : (long long)time(NULL);
-    jdict *g = jv_newdict(&a).u.d;
-    jv msgs = messages ? jv_from_json(&a, messages) : jv_newlist(&a);
-    msgs = flatten_content(&a, msgs, t->typed_only);
-    if (t->object_args) parse_arguments(&a, msgs);
-    if (t->no_system) msgs = merge_system(&a, msgs);
-    set_global(&a, g, "messages", msgs);
-    /* An empty tools array counts as no tools, as in llama.cpp: Llama 3.x and
-     * Mistral templates would otherwise print an empty tool section. */
-    if (tools && json_is_array(tools) && json_array_size(tools))
-        set_global(&a, g, "tools", jv_from_json(&a, tools));
-    set_global(&a, g, "add_generation_prompt", jv_bool(opts->add_generation_prompt));
-    const char *bos = opts->bos_token ? opts->bos_token : "", *eos = opts->eos_token ? opts->eos_token : "";
-    set_global(&a, g, "bos_token", jv_cstr(&a, bos));
-    set_global(&a, g, "eos_token", jv_cstr(&a, eos));
-    {
-        /* llama.cpp passes today's date for templates (Llama 3.x) that print it */
-        time_t tt = (time_t)now;
-        struct tm tm;
-        char ds[64];
-        localtime_r(&tt, &tm);
-        size_t n = strftime(ds, sizeof ds, "%d %b %Y", &tm);
-        set_global(&a, g, "date_string", jv_str(&a, ds, n));
-        n = strftime(ds, sizeof ds, "%b %d %Y", &tm);
-        set_global(&a, g, "datetime", jv_str(&a, ds, n));
+    jdict *g = build_globals_guarded(&a, t, messages, tools, opts, now, err, errlen);
+    if (!g) {
+        jarena__free(&a);
+        return -1;
     }
-    /* llama.cpp's default: reasoning on unless the request turns it off */
-    set_global(&a, g, "enable_thinking", jv_bool(1));
-    if (opts->extra) {
-        const char *k;
-        json_t *v;
-        json_object_foreach((json_t *)opts->extra, k, v) set_global(&a, g, k, jv_from_json(&a, v));
-    }
+    const char *bos = opts->bos_token ? opts->bos_token : "";
     a.limit = a.used_total + RENDER_MEM_LIMIT;
     jrender_in in = {.root = t->root, .globals = g, .now = now, .step_limit = step_limit};
     char *text = NULL;

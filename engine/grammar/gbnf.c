@@ -34,6 +34,7 @@ typedef struct parser {
     int64_t total;
     cls_cache *cls; int32_t n_cls, cap_cls;
     int32_t any_rule;
+    int depth; /* parenthesis nesting */
     char *err; size_t errlen;
     int failed;
 } parser;
@@ -413,11 +414,14 @@ static void parse_sequence(parser *ps, int32_t r, int nested) {
             emit_class(ps, r, &all, 1);
         } else if (c == '(') {
             last = here;
+            if (ps->depth >= 256) { perr(ps, ps->p, "parentheses nested deeper than 256"); return; }
             ps->p++;
             skip_space(ps, 1);
             int32_t s = rule_sub(ps, r);
             if (s < 0) return;
+            ps->depth++;
             parse_alternates(ps, s, 1);
+            ps->depth--;
             if (ps->failed) return;
             if (ps->p >= ps->end || *ps->p != ')') { perr(ps, ps->p, "expected ')'"); return; }
             ps->p++;

@@ -587,7 +587,12 @@ static int gen_object(sctx *c, json_t *s, const char *path, gstr *b) {
             const char **ascii = calloc(n, sizeof *ascii);
             int na = 0;
             for (size_t j = 0; j < n && ascii; j++) {
-                int ok = 1;
+                int ok = strlen(keys[j]) <= 256; /* bounds the recursion of gen_key_not_in */
+                if (!ok) {
+                    serr(c, "additionalProperties", path, "extra properties next to property names over 256 bytes are not supported");
+                    free(ascii);
+                    goto out;
+                }
                 for (const char *q = keys[j]; *q; q++) ok &= *q >= 0x20 && *q < 0x7F && *q != '"' && *q != '\\';
                 if (ok) ascii[na++] = keys[j];
             }

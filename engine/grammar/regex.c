@@ -283,6 +283,7 @@ static void parse_concat(rparser *rp) {
         grammar__str_puts(rp->out, n_atoms ? " " : "");
         n_atoms++;
         if (c == '(') {
+            if (rp->depth >= 32) { rerr(rp, "groups nested deeper than 32"); return; }
             rp->p++;
             if (rp->p < rp->end && *rp->p == '?') {
                 if (rp->p + 1 < rp->end && rp->p[1] == ':') rp->p += 2;

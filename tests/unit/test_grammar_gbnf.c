@@ -159,6 +159,25 @@ static void test_errors(void **st) {
     }
 }
 
+/* Deep nesting is refused with a message, not a stack overflow. */
+static void test_nesting_limit(void **st) {
+    (void)st;
+    size_t n = 3000;
+    char *gb = malloc(2 * n + 32);
+    assert_non_null(gb);
+    strcpy(gb, "root ::= ");
+    size_t o = strlen(gb);
+    for (size_t i = 0; i < n; i++) gb[o++] = '(';
+    gb[o++] = '"'; gb[o++] = 'a'; gb[o++] = '"';
+    for (size_t i = 0; i < n; i++) gb[o++] = ')';
+    gb[o++] = '\n';
+    grammar *g = NULL;
+    char err[256];
+    assert_int_equal(grammar_compile_gbnf(gb, o, &g, err, sizeof err), GRAMMAR_ERR_SYNTAX);
+    assert_non_null(strstr(err, "nested deeper than 256"));
+    free(gb);
+}
+
 static void test_bytes_position(void **st) {
     (void)st;
     grammar *g = compile_ok("root ::= \"{\" [0-9]+ \"}\"\n");
@@ -225,6 +244,7 @@ int main(void) {
         cmocka_unit_test(test_rules_recursion_comments),
         cmocka_unit_test(test_prefixes_and_ambiguity),
         cmocka_unit_test(test_errors),
+        cmocka_unit_test(test_nesting_limit),
         cmocka_unit_test(test_bytes_position),
         cmocka_unit_test(test_deep_nesting),
         cmocka_unit_test(test_cache),

@@ -173,6 +173,7 @@ static void test_errors_name_keyword_and_path(void **st) {
         {"{\"type\":\"object\",\"properties\":{\"a\":{\"$dynamicRef\":\"#x\"}}}", "keyword '$dynamicRef' at #/properties/a"},
         {"{\"$defs\":{\"a\":{\"$ref\":\"#/$defs/a\"}},\"$ref\":\"#/$defs/a\"}", "left recursion"},
         {"[1,2]", "a schema must be an object or a boolean"},
+        {"{\"type\":\"string\",\"pattern\":\"((((((((((((((((((((((((((((((((((((((((a))))))))))))))))))))))))))))))))))))))))\"}", "nested deeper than 32"},
         {"{\"type\":", "not valid JSON"},
     };
     for (size_t i = 0; i < sizeof ec / sizeof ec[0]; i++) {

@@ -89,21 +89,6 @@ static int hexval(int c) {
     return -1;
 }
 
-static void utf8_put(jarena *a, jbuf *b, uint32_t cp) {
-    char o[4];
-    int n;
-    if (cp < 0x80) { o[0] = (char)cp; n = 1; }
-    else if (cp < 0x800) { o[0] = (char)(0xC0 | cp >> 6); o[1] = (char)(0x80 | (cp & 63)); n = 2; }
-    else if (cp < 0x10000) {
-        o[0] = (char)(0xE0 | cp >> 12); o[1] = (char)(0x80 | ((cp >> 6) & 63));
-        o[2] = (char)(0x80 | (cp & 63)); n = 3;
-    } else {
-        o[0] = (char)(0xF0 | cp >> 18); o[1] = (char)(0x80 | ((cp >> 12) & 63));
-        o[2] = (char)(0x80 | ((cp >> 6) & 63)); o[3] = (char)(0x80 | (cp & 63)); n = 4;
-    }
-    jbuf_put(a, b, o, n);
-}
-
 /* Lexes a string literal starting at the quote; returns the offset after it. */
 static size_t lex_string(parser *P, size_t i, tok *k) {
     char q = P->src[i++];
@@ -132,7 +117,7 @@ static size_t lex_string(parser *P, size_t i, tok *k) {
                     if (h < 0) { ok = 0; break; }
                     cp = cp * 16 + (uint32_t)h;
                 }
-                if (ok && cp <= 0x10FFFF) { utf8_put(P->a, &b, cp); i += nd; }
+                if (ok && cp <= 0x10FFFF) { jutf8_put(P->a, &b, cp); i += nd; }
                 else { jbuf_putc(P->a, &b, '\\'); jbuf_putc(P->a, &b, e); }
                 break;
             }

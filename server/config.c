@@ -9,7 +9,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-enum opt_type { OPT_STR, OPT_INT, OPT_LONG, OPT_DBL };
+/* OPT_FLAG: an int 0/1; on the command line it takes no value (--no-webui),
+ * elsewhere 1/0/true/false/yes/no (env) or a JSON boolean or number (file). */
+enum opt_type { OPT_STR, OPT_INT, OPT_LONG, OPT_DBL, OPT_FLAG };
 
 typedef struct opt_def {
     const char *name;    /* long flag without dashes; config key */
@@ -42,6 +44,10 @@ static const opt_def options[] = {
     {"chat-template-file", 0, OPT_STR, OFF(chat_template_file), "", 0, 0, "Jinja chat template overriding the model's"},
     {"log-format", 0, OPT_STR, OFF(log_format), "text", 0, 0, "request log format: text or json"},
     {"config", 0, OPT_STR, OFF(config), "", 0, 0, "JSON config file (flat object of these options)"},
+    {"models-dir", 0, OPT_STR, OFF(models_dir), "", 0, 0, "serve every .gguf in this directory, loaded on demand (instead of or besides --model, which becomes the default)"},
+    {"max-loaded-models", 0, OPT_INT, OFF(max_loaded_models), "2", 1, 256, "--models-dir: models kept in memory (least recently used idle one unloaded)"},
+    {"model-aliases", 0, OPT_STR, OFF(model_aliases), "", 0, 0, "--models-dir: ids for models, 'alias=file-stem,alias2=file.gguf'"},
+    {"no-webui", 0, OPT_FLAG, OFF(no_webui), "0", 0, 1, "do not serve the built-in chat page at GET /"},
 };
 #define N_OPTIONS (sizeof options / sizeof options[0])
 
@@ -70,6 +76,17 @@ static void opt_env_name(const opt_def *o, char *buf, size_t cap) {
 static int opt_set(serve_config *cfg, const opt_def *o, const char *val, const char *source,
                    char *err, size_t errlen) {
     char *base = (char *)cfg;
+    if (o->type == OPT_FLAG) {
+        int v = -1;
+        if (!strcmp(val, "1") || !strcasecmp(val, "true") || !strcasecmp(val, "yes") || !strcasecmp(val, "on")) v = 1;
+        if (!strcmp(val, "0") || !strcasecmp(val, "false") || !strcasecmp(val, "no") || !strcasecmp(val, "off")) v = 0;
+        if (v < 0) {
+            snprintf(err, errlen, "%s: --%s is a switch: 1/0, true/false, yes/no, got '%s'", source, o->name, val);
+            return -1;
+        }
+        *(int *)(base + o->offset) = v;
+        return 0;
+    }
     if (o->type == OPT_STR) {
         char **slot = (char **)(base + o->offset);
         char *copy = strdup(val);
@@ -132,7 +149,8 @@ static int config_load_file(serve_config *cfg, const char *path, const unsigned 
         if (from_flag[idx] || from_env[idx] || !strcmp(o->name, "config")) continue;
         char buf[64], src[600];
         const char *text;
-        if (json_is_string(v)) text = json_string_value(v);
+        if (json_is_boolean(v)) text = json_is_true(v) ? "1" : "0";
+        else if (json_is_string(v)) text = json_string_value(v);
         else if (json_is_integer(v)) { snprintf(buf, sizeof buf, "%lld", (long long)json_integer_value(v)); text = buf; }
         else if (json_is_real(v)) { snprintf(buf, sizeof buf, "%.17g", json_real_value(v)); text = buf; }
         else if (json_is_null(v)) continue;
@@ -197,6 +215,7 @@ int serve_config_parse(serve_config *cfg, int argc, char **argv,
             snprintf(err, errlen, "unknown option '%s' (qkvd serve --help lists them)", a);
             return -1;
         }
+        if (!val && o->type == OPT_FLAG) val = "1";
         if (!val) {
             if (i + 1 >= argc) {
                 snprintf(err, errlen, "option '%s' needs a value", a);
@@ -242,7 +261,8 @@ void serve_config_dump(const serve_config *cfg, FILE *out) {
         if (d->type == OPT_STR) {
             const char *s = *(char *const *)(base + d->offset);
             v = json_string(s ? s : "");
-        } else if (d->type == OPT_INT) v = json_integer(*(const int *)(base + d->offset));
+        } else if (d->type == OPT_FLAG) v = json_boolean(*(const int *)(base + d->offset));
+        else if (d->type == OPT_INT) v = json_integer(*(const int *)(base + d->offset));
         else if (d->type == OPT_LONG) v = json_integer(*(const long *)(base + d->offset));
         else v = json_real(*(const double *)(base + d->offset));
         json_object_set_new(o, d->name, v);

@@ -31,6 +31,10 @@ typedef struct serve_config {
     char *chat_template_file;/* "" = the model's template (ChatML fallback) */
     char *log_format;        /* "text" or "json" */
     char *config;            /* config file path ("" = none) */
+    char *models_dir;        /* "" = serve only --model; else every .gguf in it, on demand */
+    int max_loaded_models;   /* --models-dir: models kept loaded (LRU unload of idle ones) */
+    char *model_aliases;     /* --models-dir: "alias=file-stem,..." */
+    int no_webui;            /* 1: GET / is 404 instead of the chat page */
 } serve_config;
 
 /* Parse defaults, config file, environment (envp-style getter: NULL uses

@@ -306,7 +306,10 @@ void routes_dispatch(void *app, http_req *r) {
         http_reply_error(r, &e);
         return;
     }
-    if (!strcmp(hit->path, "/")) webui_reply(r);
+    if (!strcmp(hit->path, "/") && a->cfg.no_webui) {
+        api_error_set(&e, 404, "invalid_request_error", NULL, "not_found", "the chat page is off (--no-webui)");
+        http_reply_error(r, &e);
+    } else if (!strcmp(hit->path, "/")) webui_reply(r);
     else if (!strcmp(hit->path, "/health")) route_health(a, r);
     else if (!strcmp(hit->path, "/v1/models")) route_models(a, r);
     else if (hit->prefix) route_model(a, r, path + strlen(hit->path));

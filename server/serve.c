@@ -7,6 +7,7 @@
 #include <time.h>
 #include "cli.h"
 #include "log.h"
+#include "model_pool.h"
 #include "serve.h"
 
 typedef struct serve_state {
@@ -20,12 +21,14 @@ typedef struct serve_state {
     uv_timer_t drain_timer;
     uint64_t drain_deadline;
     int cancelled_all, stopped, exit_code;
+    model_pool *pool;         /* --models-dir: models on demand (NULL: one --model) */
 } serve_state;
 
 static void serve_stop(serve_state *st) {
     if (st->stopped) return;
     st->stopped = 1;
     sched_cancel_all(st->a.sched);
+    model_pool_stop(st->pool);
     http_server_stop(st->a.http);
     st->a.http = NULL;
     uv_close((uv_handle_t *)&st->sig_int, NULL);
@@ -36,7 +39,7 @@ static void serve_stop(serve_state *st) {
 /* While draining: exit once nothing runs; at the deadline, end what is left. */
 static void serve_drain_tick(uv_timer_t *t) {
     serve_state *st = t->data;
-    int busy = sched_busy(st->a.sched) || http_server_active(st->a.http) > 0;
+    int busy = sched_busy(st->a.sched) || http_server_active(st->a.http) > 0 || (st->pool && model_pool_busy(st->pool));
     if (!busy) {
         log_msg("info", "drained; exiting");
         serve_stop(st);
@@ -48,6 +51,7 @@ static void serve_drain_tick(uv_timer_t *t) {
                 (int)sched_n_running(st->a.sched), (int)sched_n_queued(st->a.sched));
         st->cancelled_all = 1;
         sched_cancel_all(st->a.sched);
+        if (st->pool) model_pool_cancel_all(st->pool);
     } else if (now >= st->drain_deadline + 2000) {
         /* Clients that do not read their last bytes do not hold the exit. */
         serve_stop(st);
@@ -67,6 +71,13 @@ static void serve_signal_cb(uv_signal_t *s, int signum) {
     http_server_quiesce(st->a.http);
     st->drain_deadline = uv_now(s->loop) + (uint64_t)(st->a.cfg.grace_period * 1000.0);
     uv_timer_start(&st->drain_timer, serve_drain_tick, 0, 50);
+}
+
+/* HTTP dispatch: one model (routes), or --models-dir (the pool picks the model). */
+static void serve_dispatch(void *app, http_req *r) {
+    serve_state *st = app;
+    if (st->pool) model_pool_dispatch(st->pool, r);
+    else routes_dispatch(&st->a, r);
 }
 
 static void serve_load_work(uv_work_t *w) {
@@ -176,8 +187,8 @@ int cli_serve(int argc, char **argv) {
     }
     serve_config *cfg = &a->cfg;
     log_set_json(!strcmp(cfg->log_format, "json"));
-    if (!cfg->model[0]) {
-        fprintf(stderr, "qkvd serve: no model given: use -m FILE.gguf (or QKVD_MODEL, or \"model\" in --config)\n");
+    if (!cfg->model[0] && !cfg->models_dir[0]) {
+        fprintf(stderr, "qkvd serve: no model given: use -m FILE.gguf or --models-dir DIR (or QKVD_MODEL / QKVD_MODELS_DIR, or \"model\" in --config)\n");
         serve_config_free(cfg);
         free(st);
         return 2;
@@ -205,7 +216,7 @@ int cli_serve(int argc, char **argv) {
     a->sched = sched_create(loop, cfg->max_seqs, cfg->batch_tokens, cfg->queue_len);
     http_options ho = {
         .host = cfg->host, .port = cfg->port, .max_body = cfg->max_body, .conn_timeout = cfg->conn_timeout,
-        .api_key = cfg->api_key, .cors_origins = cfg->cors_origins, .dispatch = routes_dispatch, .app = a,
+        .api_key = cfg->api_key, .cors_origins = cfg->cors_origins, .dispatch = serve_dispatch, .app = st,
     };
     if (http_server_start(loop, &ho, &a->http, err, sizeof err) < 0) {
         log_msg("error", "%s", err);
@@ -216,8 +227,12 @@ int cli_serve(int argc, char **argv) {
         return 1;
     }
     int v6 = strchr(cfg->host, ':') != NULL;
-    log_msg("info", "listening on http://%s%s%s:%d (model %s loading)", v6 ? "[" : "", cfg->host, v6 ? "]" : "",
-            http_server_port(a->http), cfg->model);
+    if (cfg->models_dir[0])
+        log_msg("info", "listening on http://%s%s%s:%d (models of %s, loaded on demand)", v6 ? "[" : "", cfg->host,
+                v6 ? "]" : "", http_server_port(a->http), cfg->models_dir);
+    else
+        log_msg("info", "listening on http://%s%s%s:%d (model %s loading)", v6 ? "[" : "", cfg->host, v6 ? "]" : "",
+                http_server_port(a->http), cfg->model);
     uv_signal_init(loop, &st->sig_int);
     uv_signal_init(loop, &st->sig_term);
     st->sig_int.data = st->sig_term.data = st;
@@ -225,6 +240,24 @@ int cli_serve(int argc, char **argv) {
     uv_signal_start(&st->sig_term, serve_signal_cb, SIGTERM);
     uv_timer_init(loop, &st->drain_timer);
     st->drain_timer.data = st;
+
+    if (cfg->models_dir[0]) {
+        st->pool = model_pool_create(a, err, sizeof err);
+        if (!st->pool) {
+            log_msg("error", "%s", err);
+            st->exit_code = 1;
+            serve_stop(st);
+        }
+        uv_run(loop, UV_RUN_DEFAULT);
+        model_pool_destroy(st->pool);
+        sched_destroy(a->sched);
+        uv_loop_close(loop);
+        int code = st->exit_code;
+        free(st->template_src);
+        serve_config_free(cfg);
+        free(st);
+        return code;
+    }
 
     engine_params_default(&st->ep);
     st->ep.model_path = cfg->model;

@@ -8,6 +8,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <time.h>
+#include "load_progress.h"
 #include "log.h"
 
 typedef struct pool_model {
@@ -21,6 +22,7 @@ typedef struct pool_model {
     engine *loaded;         /* result of the worker */
     char err[512];
     uint64_t t_load_ms;
+    load_progress *progress; /* progress line on a terminal while loading */
     uint64_t last_used;     /* LRU clock value of the last request */
     http_req **waiters;     /* parked requests, in arrival order */
     int n_waiters, cap_waiters;
@@ -183,6 +185,8 @@ static void load_done(uv_work_t *w, int status) {
     model_pool *p = m->pool;
     serve_app *a = &m->app;
     m->loading = 0;
+    load_progress_stop(m->progress);
+    m->progress = NULL;
     if (p->stopped) { /* shut down while loading */
         engine_free(m->loaded);
         m->loaded = NULL;
@@ -283,6 +287,7 @@ static int model_start_load(pool_model *m) {
     m->t_load_ms = uv_now(m->app.loop);
     m->work.data = m;
     uv_queue_work(m->app.loop, &m->work, load_work, load_done);
+    m->progress = load_progress_start(m->app.loop, m->ent.id, m->ent.path, !strcmp(m->app.cfg.log_format, "json"));
     return 1;
 }
 

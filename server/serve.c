@@ -6,6 +6,7 @@
 #include <string.h>
 #include <time.h>
 #include "cli.h"
+#include "load_progress.h"
 #include "log.h"
 #include "model_pool.h"
 #include "serve.h"
@@ -22,6 +23,7 @@ typedef struct serve_state {
     uint64_t drain_deadline;
     int cancelled_all, stopped, exit_code;
     model_pool *pool;         /* --models-dir: models on demand (NULL: one --model) */
+    load_progress *progress;  /* progress line on a terminal while the model loads */
 } serve_state;
 
 static void serve_stop(serve_state *st) {
@@ -98,6 +100,8 @@ static void token_text(const tokenizer *t, int32_t id, char *buf, size_t cap) {
 static void serve_load_done(uv_work_t *w, int status) {
     serve_state *st = w->data;
     serve_app *a = &st->a;
+    load_progress_stop(st->progress);
+    st->progress = NULL;
     if (st->stopped) { /* shut down while loading */
         engine_free(st->loaded);
         return;
@@ -267,6 +271,7 @@ int cli_serve(int argc, char **argv) {
     st->ep.max_batch_tokens = cfg->batch_tokens;
     st->load_work.data = st;
     uv_queue_work(loop, &st->load_work, serve_load_work, serve_load_done);
+    st->progress = load_progress_start(loop, a->model_id, cfg->model, !strcmp(cfg->log_format, "json"));
 
     uv_run(loop, UV_RUN_DEFAULT);
 

@@ -350,7 +350,7 @@ static void test_mask_speed(void **st) {
     double mean = total / (double)(reps * n) * 1e6;
     printf("GPT-2 vocab: precompute of all %d positions %.1f ms; mean mask %.1f us over %lld tokens\n",
            grammar_n_elements(g), pre * 1e3, mean, (long long)n);
-    assert_true(mean < 2000); /* target 50 us; loose for sanitizer builds */
+    /* printed, not asserted: timing is for `qkvd bench --schema`, not unit tests */
     free(mask);
     grammar_matcher_free(m);
     grammar_release(g);

@@ -215,7 +215,7 @@ static void test_compile_time(void **st) {
         grammar_release(g);
     }
     printf("typical schema compile: %.3f ms\n", best * 1e3);
-    assert_true(best < 0.2); /* target 20 ms; generous for sanitizer builds */
+    /* printed, not asserted: timing is for benchmarks, not unit tests */
 }
 
 int main(void) {

@@ -199,4 +199,18 @@ int engine_step(engine *e, engine_item *items, int32_t n_items) {
     return 0;
 }
 
+void engine_kv_stats_get(const engine *e, engine_kv_stats *out) {
+    kv_cache_stats ks;
+    kv_cache_stats_get(e->kv, &ks);
+    out->block_tokens = ks.block_tokens;
+    out->blocks_total = ks.blocks_total;
+    out->blocks_used = ks.blocks_used;
+    out->blocks_cached = ks.blocks_cached;
+    out->bytes_per_block = ks.bytes_per_block;
+    out->bytes_allocated = ks.bytes_allocated;
+    out->bytes_needed = ks.bytes_needed;
+    out->prefix_lookup_tokens = ks.prefix_lookup_tokens;
+    out->prefix_hit_tokens = ks.prefix_hit_tokens;
+}
+
 double engine_last_step_seconds(const engine *e) { return e->last_step_s; }

@@ -81,6 +81,23 @@ typedef struct engine_item {
  * changed). Returns 0 or a negative error code. */
 int engine_step(engine *e, engine_item *items, int32_t n_items);
 
+/* KV-cache occupancy for metrics and the memory plan. Blocks hold
+ * block_tokens positions of every layer's K and V. blocks_used: referenced by
+ * live sequences; blocks_cached: unreferenced but kept for prefix reuse
+ * (evictable); bytes_allocated: memory the pool holds for blocks;
+ * bytes_needed: what the live sequences' tokens occupy (tokens x bytes per
+ * token). prefix_*: cumulative tokens looked up in / served from the prefix
+ * cache. */
+typedef struct engine_kv_stats {
+    int32_t block_tokens;
+    int64_t blocks_total, blocks_used, blocks_cached;
+    uint64_t bytes_per_block, bytes_allocated, bytes_needed;
+    uint64_t prefix_lookup_tokens, prefix_hit_tokens;
+} engine_kv_stats;
+
+/* Fill *out with the current KV statistics (cheap; loop thread, between steps). */
+void engine_kv_stats_get(const engine *e, engine_kv_stats *out);
+
 /* Tokens/s helpers for bench: time spent in the last step (seconds). */
 double engine_last_step_seconds(const engine *e);
 

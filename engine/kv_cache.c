@@ -68,6 +68,17 @@ uint64_t kv_cache_bytes_allocated(const kv_cache *kv) {
     return kv->n_blocks_total * kv->block_floats * sizeof(float);
 }
 
+void kv_cache_stats_get(const kv_cache *kv, kv_cache_stats *out) {
+    memset(out, 0, sizeof *out);
+    out->block_tokens = KV_BLOCK;
+    out->bytes_per_block = kv->block_floats * sizeof(float);
+    out->blocks_total = (int64_t)kv->max_seqs * kv->max_blocks;
+    out->blocks_used = (int64_t)kv->n_blocks_total;
+    out->bytes_allocated = kv_cache_bytes_allocated(kv);
+    for (int32_t i = 0; i < kv->max_seqs; i++)
+        if (kv->seqs[i].live) out->bytes_needed += (uint64_t)kv->seqs[i].len * kv_cache_bytes_per_token(kv);
+}
+
 int32_t kv_cache_seq_create(kv_cache *kv) {
     for (int32_t i = 0; i < kv->max_seqs; i++) {
         if (kv->seqs[i].live) continue;

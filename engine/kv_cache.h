@@ -31,6 +31,15 @@ uint64_t kv_cache_bytes_per_token(const kv_cache *kv);
 /* Bytes currently allocated for all sequences. */
 uint64_t kv_cache_bytes_allocated(const kv_cache *kv);
 
+/* Occupancy (see engine_kv_stats in engine.h for the meaning of each field). */
+typedef struct kv_cache_stats {
+    int32_t block_tokens;
+    int64_t blocks_total, blocks_used, blocks_cached;
+    uint64_t bytes_per_block, bytes_allocated, bytes_needed;
+    uint64_t prefix_lookup_tokens, prefix_hit_tokens;
+} kv_cache_stats;
+void kv_cache_stats_get(const kv_cache *kv, kv_cache_stats *out);
+
 /* A free sequence id >= 0 (length 0), or -1 when max_seqs are live. */
 int32_t kv_cache_seq_create(kv_cache *kv);
 /* Release the sequence and its blocks; ignores ids that are not live. */

@@ -58,6 +58,7 @@ struct sched {
     int32_t n_vocab, n_embd, n_ctx;
     int32_t max_seqs, batch_tokens, queue_len;
     int32_t free_seqs;
+    uint64_t n_preemptions;
     job_list queued, running;
     /* The step in flight (read by the worker thread only while in_flight). */
     int in_flight;
@@ -582,3 +583,4 @@ void sched_cancel_all(sched *s) {
 int32_t sched_n_running(const sched *s) { return s->running.n; }
 int32_t sched_n_queued(const sched *s) { return s->queued.n; }
 int sched_busy(const sched *s) { return s->in_flight || s->running.n || s->queued.n; }
+uint64_t sched_n_preemptions(const sched *s) { return s->n_preemptions; }

@@ -90,5 +90,7 @@ void sched_cancel_all(sched *s);
 int32_t sched_n_running(const sched *s);
 int32_t sched_n_queued(const sched *s);
 int sched_busy(const sched *s); /* a step is in flight or jobs exist */
+/* Running sequences pre-empted (KV freed, recomputed later) since creation. */
+uint64_t sched_n_preemptions(const sched *s);
 
 #endif

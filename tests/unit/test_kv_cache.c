@@ -65,6 +65,11 @@ static void test_lifecycle(void **state) {
     fill(kv, a, 10, CTX);
     kv_cache_seq_set_len(kv, a, CTX);
     check(kv, a, CTX);
+    kv_cache_stats st;
+    kv_cache_stats_get(kv, &st);
+    assert_int_equal(st.block_tokens, KV_BLOCK);
+    assert_int_equal(st.bytes_per_block * (uint64_t)st.blocks_used, st.bytes_allocated);
+    assert_int_equal(st.bytes_needed, (uint64_t)(CTX + 100) * kv_cache_bytes_per_token(kv));
     kv_cache_seq_free(kv, b);
     assert_int_equal(kv_cache_seq_len(kv, b), 0);
     assert_true(kv_cache_seq_create(kv) >= 0);

@@ -155,6 +155,10 @@ int cli_run(int argc, char **argv) {
     while (n_done < (int64_t)n_gen) {
         sampler_result res;
         int32_t id = sampler_sample(smp, it.logits, hist, n_hist, &res);
+        if (id < 0) { /* every logit -inf or NaN (e.g. logit_bias banned all) */
+            fprintf(stderr, "\nqkvd run: no token can be sampled (all logits are -inf or NaN)\n");
+            goto out;
+        }
         if (tokenizer_is_eog(tk, id)) break;
         hist[n_hist++] = id;
         n_done++;

@@ -155,6 +155,7 @@ static void model_unload(pool_model *m, const char *why) {
     if (!model_loaded(m)) return;
     sched_destroy(m->app.sched);
     m->app.sched = NULL;
+    routes_structured_free(&m->app);
     chat_template_free(m->app.tmpl);
     m->app.tmpl = NULL;
     engine_free(m->app.e);

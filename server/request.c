@@ -243,7 +243,7 @@ fail:
 /* Fields that belong to later features: rejected so that nobody believes they
  * were honoured. */
 static int reject_unsupported(const json_t *o, enum gen_kind kind, api_error *err) {
-    static const char *const chat_rejects[] = {"tools", "tool_choice", "functions", "function_call", "audio",
+    static const char *const chat_rejects[] = {"functions", "function_call", "audio",
                                                "prediction", "web_search_options", NULL};
     if (kind == GEN_CHAT) {
         for (int i = 0; chat_rejects[i]; i++) {
@@ -251,15 +251,6 @@ static int reject_unsupported(const json_t *o, enum gen_kind kind, api_error *er
             if (v && !json_is_null(v)) {
                 api_error_set(err, 400, NULL, chat_rejects[i], "unsupported_parameter",
                               "'%s' is not supported by this server yet", chat_rejects[i]);
-                return -1;
-            }
-        }
-        json_t *rf = json_object_get(o, "response_format");
-        if (rf && !json_is_null(rf)) {
-            json_t *t = json_is_object(rf) ? json_object_get(rf, "type") : NULL;
-            if (!json_is_string(t) || strcmp(json_string_value(t), "text")) {
-                api_error_set(err, 400, NULL, "response_format", "unsupported_parameter",
-                              "'response_format' other than {\"type\": \"text\"} is not supported by this server yet");
                 return -1;
             }
         }
@@ -279,8 +270,6 @@ static int reject_unsupported(const json_t *o, enum gen_kind kind, api_error *er
             api_error_set(err, 400, NULL, "store", "unsupported_parameter", "'store': true is not supported (nothing is stored)");
             return -1;
         }
-        int ptc = 0;
-        if (get_bool(o, "parallel_tool_calls", &ptc, err) < 0) return -1;
     } else {
         json_t *sfx = json_object_get(o, "suffix");
         if (sfx && !json_is_null(sfx) && !(json_is_string(sfx) && json_string_length(sfx) == 0)) {
@@ -342,6 +331,178 @@ static int bias_parse(const json_t *o, int32_t n_vocab, gen_request *r, api_erro
     r->sp.n_bias = k;
     r->sp.bias_ids = r->bias_ids;
     r->sp.bias_vals = r->bias_vals;
+    return 0;
+}
+
+
+/* response_format: text | json_object (optional "schema") | json_schema with
+ * {name, schema, strict, description} or, as Dify sends it, the schema itself. */
+static int response_format_parse(const json_t *o, gen_request *r, api_error *err) {
+    json_t *rf = json_object_get(o, "response_format");
+    if (!rf || json_is_null(rf)) return 0;
+    if (!json_is_object(rf)) { BAD(err, "response_format", "'response_format' must be an object"); return -1; }
+    json_t *t = json_object_get(rf, "type");
+    if (!json_is_string(t)) { BAD(err, "response_format", "'response_format.type' is required and must be a string"); return -1; }
+    const char *type = json_string_value(t);
+    if (!strcmp(type, "text")) return 0;
+    if (!strcmp(type, "json_object")) {
+        /* llama.cpp's extension: a schema inside json_object mode. */
+        json_t *sc = json_object_get(rf, "schema");
+        if (sc && !json_is_null(sc)) {
+            if (!json_is_object(sc) && !json_is_boolean(sc)) {
+                BAD(err, "response_format", "'response_format.schema' must be a JSON Schema object");
+                return -1;
+            }
+            r->format = GEN_FORMAT_JSON_SCHEMA;
+            r->schema = json_incref(sc);
+        } else {
+            r->format = GEN_FORMAT_JSON_OBJECT;
+        }
+        return 0;
+    }
+    if (strcmp(type, "json_schema")) {
+        BAD(err, "response_format", "'response_format.type' must be 'text', 'json_object' or 'json_schema', got '%.60s'", type);
+        return -1;
+    }
+    json_t *js = json_object_get(rf, "json_schema");
+    if (!json_is_object(js)) {
+        BAD(err, "response_format", "'response_format.json_schema' is required and must be an object");
+        return -1;
+    }
+    json_t *sc = json_object_get(js, "schema");
+    json_t *name = json_object_get(js, "name"), *strict = json_object_get(js, "strict"), *desc = json_object_get(js, "description");
+    if (sc || (name && json_is_string(name)) || (strict && json_is_boolean(strict))) {
+        /* The OpenAI wrapper. */
+        if (name && !json_is_null(name) && !json_is_string(name)) { BAD(err, "response_format", "'response_format.json_schema.name' must be a string"); return -1; }
+        if (strict && !json_is_null(strict) && !json_is_boolean(strict)) { BAD(err, "response_format", "'response_format.json_schema.strict' must be a boolean"); return -1; }
+        if (desc && !json_is_null(desc) && !json_is_string(desc)) { BAD(err, "response_format", "'response_format.json_schema.description' must be a string"); return -1; }
+        if (!sc || json_is_null(sc)) {
+            /* OpenAI allows a missing schema: any JSON value is then fine; we ask for an object like json_object. */
+            r->format = GEN_FORMAT_JSON_OBJECT;
+            return 0;
+        }
+        if (!json_is_object(sc) && !json_is_boolean(sc)) {
+            BAD(err, "response_format", "'response_format.json_schema.schema' must be a JSON Schema object");
+            return -1;
+        }
+    } else {
+        sc = js; /* Dify's bare form: json_schema is the schema */
+    }
+    r->format = GEN_FORMAT_JSON_SCHEMA;
+    r->schema = json_incref(sc);
+    return 0;
+}
+
+static int tool_name_ok(const char *s, size_t n) {
+    if (n == 0 || n > 64) return 0;
+    for (size_t i = 0; i < n; i++) {
+        char c = s[i];
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' || c == '-' || c == '.'))
+            return 0;
+    }
+    return 1;
+}
+
+/* tools / tool_choice / parallel_tool_calls (chat only). */
+static int tools_parse(const json_t *o, gen_request *r, api_error *err) {
+    char param[96];
+    json_t *tools = json_object_get(o, "tools");
+    r->parallel_tool_calls = 1;
+    if (get_bool(o, "parallel_tool_calls", &r->parallel_tool_calls, err) < 0) return -1;
+    if (tools && !json_is_null(tools)) {
+        if (!json_is_array(tools)) { BAD(err, "tools", "'tools' must be an array of tool objects"); return -1; }
+        if (json_array_size(tools) > GEN_MAX_TOOLS) { BAD(err, "tools", "'tools' may hold at most %d tools", GEN_MAX_TOOLS); return -1; }
+        size_t i;
+        json_t *t;
+        json_array_foreach(tools, i, t) {
+            snprintf(param, sizeof param, "tools[%zu]", i);
+            if (!json_is_object(t)) { BAD(err, param, "'%s' must be an object", param); return -1; }
+            json_t *type = json_object_get(t, "type");
+            snprintf(param, sizeof param, "tools[%zu].type", i);
+            if (!json_is_string(type) || strcmp(json_string_value(type), "function")) {
+                BAD(err, param, "'%s' must be 'function'", param);
+                return -1;
+            }
+            json_t *f = json_object_get(t, "function");
+            snprintf(param, sizeof param, "tools[%zu].function", i);
+            if (!json_is_object(f)) { BAD(err, param, "'%s' is required and must be an object", param); return -1; }
+            json_t *name = json_object_get(f, "name");
+            snprintf(param, sizeof param, "tools[%zu].function.name", i);
+            if (!json_is_string(name) || !tool_name_ok(json_string_value(name), json_string_length(name))) {
+                BAD(err, param, "'%s' is required: 1 to 64 characters a-z, A-Z, 0-9, '_', '-', '.'", param);
+                return -1;
+            }
+            for (size_t k = 0; k < i; k++) {
+                json_t *prev = json_object_get(json_object_get(json_array_get(tools, k), "function"), "name");
+                if (json_equal(prev, name)) { BAD(err, param, "'%s': the name '%s' is used by tools[%zu] too", param, json_string_value(name), k); return -1; }
+            }
+            json_t *desc = json_object_get(f, "description");
+            snprintf(param, sizeof param, "tools[%zu].function.description", i);
+            if (desc && !json_is_null(desc) && !json_is_string(desc)) { BAD(err, param, "'%s' must be a string", param); return -1; }
+            json_t *params = json_object_get(f, "parameters");
+            snprintf(param, sizeof param, "tools[%zu].function.parameters", i);
+            if (params && !json_is_null(params) && !json_is_object(params)) { BAD(err, param, "'%s' must be a JSON Schema object", param); return -1; }
+            json_t *strict = json_object_get(f, "strict");
+            snprintf(param, sizeof param, "tools[%zu].function.strict", i);
+            if (strict && !json_is_null(strict) && !json_is_boolean(strict)) { BAD(err, param, "'%s' must be a boolean", param); return -1; }
+        }
+        /* [] counts as no tools (as llama.cpp; several clients send it). */
+        if (json_array_size(tools)) r->tools = json_incref(tools);
+    }
+    r->tool_choice = r->tools ? GEN_TOOLS_AUTO : GEN_TOOLS_NONE;
+    json_t *tc = json_object_get(o, "tool_choice");
+    if (!tc || json_is_null(tc)) return 0;
+    if (json_is_string(tc)) {
+        const char *v = json_string_value(tc);
+        if (!strcmp(v, "none")) { r->tool_choice = GEN_TOOLS_NONE; return 0; }
+        if (strcmp(v, "auto") && strcmp(v, "required")) {
+            BAD(err, "tool_choice", "'tool_choice' must be 'none', 'auto', 'required' or {\"type\": \"function\", \"function\": {\"name\": ...}}");
+            return -1;
+        }
+        if (!r->tools) { BAD(err, "tool_choice", "'tool_choice' '%s' needs a non-empty 'tools'", v); return -1; }
+        r->tool_choice = !strcmp(v, "auto") ? GEN_TOOLS_AUTO : GEN_TOOLS_REQUIRED;
+        return 0;
+    }
+    json_t *type = json_is_object(tc) ? json_object_get(tc, "type") : NULL;
+    json_t *fn = json_is_object(tc) ? json_object_get(tc, "function") : NULL;
+    json_t *name = json_is_object(fn) ? json_object_get(fn, "name") : NULL;
+    if (!json_is_string(type) || strcmp(json_string_value(type), "function") || !json_is_string(name)) {
+        BAD(err, "tool_choice", "'tool_choice' must be 'none', 'auto', 'required' or {\"type\": \"function\", \"function\": {\"name\": ...}}");
+        return -1;
+    }
+    if (!r->tools) { BAD(err, "tool_choice", "'tool_choice' names a function but 'tools' is empty"); return -1; }
+    size_t i;
+    json_t *t;
+    json_array_foreach(r->tools, i, t) {
+        if (json_equal(json_object_get(json_object_get(t, "function"), "name"), name)) {
+            r->tool_choice = GEN_TOOLS_NAMED;
+            r->tool_named = (int32_t)i;
+            return 0;
+        }
+    }
+    BAD(err, "tool_choice", "'tool_choice' names the function '%.64s', which is not in 'tools'", json_string_value(name));
+    return -1;
+}
+
+/* response_format, grammar and tools together. */
+static int structured_parse(const json_t *o, enum gen_kind kind, gen_request *r, api_error *err) {
+    if (response_format_parse(o, r, err)) return -1;
+    json_t *g = json_object_get(o, "grammar");
+    if (g && !json_is_null(g)) {
+        if (!json_is_string(g) || json_string_length(g) == 0) { BAD(err, "grammar", "'grammar' must be a non-empty string of GBNF rules"); return -1; }
+        if (r->format != GEN_FORMAT_TEXT) { BAD(err, "grammar", "'grammar' and 'response_format' cannot be used together"); return -1; }
+        r->grammar = strndup(json_string_value(g), json_string_length(g));
+        if (!r->grammar) abort();
+        r->grammar_len = json_string_length(g);
+        r->format = GEN_FORMAT_GBNF;
+    }
+    if (kind != GEN_CHAT) return 0;
+    if (tools_parse(o, r, err)) return -1;
+    if (r->tool_choice != GEN_TOOLS_NONE && r->format != GEN_FORMAT_TEXT) {
+        BAD(err, "tool_choice", "'tools' with tool_choice other than 'none' cannot be combined with '%s'",
+            r->format == GEN_FORMAT_GBNF ? "grammar" : "response_format");
+        return -1;
+    }
     return 0;
 }
 
@@ -442,6 +603,7 @@ int request_parse_generation(enum gen_kind kind, const char *body, size_t len, i
         }
     }
     if (get_string(o, "user", &r->user, err) < 0) goto fail;
+    if (structured_parse(o, kind, r, err)) goto fail;
     /* Accepted, typed, and without effect here (see docs/api.md). */
     json_t *meta = json_object_get(o, "metadata");
     if (meta && !json_is_null(meta) && !json_is_object(meta)) { BAD(err, "metadata", "'metadata' must be an object"); goto fail; }
@@ -472,6 +634,9 @@ void gen_request_free(gen_request *r) {
     free(r->bias_ids);
     free(r->bias_vals);
     free(r->user);
+    json_decref(r->schema);
+    free(r->grammar);
+    json_decref(r->tools);
     memset(r, 0, sizeof *r);
 }
 

@@ -17,6 +17,12 @@
 
 enum gen_kind { GEN_CHAT = 1, GEN_COMPLETION = 2 };
 
+/* Output constraint asked for by response_format / grammar. */
+enum gen_format { GEN_FORMAT_TEXT = 0, GEN_FORMAT_JSON_OBJECT, GEN_FORMAT_JSON_SCHEMA, GEN_FORMAT_GBNF };
+/* tool_choice (GEN_TOOLS_AUTO when tools are given without one). */
+enum gen_tool_choice { GEN_TOOLS_NONE = 0, GEN_TOOLS_AUTO, GEN_TOOLS_REQUIRED, GEN_TOOLS_NAMED };
+#define GEN_MAX_TOOLS 128
+
 /* One prompt: either text (tokenised later with the model) or token ids. */
 typedef struct gen_prompt {
     char *text; size_t text_len;      /* owned; NULL when tokens are given */
@@ -42,6 +48,16 @@ typedef struct gen_request {
     int echo;                   /* completions: prepend the prompt */
     int stream, include_usage;
     char *user;                 /* owned or NULL */
+    /* Structured output (docs/structured-output.md). Schemas are only
+     * type-checked here; they are compiled (and their errors reported) when
+     * the request starts, with the model's grammar cache. */
+    enum gen_format format;
+    json_t *schema;             /* JSON_SCHEMA (and JSON_OBJECT with a "schema"): own ref */
+    char *grammar; size_t grammar_len; /* GBNF: owned */
+    json_t *tools;              /* chat: validated tools array (own ref), NULL when none */
+    enum gen_tool_choice tool_choice;
+    int32_t tool_named;         /* GEN_TOOLS_NAMED: index into tools */
+    int parallel_tool_calls;    /* default 1 */
 } gen_request;
 
 /* Parse a chat (kind GEN_CHAT) or completions body. n_vocab > 0 checks token

@@ -5,9 +5,13 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include "grammar/grammar.h"
 #include "log.h"
 #include "request.h"
 #include "serve.h"
+#include "tool_calls.h"
+
+struct gen_ctx;
 
 typedef struct gen_choice {
     sse_buf text;          /* non-stream: the whole text */
@@ -16,6 +20,12 @@ typedef struct gen_choice {
     json_t *lp;            /* chat: logprob entries (stream: not yet sent) */
     json_t *lp_tokens, *lp_logprobs, *lp_top, *lp_offset; /* completions format */
     size_t lp_off;         /* text offset of the next token (completions) */
+    /* tool calls (chat with tools): the output goes through the parser */
+    struct gen_ctx *c;
+    int32_t idx;
+    tool_parser tp;
+    json_t *calls;         /* non-stream: [{id, type, function: {name, arguments}}] */
+    sse_buf args;          /* non-stream: arguments of the last call so far */
 } gen_choice;
 
 typedef struct gen_ctx {
@@ -37,6 +47,9 @@ typedef struct gen_ctx {
     json_t **p_tokens, **p_logprobs, **p_top, **p_offset; /* prompt token log-probs */
     size_t *p_off;           /* text offset of the next prompt token */
     size_t *p_strip;         /* bytes the first piece has beyond its decoded text (SPM space) */
+    int tools;               /* parse tool calls out of the output */
+    const tool_syntax *sx;
+    uint64_t id_state;       /* PRNG for call ids */
 } gen_ctx;
 
 /* A JSON string from bytes that may not be valid UTF-8. */
@@ -93,6 +106,8 @@ static void gen_ctx_free(gen_ctx *c) {
         json_decref(ch->lp_logprobs);
         json_decref(ch->lp_top);
         json_decref(ch->lp_offset);
+        json_decref(ch->calls);
+        sse_buf_free(&ch->args);
     }
     free(c->ch);
     free(c);
@@ -124,8 +139,10 @@ static json_t *chunk_new(gen_ctx *c) {
     return o;
 }
 
-/* Send one chunk for choice idx: text (may be NULL), delta role, finish reason. */
-static void chunk_send(gen_ctx *c, int32_t idx, const char *text, size_t len, int role, const char *finish) {
+/* Send one chunk for choice idx: text (may be NULL), delta role, finish
+ * reason, and (chat) one tool-call delta (reference stolen; may be NULL). */
+static void chunk_send_ex(gen_ctx *c, int32_t idx, const char *text, size_t len, int role, const char *finish,
+                          json_t *tool_call) {
     gen_choice *ch = &c->ch[idx];
     json_t *o = chunk_new(c), *choices = json_array(), *chc = json_object();
     json_object_set_new(chc, "index", json_integer(idx));
@@ -134,6 +151,11 @@ static void chunk_send(gen_ctx *c, int32_t idx, const char *text, size_t len, in
         json_t *delta = json_object();
         if (role) json_object_set_new(delta, "role", json_string("assistant"));
         if (text) json_object_set_new(delta, "content", jstr(text, len));
+        if (tool_call) {
+            json_t *arr = json_array();
+            json_array_append_new(arr, tool_call);
+            json_object_set_new(delta, "tool_calls", arr);
+        }
         json_object_set_new(chc, "delta", delta);
     } else {
         json_object_set_new(chc, "text", text ? jstr(text, len) : json_string(""));
@@ -148,6 +170,53 @@ static void chunk_send(gen_ctx *c, int32_t idx, const char *text, size_t len, in
     if (has_lp) choice_lp_reset(c, ch);
     http_stream_flush(c->r);
 }
+
+static void chunk_send(gen_ctx *c, int32_t idx, const char *text, size_t len, int role, const char *finish) {
+    chunk_send_ex(c, idx, text, len, role, finish, NULL);
+}
+
+/* ---- tool-call parser events ---- */
+static void tc_content(void *user, const char *s, size_t n) {
+    gen_choice *ch = user;
+    if (ch->c->stream) chunk_send(ch->c, ch->idx, s, n, 0, NULL);
+    else sse_buf_append(&ch->text, s, n);
+}
+
+static void tc_close_args(gen_choice *ch) {
+    size_t k = json_array_size(ch->calls);
+    if (!k) return;
+    json_t *f = json_object_get(json_array_get(ch->calls, k - 1), "function");
+    json_object_set_new(f, "arguments", jstr(ch->args.data ? ch->args.data : "", ch->args.len));
+    ch->args.len = 0;
+}
+
+static void tc_start(void *user, int32_t index, const char *name) {
+    gen_choice *ch = user;
+    gen_ctx *c = ch->c;
+    char id[32];
+    tool_call_id(&c->id_state, id, sizeof id);
+    json_t *call = json_pack("{s:s, s:s, s:{s:s, s:s}}", "id", id, "type", "function", "function", "name", name,
+                             "arguments", "");
+    if (c->stream) {
+        json_object_set_new(call, "index", json_integer(index));
+        chunk_send_ex(c, ch->idx, NULL, 0, 0, NULL, call);
+        return;
+    }
+    tc_close_args(ch);
+    json_array_append_new(ch->calls, call);
+}
+
+static void tc_args(void *user, int32_t index, const char *s, size_t n) {
+    gen_choice *ch = user;
+    if (ch->c->stream) {
+        json_t *d = json_pack("{s:i, s:{s:s%}}", "index", (int)index, "function", "arguments", s, n);
+        chunk_send_ex(ch->c, ch->idx, NULL, 0, 0, NULL, d);
+    } else {
+        sse_buf_append(&ch->args, s, n);
+    }
+}
+
+static const tool_parser_ops tc_ops = {.content = tc_content, .call_start = tc_start, .args = tc_args};
 
 static json_t *usage_json(gen_ctx *c) {
     json_t *u = json_object();
@@ -254,13 +323,19 @@ static void gen_on_token(void *user, int32_t idx, int32_t token, const sampler_r
 
 static void gen_on_text(void *user, int32_t idx, const char *text, size_t len) {
     gen_ctx *c = user;
-    if (c->stream) chunk_send(c, idx, text, len, 0, NULL);
+    if (c->tools) tool_parser_feed(&c->ch[idx].tp, text, len, &tc_ops, &c->ch[idx]);
+    else if (c->stream) chunk_send(c, idx, text, len, 0, NULL);
     else sse_buf_append(&c->ch[idx].text, text, len);
 }
 
 static void gen_on_finish(void *user, int32_t idx, const char *reason, int32_t n_tokens) {
     gen_ctx *c = user;
     gen_choice *ch = &c->ch[idx];
+    if (c->tools) {
+        tool_parser_finish(&ch->tp, &tc_ops, ch);
+        if (!c->stream) tc_close_args(ch);
+        if (ch->tp.n_calls && !strcmp(reason, "stop")) reason = "tool_calls";
+    }
     ch->finish = reason;
     ch->n_tokens = n_tokens;
     c->completion_tokens += n_tokens;
@@ -286,7 +361,16 @@ static void gen_reply_full(gen_ctx *c) {
         if (c->kind == GEN_CHAT) {
             json_t *msg = json_object();
             json_object_set_new(msg, "role", json_string("assistant"));
-            json_object_set_new(msg, "content", text);
+            if (c->tools && json_array_size(ch->calls)) {
+                if (!ch->text.len) {
+                    json_decref(text);
+                    text = json_null();
+                }
+                json_object_set_new(msg, "content", text);
+                json_object_set(msg, "tool_calls", ch->calls);
+            } else {
+                json_object_set_new(msg, "content", text);
+            }
             json_object_set_new(msg, "refusal", json_null());
             json_object_set_new(chc, "message", msg);
         } else {
@@ -340,6 +424,88 @@ static const sched_job_ops gen_ops = {
     .on_token = gen_on_token, .on_text = gen_on_text, .on_finish = gen_on_finish, .on_done = gen_on_done,
 };
 
+/* ---- structured output setup ---- */
+void routes_structured_free(serve_app *a) {
+    grammar_release(a->gjson);
+    a->gjson = NULL;
+    grammar_cache_free(a->gcache);
+    a->gcache = NULL;
+    grammar_vocab_free(a->gvocab);
+    a->gvocab = NULL;
+    a->tool_family = 0;
+    a->tool_renders = 0;
+}
+
+/* The grammar of req's output: *g constrains the whole output; *lazy (tool
+ * calls under tool_choice auto) what follows sx->trigger. Both NULL when
+ * the output is free. 0, or -1 with a 400 naming the field. */
+static int structured_setup(serve_app *a, const gen_request *req, grammar **g, grammar **lazy,
+                            const tool_syntax **sx, api_error *e) {
+    *g = *lazy = NULL;
+    *sx = NULL;
+    int want_tools = req->kind == GEN_CHAT && req->tools;
+    if (want_tools && !a->tool_family) {
+        a->tool_family = tool_family_probe(a->tmpl, &a->tool_renders) + 1;
+        log_msg("info", "chat template: tool-call syntax %s, %s", tool_syntax_get(a->tool_family - 1)->name,
+                a->tool_renders ? "renders tools" : "no tools variable (fallback system prompt)");
+    }
+    if (want_tools) *sx = tool_syntax_get(a->tool_family - 1);
+    if (req->format == GEN_FORMAT_TEXT && !(want_tools && req->tool_choice != GEN_TOOLS_NONE)) return 0;
+    if (!a->gcache) a->gcache = grammar_cache_create(64);
+    if (!a->gvocab) a->gvocab = grammar_vocab_create(a->tok);
+    if (!a->gcache || !a->gvocab) {
+        api_error_set(e, 503, NULL, NULL, "out_of_memory", "out of memory preparing the grammar");
+        return -1;
+    }
+    char err[512] = "";
+    int rc = 0;
+    if (req->format == GEN_FORMAT_JSON_OBJECT) {
+        if (!a->gjson && grammar_compile_json_object(NULL, &a->gjson, err, sizeof err) < 0) {
+            api_error_set(e, 500, NULL, "response_format", "grammar_error", "json_object grammar: %s", err);
+            return -1;
+        }
+        grammar_retain(a->gjson);
+        *g = a->gjson;
+        return 0;
+    }
+    if (req->format == GEN_FORMAT_JSON_SCHEMA) {
+        char *txt = json_dumps(req->schema, JSON_COMPACT | JSON_ENCODE_ANY);
+        if (!txt) abort();
+        *g = grammar_cache_get_schema(a->gcache, txt, strlen(txt), NULL, &rc, err, sizeof err);
+        free(txt);
+        if (!*g) {
+            api_error_set(e, 400, "invalid_request_error", "response_format", "invalid_value",
+                          "'response_format' JSON schema: %s", err);
+            return -1;
+        }
+        return 0;
+    }
+    if (req->format == GEN_FORMAT_GBNF) {
+        *g = grammar_cache_get_gbnf(a->gcache, req->grammar, req->grammar_len, &rc, err, sizeof err);
+        if (!*g) {
+            api_error_set(e, 400, "invalid_request_error", "grammar", "invalid_value", "'grammar': %s", err);
+            return -1;
+        }
+        return 0;
+    }
+    int forced = req->tool_choice == GEN_TOOLS_REQUIRED || req->tool_choice == GEN_TOOLS_NAMED;
+    int32_t bad = -1;
+    char *text = tool_grammar_build(req->tools, req->tool_choice == GEN_TOOLS_NAMED ? req->tool_named : -1, *sx,
+                                    req->parallel_tool_calls, !forced, &bad, err, sizeof err);
+    grammar *tg = text ? grammar_cache_get_gbnf(a->gcache, text, strlen(text), &rc, err, sizeof err) : NULL;
+    free(text);
+    if (!tg) {
+        char param[64];
+        if (bad >= 0) snprintf(param, sizeof param, "tools[%d].function.parameters", (int)bad);
+        else snprintf(param, sizeof param, "tools");
+        api_error_set(e, 400, "invalid_request_error", param, "invalid_value", "'%s': %s", param, err);
+        return -1;
+    }
+    if (forced) *g = tg;
+    else *lazy = tg;
+    return 0;
+}
+
 /* Shared by both endpoints once the body is parsed into req. */
 static void gen_start(serve_app *a, http_req *r, gen_request *req) {
     api_error e;
@@ -357,8 +523,14 @@ static void gen_start(serve_app *a, http_req *r, gen_request *req) {
                       (int)(req->n * n_prompts), a->cfg.max_seqs);
         ok = 0;
     }
+    grammar *gr = NULL, *lazy = NULL;
+    const tool_syntax *sx = NULL;
+    if (ok && structured_setup(a, req, &gr, &lazy, &sx, &e) < 0) ok = 0;
     if (ok && req->kind == GEN_CHAT) {
-        char *prompt = routes_render_chat(a, req->messages, NULL, &e);
+        /* Tools go to templates that render them; others get the fallback messages. */
+        json_t *fb = req->tools && !a->tool_renders ? tool_messages_fallback(req->messages, req->tools) : NULL;
+        char *prompt = routes_render_chat(a, fb ? fb : req->messages, fb ? NULL : req->tools, &e);
+        json_decref(fb);
         if (!prompt) ok = 0;
         else {
             toks[0] = routes_tokenize(a, prompt, strlen(prompt), 1, 1, &lens[0], &e);
@@ -409,6 +581,9 @@ static void gen_start(serve_app *a, http_req *r, gen_request *req) {
     c->a = a;
     c->r = r;
     c->kind = req->kind;
+    c->tools = req->kind == GEN_CHAT && req->tools && req->tool_choice != GEN_TOOLS_NONE;
+    c->sx = sx;
+    c->id_state = uv_hrtime() ^ (a->id_counter * 0xD1B54A32D192ED03ull) ^ (uint64_t)(uintptr_t)c;
     c->stream = req->stream;
     c->include_usage = req->include_usage;
     c->logprobs = req->logprobs;
@@ -421,7 +596,14 @@ static void gen_start(serve_app *a, http_req *r, gen_request *req) {
     if (!c->ch) abort();
     for (int32_t i = 0; i < c->n_choices; i++) {
         sse_buf_init(&c->ch[i].text);
+        sse_buf_init(&c->ch[i].args);
         choice_lp_reset(c, &c->ch[i]);
+        c->ch[i].c = c;
+        c->ch[i].idx = i;
+        if (c->tools) {
+            tool_parser_init(&c->ch[i].tp, sx);
+            c->ch[i].calls = json_array();
+        }
         if (echo[i / c->n]) c->ch[i].lp_off = echo_len[i / c->n]; /* generated text follows the echo */
     }
     int prompt_lp = req->echo && req->logprobs;
@@ -470,6 +652,8 @@ static void gen_start(serve_app *a, http_req *r, gen_request *req) {
         .kind = SCHED_GENERATE, .n_prompts = n_prompts, .prompts = toks, .prompt_len = lens, .n = req->n,
         .max_tokens = max_tokens, .sp = req->sp, .n_stop = req->n_stop, .stop = (const char *const *)req->stop,
         .stop_len = req->stop_len, .strip_leading_space = 0, .timeout_s = a->cfg.request_timeout,
+        .grammar = gr, .lazy_grammar = lazy, .trigger = sx ? sx->trigger : NULL,
+        .trigger_len = sx ? strlen(sx->trigger) : 0, .gvocab = a->gvocab,
     };
     if (!req->has_seed) spec.sp.seed = uv_hrtime() ^ (a->id_counter * 0x9E3779B97F4A7C15ull);
     sched_job_ops ops = gen_ops;
@@ -479,7 +663,11 @@ static void gen_start(serve_app *a, http_req *r, gen_request *req) {
         ops.on_prompt_token = gen_on_prompt_token;
         ops.on_prompt_done = gen_on_prompt_done;
     }
-    if (sched_submit(a->sched, &spec, &ops, c, &c->job, &e) < 0) {
+    int src = sched_submit(a->sched, &spec, &ops, c, &c->job, &e);
+    grammar_release(gr); /* the job holds its own references */
+    grammar_release(lazy);
+    gr = lazy = NULL;
+    if (src < 0) {
         gen_ctx_free(c);
         c = NULL;
         goto fail_freed;
@@ -505,6 +693,8 @@ static void gen_start(serve_app *a, http_req *r, gen_request *req) {
     return;
 fail:
     gen_ctx_free(c);
+    grammar_release(gr);
+    grammar_release(lazy);
 fail_freed:
     for (int32_t i = 0; i < n_prompts; i++)
         if (req->kind == GEN_COMPLETION && !req->prompts[i].text) free(echo[i]);

@@ -6,7 +6,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include "grammar/grammar.h"
 #include "tokenizer.h"
+
+#define SCHED_TRIGGER_MAX 63
 
 enum slot_state { SLOT_WAIT, SLOT_PREFILL, SLOT_DECODE, SLOT_DONE };
 
@@ -26,6 +29,10 @@ typedef struct sched_slot {
     tok_stream ts;
     char *held;              /* text not yet emitted: a possible stop-string prefix */
     size_t n_held, cap_held;
+    grammar_matcher *gm;     /* structured output: NULL when unconstrained */
+    int gm_on;               /* 0 while a lazy grammar waits for its trigger */
+    char win[SCHED_TRIGGER_MAX]; /* lazy: the last output bytes (a possible trigger prefix) */
+    size_t n_win;
 } sched_slot;
 
 struct sched_job {
@@ -47,6 +54,9 @@ struct sched_job {
     uint64_t deadline_ms;    /* uv_now() deadline, 0 = none */
     int32_t seqs_needed;     /* reserved at admission, returned at free */
     int32_t embd_seq, embd_next;
+    grammar *grammar, *lazy_grammar; /* own references */
+    char trigger[SCHED_TRIGGER_MAX + 1];
+    size_t trigger_len;
 };
 
 typedef struct job_list { sched_job *head, *tail; int32_t n; } job_list;
@@ -71,6 +81,7 @@ struct sched {
     float *scratch;          /* n_vocab logits copy: the sampler modifies its input */
     float *lsm;              /* n_vocab log-softmax of one prompt row */
     char text[4096];         /* one token's text */
+    char trig_scan[SCHED_TRIGGER_MAX + 4096]; /* lazy grammars: window + token text */
 };
 
 static void list_push(job_list *l, sched_job *j) {
@@ -126,7 +137,10 @@ static void job_free(sched *s, sched_job *j) {
         sampler_free(sl->smp);
         free(sl->hist);
         free(sl->held);
+        grammar_matcher_free(sl->gm);
     }
+    grammar_release(j->grammar);
+    grammar_release(j->lazy_grammar);
     if (j->embd_seq >= 0 && s->e) engine_seq_free(s->e, j->embd_seq);
     if (j->running) s->free_seqs += j->seqs_needed;
     for (int32_t i = 0; i < j->n_prompts; i++) free(j->prompts[i]);
@@ -215,14 +229,49 @@ static int slot_stop_check(sched_job *j, int32_t idx) {
     return 0;
 }
 
+/* Lazy grammar: look for the trigger in the recent output plus this token's
+ * text (n bytes in s->text). Once found, the grammar takes over after the
+ * trigger; bytes of this token beyond it are fed to it at once (if it
+ * rejects them, the choice goes on unconstrained: it did not write a call). */
+static void slot_trigger_scan(sched *s, sched_job *j, sched_slot *sl, size_t n) {
+    char *w = s->trig_scan;
+    memcpy(w, sl->win, sl->n_win);
+    memcpy(w + sl->n_win, s->text, n);
+    size_t len = sl->n_win + n;
+    const char *hit = memmem(w, len, j->trigger, j->trigger_len);
+    if (hit) {
+        size_t after = (size_t)(hit - w) + j->trigger_len, bad;
+        sl->gm_on = 1;
+        if (after < len && grammar_matcher_accept_bytes(sl->gm, w + after, len - after, &bad) < 0) {
+            grammar_matcher_free(sl->gm);
+            sl->gm = NULL;
+        }
+        return;
+    }
+    size_t keep = j->trigger_len - 1 < len ? j->trigger_len - 1 : len;
+    memcpy(sl->win, w + len - keep, keep);
+    sl->n_win = keep;
+}
+
 /* Sample the next token of a slot from logits (n_vocab floats, copied first). */
 static void slot_sample(sched *s, sched_job *j, int32_t idx, const float *logits) {
     sched_slot *sl = &j->slots[idx];
     sampler_result r;
     memcpy(s->scratch, logits, (size_t)s->n_vocab * sizeof(float));
+    int constrained = sl->gm && sl->gm_on;
+    if (constrained && grammar_matcher_apply(sl->gm, s->scratch) == 0) {
+        /* Only a user grammar with rules that cannot complete gets here. */
+        if (grammar_matcher_is_complete(sl->gm)) slot_finish(s, j, idx, "stop", 1);
+        else job_fail(j, 400, "the grammar allows no token after this output (%s)", "dead end: a rule that cannot complete");
+        return;
+    }
     int32_t tok = sampler_sample(sl->smp, s->scratch, sl->hist, sl->n_hist, &r);
     if (tok < 0 || tok >= s->n_vocab) {
         job_fail(j, 500, "sampling failed (%s)", "no token");
+        return;
+    }
+    if (constrained && !tokenizer_is_eog(s->tok, tok) && grammar_matcher_accept_token(sl->gm, tok) < 0) {
+        job_fail(j, 500, "sampling failed (%s)", "the grammar rejected a token its mask allowed");
         return;
     }
     if (sl->n_hist < sl->cap_hist) sl->hist[sl->n_hist++] = tok;
@@ -235,6 +284,7 @@ static void slot_sample(sched *s, sched_job *j, int32_t idx, const float *logits
     if (j->logprobs && j->ops.on_token && !j->finished) j->ops.on_token(j->user, idx, tok, &r);
     int64_t n = tok_stream_push(&sl->ts, s->tok, tok, 0, s->text, (int64_t)sizeof s->text);
     if (n > (int64_t)sizeof s->text) n = (int64_t)sizeof s->text;
+    if (sl->gm && !sl->gm_on && n > 0) slot_trigger_scan(s, j, sl, (size_t)n);
     if (sl->held) {
         if (sl->n_held + (size_t)n > sl->cap_held) {
             /* Cannot happen with the sizes chosen at submit; emit rather than lose text. */
@@ -249,6 +299,10 @@ static void slot_sample(sched *s, sched_job *j, int32_t idx, const float *logits
         }
     } else {
         slot_emit(j, idx, s->text, (size_t)n);
+    }
+    if (sl->gm && sl->gm_on && grammar_matcher_is_terminated(sl->gm)) {
+        slot_finish(s, j, idx, "stop", 1);
+        return;
     }
     if (sl->n_gen >= j->max_tokens || engine_seq_len(s->e, sl->seq) + 1 > s->n_ctx) {
         slot_finish(s, j, idx, "length", 1);
@@ -526,6 +580,15 @@ int sched_submit(sched *s, const sched_job_spec *spec, const sched_job_ops *ops,
         if (spec->stop_len[i] > max_stop) max_stop = spec->stop_len[i];
         j->n_stop++;
     }
+    if (spec->grammar) {
+        grammar_retain(spec->grammar);
+        j->grammar = spec->grammar;
+    } else if (spec->lazy_grammar && spec->trigger_len && spec->trigger_len <= SCHED_TRIGGER_MAX) {
+        grammar_retain(spec->lazy_grammar);
+        j->lazy_grammar = spec->lazy_grammar;
+        memcpy(j->trigger, spec->trigger, spec->trigger_len);
+        j->trigger_len = spec->trigger_len;
+    }
     if (j->n_slots) {
         j->slots = calloc((size_t)j->n_slots, sizeof *j->slots);
         if (!j->slots) abort();
@@ -550,7 +613,17 @@ int sched_submit(sched *s, const sched_job_spec *spec, const sched_job_ops *ops,
             sl->cap_held = max_stop + sizeof s->text + 16;
             sl->held = malloc(sl->cap_held);
         }
-        if (!sl->hist || !sl->smp || (j->n_stop && !sl->held)) {
+        if (j->grammar || j->lazy_grammar) {
+            int grc = 0;
+            sl->gm = grammar_matcher_create(j->grammar ? j->grammar : j->lazy_grammar, spec->gvocab, &grc);
+            sl->gm_on = j->grammar != NULL;
+            if (!sl->gm && grc != GRAMMAR_ERR_NOMEM) {
+                api_error_set(err, 500, NULL, NULL, "grammar_error", "cannot start the grammar (error %d)", grc);
+                job_free(s, j);
+                return -1;
+            }
+        }
+        if (!sl->hist || !sl->smp || (j->n_stop && !sl->held) || ((j->grammar || j->lazy_grammar) && !sl->gm)) {
             api_error_set(err, 503, NULL, NULL, "out_of_memory", "out of memory for this request");
             job_free(s, j);
             return -1;

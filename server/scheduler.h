@@ -22,6 +22,9 @@
 #include "errors.h"
 #include "sampler.h"
 
+struct grammar;
+struct grammar_vocab;
+
 typedef struct sched sched;
 typedef struct sched_job sched_job;
 
@@ -66,6 +69,20 @@ typedef struct sched_job_spec {
     int strip_leading_space;  /* SPM: first piece's leading space is not text */
     int prompt_logprobs;      /* report log-probs of the prompt tokens (echo + logprobs) */
     double timeout_s;         /* 0: none */
+    /* Structured output. Every choice gets its own matcher (kept with the
+     * choice, so it survives anything done to its KV sequence): before each
+     * sample the grammar's mask sets disallowed logits to -inf (logprobs are
+     * then those of the masked distribution), after it the matcher advances;
+     * a choice whose grammar can accept nothing more finishes with "stop".
+     * `grammar` constrains from the first token. `lazy_grammar` starts only
+     * once the output contains `trigger` (tool calls under tool_choice
+     * "auto"): it constrains the output after the trigger's end. Both are
+     * retained by the job; gvocab (the engine tokenizer's) must outlive it. */
+    struct grammar *grammar;
+    struct grammar *lazy_grammar;
+    const char *trigger;      /* copied; at most 63 bytes */
+    size_t trigger_len;
+    const struct grammar_vocab *gvocab;
 } sched_job_spec;
 
 /* Create a scheduler on loop. Engine set later (sched_set_engine) once loaded.

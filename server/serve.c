@@ -276,6 +276,7 @@ int cli_serve(int argc, char **argv) {
     uv_run(loop, UV_RUN_DEFAULT);
 
     sched_destroy(a->sched);
+    routes_structured_free(a);
     chat_template_free(a->tmpl);
     engine_free(a->e);
     uv_loop_close(loop);

@@ -12,6 +12,10 @@
 #include "http.h"
 #include "scheduler.h"
 
+struct grammar;
+struct grammar_cache;
+struct grammar_vocab;
+
 typedef struct serve_app {
     serve_config cfg;
     uv_loop_t *loop;
@@ -26,6 +30,13 @@ typedef struct serve_app {
     int64_t created;           /* unix time the model finished loading */
     int draining;
     uint64_t id_counter;
+    /* Structured output state of this model, made on first use
+     * (routes_generate.c) and freed by routes_structured_free. */
+    struct grammar_cache *gcache;
+    struct grammar_vocab *gvocab;
+    struct grammar *gjson;     /* json_object mode */
+    int tool_family;           /* tool_calls.h family + 1; 0 = not probed yet */
+    int tool_renders;          /* the template renders `tools` */
 } serve_app;
 
 /* The HTTP dispatch function (routes_misc.c): routes by method and path. */
@@ -34,6 +45,10 @@ void routes_dispatch(void *app, http_req *r);
 void routes_chat(serve_app *a, http_req *r);
 void routes_completions(serve_app *a, http_req *r);
 void routes_embeddings(serve_app *a, http_req *r);
+
+/* Free a's structured-output state (before its engine and template go;
+ * after its scheduler, whose jobs hold matchers of it). */
+void routes_structured_free(serve_app *a);
 
 /* Shared helpers (routes_misc.c). */
 /* 1 if `model` (may be NULL) names the served model; else replies 404 and returns 0. */

@@ -204,9 +204,9 @@ try {
   await expectErr('error_logit_bias', '/v1/chat/completions', { messages: msgs, logit_bias: { 99999: 5 } }, 400, 'logit_bias');
   await expectErr('error_top_logprobs_without_logprobs', '/v1/chat/completions', { messages: msgs, top_logprobs: 2 }, 400, 'top_logprobs');
   await expectErr('error_stream_options_without_stream', '/v1/chat/completions', { messages: msgs, stream_options: { include_usage: true } }, 400, 'stream_options');
-  await expectErr('error_tools_rejected', '/v1/chat/completions', { messages: msgs, tools: [{ type: 'function', function: { name: 'f' } }] }, 400, 'tools');
-  await expectErr('error_tool_choice_rejected', '/v1/chat/completions', { messages: msgs, tool_choice: 'auto' }, 400, 'tool_choice');
-  await expectErr('error_response_format_rejected', '/v1/chat/completions', { messages: msgs, response_format: { type: 'json_object' } }, 400, 'response_format');
+  await expectErr('error_tools_bad', '/v1/chat/completions', { messages: msgs, tools: [{ type: 'function', function: {} }] }, 400, 'tools[0].function.name');
+  await expectErr('error_tool_choice_without_tools', '/v1/chat/completions', { messages: msgs, tool_choice: 'auto' }, 400, 'tool_choice');
+  await expectErr('error_response_format_bad', '/v1/chat/completions', { messages: msgs, response_format: { type: 'yaml' } }, 400, 'response_format');
   r = await post(P, '/v1/chat/completions', { messages: msgs, max_tokens: 2, response_format: { type: 'text' }, chat_template_kwargs: { x: 1 } });
   ok(r.status === 200, 'response_format_text_and_vendor_extra_accepted', r.body);
   await expectErr('error_unknown_model', '/v1/chat/completions', { model: 'gpt-4o', messages: msgs }, 404, 'model', 'model_not_found');

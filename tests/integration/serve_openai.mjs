@@ -77,9 +77,9 @@ try {
   };
   await expectError('sdk_error_bad_request', OpenAI.BadRequestError,
     () => client.chat.completions.create({ model: 'stories260K', messages, temperature: 9 }), (err) => err.status === 400 && err.param === 'temperature');
-  await expectError('sdk_error_tools_rejected', OpenAI.BadRequestError,
-    () => client.chat.completions.create({ model: 'stories260K', messages, tools: [{ type: 'function', function: { name: 'f', parameters: {} } }] }),
-    (err) => err.param === 'tools');
+  await expectError('sdk_error_tools_bad_name', OpenAI.BadRequestError,
+    () => client.chat.completions.create({ model: 'stories260K', messages, tools: [{ type: 'function', function: { name: 'f g', parameters: {} } }] }),
+    (err) => err.param === 'tools[0].function.name');
   await expectError('sdk_error_not_found', OpenAI.NotFoundError,
     () => client.chat.completions.create({ model: 'gpt-4o', messages }), (err) => err.code === 'model_not_found');
   await expectError('sdk_error_context_length', OpenAI.BadRequestError,

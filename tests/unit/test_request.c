@@ -5,6 +5,7 @@
 #include <setjmp.h>
 #include <stdint.h>
 #include <cmocka.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include "errors.h"
@@ -47,6 +48,53 @@ static void test_chat_full(void **state) {
     assert_true(r.logprobs && r.top_logprobs == 4 && r.sp.n_top_logprobs == 4);
     assert_true(r.stream && r.include_usage);
     assert_string_equal(r.user, "u");
+    gen_request_free(&r);
+}
+
+static void test_structured(void **state) {
+    gen_request r;
+    api_error e;
+    const char *m = "\"messages\":[{\"role\":\"user\",\"content\":\"x\"}]";
+    char body[1024];
+    /* OpenAI wrapper */
+    snprintf(body, sizeof body, "{%s,\"response_format\":{\"type\":\"json_schema\",\"json_schema\":{\"name\":\"n\",\"strict\":true,\"schema\":{\"type\":\"integer\"}}}}", m);
+    assert_int_equal(parse(GEN_CHAT, body, &r, &e), 0);
+    assert_int_equal(r.format, GEN_FORMAT_JSON_SCHEMA);
+    assert_string_equal(json_string_value(json_object_get(r.schema, "type")), "integer");
+    gen_request_free(&r);
+    /* Dify's bare form: json_schema is the schema */
+    snprintf(body, sizeof body, "{%s,\"response_format\":{\"type\":\"json_schema\",\"json_schema\":{\"type\":\"object\",\"properties\":{}}}}", m);
+    assert_int_equal(parse(GEN_CHAT, body, &r, &e), 0);
+    assert_int_equal(r.format, GEN_FORMAT_JSON_SCHEMA);
+    assert_string_equal(json_string_value(json_object_get(r.schema, "type")), "object");
+    gen_request_free(&r);
+    snprintf(body, sizeof body, "{%s,\"response_format\":{\"type\":\"json_object\"}}", m);
+    assert_int_equal(parse(GEN_CHAT, body, &r, &e), 0);
+    assert_int_equal(r.format, GEN_FORMAT_JSON_OBJECT);
+    gen_request_free(&r);
+    assert_int_equal(parse(GEN_COMPLETION, "{\"prompt\":\"a\",\"grammar\":\"root ::= [ab]+\"}", &r, &e), 0);
+    assert_int_equal(r.format, GEN_FORMAT_GBNF);
+    assert_string_equal(r.grammar, "root ::= [ab]+");
+    gen_request_free(&r);
+    /* tools: default auto, named choice, parallel flag, [] = none */
+    snprintf(body, sizeof body, "{%s,\"tools\":[{\"type\":\"function\",\"function\":{\"name\":\"f\"}},"
+             "{\"type\":\"function\",\"function\":{\"name\":\"g.x\",\"parameters\":{\"type\":\"object\"}}}]}", m);
+    assert_int_equal(parse(GEN_CHAT, body, &r, &e), 0);
+    assert_int_equal(r.tool_choice, GEN_TOOLS_AUTO);
+    assert_int_equal(json_array_size(r.tools), 2);
+    assert_true(r.parallel_tool_calls);
+    gen_request_free(&r);
+    snprintf(body, sizeof body, "{%s,\"parallel_tool_calls\":false,\"tool_choice\":{\"type\":\"function\",\"function\":{\"name\":\"g\"}},"
+             "\"tools\":[{\"type\":\"function\",\"function\":{\"name\":\"f\"}},{\"type\":\"function\",\"function\":{\"name\":\"g\"}}]}", m);
+    assert_int_equal(parse(GEN_CHAT, body, &r, &e), 0);
+    assert_int_equal(r.tool_choice, GEN_TOOLS_NAMED);
+    assert_int_equal(r.tool_named, 1);
+    assert_false(r.parallel_tool_calls);
+    gen_request_free(&r);
+    snprintf(body, sizeof body, "{%s,\"tools\":[],\"tool_choice\":\"none\"}", m);
+    assert_int_equal(parse(GEN_CHAT, body, &r, &e), 0);
+    assert_null(r.tools);
+    assert_int_equal(r.tool_choice, GEN_TOOLS_NONE);
     gen_request_free(&r);
 }
 
@@ -101,8 +149,21 @@ static const bad_case bad_cases[] = {
     {GEN_CHAT, "{\"stream\":\"yes\",\"messages\":[{\"role\":\"user\",\"content\":\"x\"}]}", 400, "stream"},
     {GEN_CHAT, "{\"stream_options\":{},\"messages\":[{\"role\":\"user\",\"content\":\"x\"}]}", 400, "stream_options"},
     {GEN_CHAT, "{\"stream\":true,\"stream_options\":{\"include_usage\":1},\"messages\":[{\"role\":\"user\",\"content\":\"x\"}]}", 400, "stream_options.include_usage"},
-    {GEN_CHAT, "{\"tools\":[],\"messages\":[{\"role\":\"user\",\"content\":\"x\"}]}", 400, "tools"},
-    {GEN_CHAT, "{\"tool_choice\":\"none\",\"messages\":[{\"role\":\"user\",\"content\":\"x\"}]}", 400, "tool_choice"},
+    {GEN_CHAT, "{\"tools\":{},\"messages\":[{\"role\":\"user\",\"content\":\"x\"}]}", 400, "tools"},
+    {GEN_CHAT, "{\"tools\":[{\"type\":\"function\",\"function\":{\"name\":\"a b\"}}],\"messages\":[{\"role\":\"user\",\"content\":\"x\"}]}", 400, "tools[0].function.name"},
+    {GEN_CHAT, "{\"tools\":[{\"type\":\"function\",\"function\":{\"name\":\"f\"}},{\"type\":\"function\",\"function\":{\"name\":\"f\"}}],\"messages\":[{\"role\":\"user\",\"content\":\"x\"}]}", 400, "tools[1].function.name"},
+    {GEN_CHAT, "{\"tools\":[{\"type\":\"function\",\"function\":{\"name\":\"f\",\"parameters\":[]}}],\"messages\":[{\"role\":\"user\",\"content\":\"x\"}]}", 400, "tools[0].function.parameters"},
+    {GEN_CHAT, "{\"tools\":[{\"type\":\"fn\",\"function\":{\"name\":\"f\"}}],\"messages\":[{\"role\":\"user\",\"content\":\"x\"}]}", 400, "tools[0].type"},
+    {GEN_CHAT, "{\"tool_choice\":\"required\",\"messages\":[{\"role\":\"user\",\"content\":\"x\"}]}", 400, "tool_choice"},
+    {GEN_CHAT, "{\"tools\":[{\"type\":\"function\",\"function\":{\"name\":\"f\"}}],\"tool_choice\":{\"type\":\"function\",\"function\":{\"name\":\"g\"}},\"messages\":[{\"role\":\"user\",\"content\":\"x\"}]}", 400, "tool_choice"},
+    {GEN_CHAT, "{\"tools\":[{\"type\":\"function\",\"function\":{\"name\":\"f\"}}],\"tool_choice\":\"always\",\"messages\":[{\"role\":\"user\",\"content\":\"x\"}]}", 400, "tool_choice"},
+    {GEN_CHAT, "{\"tools\":[{\"type\":\"function\",\"function\":{\"name\":\"f\"}}],\"response_format\":{\"type\":\"json_object\"},\"messages\":[{\"role\":\"user\",\"content\":\"x\"}]}", 400, "tool_choice"},
+    {GEN_CHAT, "{\"parallel_tool_calls\":1,\"messages\":[{\"role\":\"user\",\"content\":\"x\"}]}", 400, "parallel_tool_calls"},
+    {GEN_CHAT, "{\"response_format\":{\"type\":\"xml\"},\"messages\":[{\"role\":\"user\",\"content\":\"x\"}]}", 400, "response_format"},
+    {GEN_CHAT, "{\"response_format\":\"json\",\"messages\":[{\"role\":\"user\",\"content\":\"x\"}]}", 400, "response_format"},
+    {GEN_CHAT, "{\"response_format\":{\"type\":\"json_schema\",\"json_schema\":{\"name\":\"x\",\"schema\":5}},\"messages\":[{\"role\":\"user\",\"content\":\"x\"}]}", 400, "response_format"},
+    {GEN_CHAT, "{\"grammar\":\"\",\"messages\":[{\"role\":\"user\",\"content\":\"x\"}]}", 400, "grammar"},
+    {GEN_CHAT, "{\"grammar\":\"root ::= \\\"a\\\"\",\"response_format\":{\"type\":\"json_object\"},\"messages\":[{\"role\":\"user\",\"content\":\"x\"}]}", 400, "grammar"},
     {GEN_CHAT, "{\"functions\":[],\"messages\":[{\"role\":\"user\",\"content\":\"x\"}]}", 400, "functions"},
     {GEN_CHAT, "{\"response_format\":{\"type\":\"json_schema\"},\"messages\":[{\"role\":\"user\",\"content\":\"x\"}]}", 400, "response_format"},
     {GEN_CHAT, "{\"store\":true,\"messages\":[{\"role\":\"user\",\"content\":\"x\"}]}", 400, "store"},
@@ -228,6 +289,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_chat_full),
         cmocka_unit_test(test_defaults),
+        cmocka_unit_test(test_structured),
         cmocka_unit_test(test_bad_fields),
         cmocka_unit_test(test_prompt_shapes),
         cmocka_unit_test(test_embeddings),

@@ -18,6 +18,7 @@ PKGS=(
   nginx               # tests/integration/replicas.sh: load balancer in front of 3 replicas
   chromium            # tests/integration/webui.mjs: headless browser for the chat page
   python3-yaml        # tests/integration/deploy_config.sh: parses deploy/k8s/*.yaml
+  prometheus          # tests/integration/metrics.mjs: `promtool check metrics` validates GET /metrics
 )
 
 # Node.js drives the integration tests (official openai npm package). Some

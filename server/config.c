@@ -48,6 +48,7 @@ static const opt_def options[] = {
     {"max-loaded-models", 0, OPT_INT, OFF(max_loaded_models), "2", 1, 256, "--models-dir: models kept in memory (least recently used idle one unloaded)"},
     {"model-aliases", 0, OPT_STR, OFF(model_aliases), "", 0, 0, "--models-dir: ids for models, 'alias=file-stem,alias2=file.gguf'"},
     {"no-webui", 0, OPT_FLAG, OFF(no_webui), "0", 0, 1, "do not serve the built-in chat page at GET /"},
+    {"no-metrics", 0, OPT_FLAG, OFF(no_metrics), "0", 0, 1, "do not serve Prometheus metrics at GET /metrics (nor count them)"},
 };
 #define N_OPTIONS (sizeof options / sizeof options[0])
 

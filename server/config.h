@@ -35,6 +35,7 @@ typedef struct serve_config {
     int max_loaded_models;   /* --models-dir: models kept loaded (LRU unload of idle ones) */
     char *model_aliases;     /* --models-dir: "alias=file-stem,..." */
     int no_webui;            /* 1: GET / is 404 instead of the chat page */
+    int no_metrics;          /* 1: GET /metrics is 404 and nothing is counted */
 } serve_config;
 
 /* Parse defaults, config file, environment (envp-style getter: NULL uses

@@ -13,6 +13,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 #include "log.h"
+#include "metrics.h"
 
 #define HTTP_MAX_EXTRA_HEADERS 6
 
@@ -294,6 +295,7 @@ static enum MHD_Result http_access(void *cls, struct MHD_Connection *conn, const
                           h->o.max_body);
             http_reply_error(r, &e);
         } else if (h->api_key && h->api_key[0] && strcmp(r->path, "/health") && strcmp(r->path, "/") &&
+                   strcmp(r->path, "/metrics") && /* open like /health: probes and scrapers carry no key */
                    !http_auth_ok(h, http_req_header(r, MHD_HTTP_HEADER_AUTHORIZATION))) {
             api_error_set(&e, 401, "invalid_request_error", NULL, "invalid_api_key",
                           "missing or invalid API key: send 'Authorization: Bearer KEY'");
@@ -327,6 +329,7 @@ static void http_completed(void *cls, struct MHD_Connection *conn, void **req_cl
                        : toe == MHD_REQUEST_TERMINATED_TIMEOUT_REACHED ? "timeout"
                        : toe == MHD_REQUEST_TERMINATED_CLIENT_ABORT ? "client-abort"
                        : toe == MHD_REQUEST_TERMINATED_DAEMON_SHUTDOWN ? "shutdown" : "error";
+    if (r->dispatched) metrics_request(h->o.metrics, r->path, r->status, ms / 1e3);
     if (r->dispatched)
         log_request(r->method, r->path, r->status ? r->status : 0, r->prompt_tokens, r->completion_tokens, ms, note);
     free(r->path);

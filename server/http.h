@@ -31,6 +31,7 @@ typedef struct http_options {
      * It must reply now or later (http_reply_*), or begin a stream. */
     void (*dispatch)(void *app, http_req *r);
     void *app;
+    struct metrics *metrics;  /* requests counted by endpoint and status; NULL: off */
 } http_options;
 
 /* Bind and start serving on loop. 0, or -1 with a message in err. */

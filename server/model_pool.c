@@ -10,6 +10,7 @@
 #include <time.h>
 #include "load_progress.h"
 #include "log.h"
+#include "metrics.h"
 
 typedef struct pool_model {
     serve_app app;          /* what the routes see for this model */
@@ -153,6 +154,7 @@ static void token_text(const tokenizer *t, int32_t id, char *buf, size_t cap) {
 
 static void model_unload(pool_model *m, const char *why) {
     if (!model_loaded(m)) return;
+    metrics_model_detach(m->app.mm);
     sched_destroy(m->app.sched);
     m->app.sched = NULL;
     routes_structured_free(&m->app);
@@ -229,6 +231,7 @@ static void load_done(uv_work_t *w, int status) {
     token_text(a->tok, tokenizer_eos(a->tok), a->eos_text, sizeof a->eos_text);
     a->created = (int64_t)time(NULL);
     sched_set_engine(a->sched, a->e);
+    metrics_model_attach(a->mm, a->sched, a->e);
     log_msg("info", "model '%s' loaded in %.2fs: %s, %s, ctx %d, vocab %d (%d waiting requests)", m->ent.id,
             (double)(uv_now(a->loop) - m->t_load_ms) / 1000.0, info->arch, info->weight_type ? info->weight_type : "?",
             (int)info->n_ctx, (int)info->n_vocab, m->n_waiters);
@@ -480,6 +483,8 @@ model_pool *model_pool_create(serve_app *front, char *err, size_t errlen) {
         m->app.loop = front->loop;
         m->app.http = front->http;
         snprintf(m->app.model_id, sizeof m->app.model_id, "%s", m->ent.id);
+        m->app.mm = metrics_model_get(front->metrics, m->ent.id);
+        metrics_model_set_waiters(m->app.mm, &m->n_waiters);
     }
     free(ents);
     uv_timer_init(front->loop, &p->slot_timer);

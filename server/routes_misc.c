@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include "metrics.h"
 #include "request.h"
 #include "serve.h"
 #include "webui.h"
@@ -113,6 +114,21 @@ static void route_health(serve_app *a, http_req *r) {
     }
     json_object_set_new(o, "status", json_string("ok"));
     http_reply_json(r, 200, o);
+}
+
+/* Prometheus text exposition of the whole process (every model's series);
+ * open without the API key, like /health (see http.c). */
+static void route_metrics(serve_app *a, http_req *r) {
+    if (!a->metrics) {
+        api_error e;
+        api_error_set(&e, 404, "invalid_request_error", NULL, "not_found", "metrics are off (--no-metrics)");
+        http_reply_error(r, &e);
+        return;
+    }
+    size_t len;
+    char *text = metrics_render(a->metrics, &len);
+    http_reply(r, 200, METRICS_CONTENT_TYPE, text, len);
+    free(text);
 }
 
 static void route_models(serve_app *a, http_req *r) {
@@ -262,6 +278,7 @@ typedef struct route {
 static const route routes[] = {
     {"/", "GET", 0},
     {"/health", "GET", 0},
+    {"/metrics", "GET", 0},
     {"/v1/models", "GET", 0},
     {"/v1/models/", "GET", 1},
     {"/v1/chat/completions", "POST", 0},
@@ -311,6 +328,7 @@ void routes_dispatch(void *app, http_req *r) {
         http_reply_error(r, &e);
     } else if (!strcmp(hit->path, "/")) webui_reply(r);
     else if (!strcmp(hit->path, "/health")) route_health(a, r);
+    else if (!strcmp(hit->path, "/metrics")) route_metrics(a, r);
     else if (!strcmp(hit->path, "/v1/models")) route_models(a, r);
     else if (hit->prefix) route_model(a, r, path + strlen(hit->path));
     else if (!strcmp(hit->path, "/v1/chat/completions")) routes_chat(a, r);

@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include "grammar/grammar.h"
+#include "metrics.h"
 #include "tokenizer.h"
 
 #define SCHED_TRIGGER_MAX 63
@@ -33,6 +34,7 @@ typedef struct sched_slot {
     int gm_on;               /* 0 while a lazy grammar waits for its trigger */
     char win[SCHED_TRIGGER_MAX]; /* lazy: the last output bytes (a possible trigger prefix) */
     size_t n_win;
+    uint64_t t_last_ns;      /* uv_hrtime() of the last sampled token (metrics), 0 before */
 } sched_slot;
 
 struct sched_job {
@@ -57,6 +59,7 @@ struct sched_job {
     grammar *grammar, *lazy_grammar; /* own references */
     char trigger[SCHED_TRIGGER_MAX + 1];
     size_t trigger_len;
+    uint64_t t_submit_ns;    /* uv_hrtime() at submit: time-to-first-token starts here */
 };
 
 typedef struct job_list { sched_job *head, *tail; int32_t n; } job_list;
@@ -69,6 +72,7 @@ struct sched {
     int32_t max_seqs, batch_tokens, queue_len;
     int32_t free_seqs;
     uint64_t n_preemptions;
+    metrics_model *mm;       /* metric hooks; NULL: off */
     job_list queued, running;
     /* The step in flight (read by the worker thread only while in_flight). */
     int in_flight;
@@ -276,6 +280,7 @@ static void slot_sample(sched *s, sched_job *j, int32_t idx, const float *logits
     }
     if (sl->n_hist < sl->cap_hist) sl->hist[sl->n_hist++] = tok;
     sl->n_gen++;
+    metrics_token(s->mm, j->t_submit_ns, &sl->t_last_ns, !tokenizer_is_eog(s->tok, tok));
     if (tokenizer_is_eog(s->tok, tok)) {
         sl->eog = 1;
         slot_finish(s, j, idx, "stop", 1);
@@ -427,6 +432,7 @@ static void sched_after_cb(uv_work_t *w, int status) {
         snprintf(why, sizeof why, "engine_step returned %d", s->step_rc < 0 ? s->step_rc : status);
         for (int32_t i = 0; i < s->n_items; i++) job_fail(s->item_job[i], 500, "inference step failed (%s)", why);
     } else {
+        metrics_step(s->mm, engine_last_step_seconds(s->e), s->items, s->n_items);
         for (int32_t i = 0; i < s->n_items; i++) {
             sched_job *j = s->item_job[i];
             if (j->finished || j->cancelled) continue;
@@ -516,6 +522,7 @@ static void sched_plan(sched *s) {
         }
     }
     if (!s->n_items) return;
+    metrics_kv_snapshot(s->mm, s->e); /* the last moment the engine is not in use */
     s->in_flight = 1;
     s->work.data = s;
     if (uv_queue_work(s->loop, &s->work, sched_work_cb, sched_after_cb) < 0) {
@@ -632,6 +639,8 @@ int sched_submit(sched *s, const sched_job_spec *spec, const sched_job_ops *ops,
         sl->n_hist = len;
         tok_stream_init(&sl->ts, s->tok, spec->strip_leading_space);
     }
+    j->t_submit_ns = uv_hrtime();
+    for (int32_t i = 0; spec->kind == SCHED_GENERATE && i < spec->n_prompts; i++) metrics_prompt_tokens(s->mm, spec->prompt_len[i]);
     list_push(&s->queued, j);
     *out = j;
     sched_plan(s);
@@ -657,3 +666,4 @@ int32_t sched_n_running(const sched *s) { return s->running.n; }
 int32_t sched_n_queued(const sched *s) { return s->queued.n; }
 int sched_busy(const sched *s) { return s->in_flight || s->running.n || s->queued.n; }
 uint64_t sched_n_preemptions(const sched *s) { return s->n_preemptions; }
+void sched_set_metrics(sched *s, metrics_model *mm) { s->mm = mm; }

@@ -109,5 +109,9 @@ int32_t sched_n_queued(const sched *s);
 int sched_busy(const sched *s); /* a step is in flight or jobs exist */
 /* Running sequences pre-empted (KV freed, recomputed later) since creation. */
 uint64_t sched_n_preemptions(const sched *s);
+/* Series for the scheduler's metric hooks (tokens, latencies, steps, KV
+ * snapshots); NULL (the default) turns them off. Not owned. */
+struct metrics_model;
+void sched_set_metrics(sched *s, struct metrics_model *mm);
 
 #endif

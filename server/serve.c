@@ -8,6 +8,7 @@
 #include "cli.h"
 #include "load_progress.h"
 #include "log.h"
+#include "metrics.h"
 #include "model_pool.h"
 #include "serve.h"
 
@@ -145,6 +146,7 @@ static void serve_load_done(uv_work_t *w, int status) {
     token_text(a->tok, tokenizer_eos(a->tok), a->eos_text, sizeof a->eos_text);
     a->created = (int64_t)time(NULL);
     sched_set_engine(a->sched, a->e);
+    metrics_model_attach(a->mm, a->sched, a->e);
     log_msg("info", "model '%s' loaded: %s, %s, ctx %d, vocab %d, template %s", a->model_id, info->arch,
             info->weight_type ? info->weight_type : "?", (int)info->n_ctx, (int)info->n_vocab,
             st->template_src ? "file" : info->chat_template ? "model" : "chatml");
@@ -218,12 +220,16 @@ int cli_serve(int argc, char **argv) {
     uv_loop_t *loop = uv_default_loop();
     a->loop = loop;
     a->sched = sched_create(loop, cfg->max_seqs, cfg->batch_tokens, cfg->queue_len);
+    a->metrics = cfg->no_metrics ? NULL : metrics_create();
+    if (!cfg->models_dir[0]) a->mm = metrics_model_get(a->metrics, a->model_id);
     http_options ho = {
         .host = cfg->host, .port = cfg->port, .max_body = cfg->max_body, .conn_timeout = cfg->conn_timeout,
         .api_key = cfg->api_key, .cors_origins = cfg->cors_origins, .dispatch = serve_dispatch, .app = st,
+        .metrics = a->metrics,
     };
     if (http_server_start(loop, &ho, &a->http, err, sizeof err) < 0) {
         log_msg("error", "%s", err);
+        metrics_free(a->metrics);
         sched_destroy(a->sched);
         free(st->template_src);
         serve_config_free(cfg);
@@ -255,6 +261,7 @@ int cli_serve(int argc, char **argv) {
         uv_run(loop, UV_RUN_DEFAULT);
         model_pool_destroy(st->pool);
         sched_destroy(a->sched);
+        metrics_free(a->metrics);
         uv_loop_close(loop);
         int code = st->exit_code;
         free(st->template_src);
@@ -279,6 +286,7 @@ int cli_serve(int argc, char **argv) {
     routes_structured_free(a);
     chat_template_free(a->tmpl);
     engine_free(a->e);
+    metrics_free(a->metrics);
     uv_loop_close(loop);
     int code = st->exit_code;
     free(st->template_src);

@@ -37,6 +37,8 @@ typedef struct serve_app {
     struct grammar *gjson;     /* json_object mode */
     int tool_family;           /* tool_calls.h family + 1; 0 = not probed yet */
     int tool_renders;          /* the template renders `tools` */
+    struct metrics *metrics;   /* the process's registry (front app); NULL with --no-metrics */
+    struct metrics_model *mm;  /* this model's series; NULL with --no-metrics */
 } serve_app;
 
 /* The HTTP dispatch function (routes_misc.c): routes by method and path. */

@@ -117,16 +117,23 @@ const used = new Set(home.values());
 ok(used.size >= 2, 'sessions_spread_over_replicas', [...used].join(','));
 console.log(`# sessions per replica: ${byReplica(sessions.map((s) => ({ replica: s.replicas[0] })))}`);
 
-// Prefix-cache hits per replica from /metrics, once the batching work exposes them.
+// Prefix-cache hits per replica from /metrics (qkvd_prefix_cache_hit_tokens_total):
+// each replica that holds conversations must have served prompt tokens from
+// its prefix cache (every turn re-sends the earlier turns). A KV cache that
+// does no prefix caching looks nothing up (lookup counter 0): then skip.
 const metrics = await Promise.all(PORTS.map((p) => fetch(`http://127.0.0.1:${p}/metrics`).then(
   async (r) => (r.ok ? r.text() : null), () => null)));
 const hitRe = /^qkvd_prefix_cache_hit_tokens(?:_total)?(?:\{[^}]*\})? ([0-9.e+]+)/m;
-if (metrics.every((m) => m && hitRe.test(m))) {
+const lookupRe = /^qkvd_prefix_cache_lookup_tokens_total(?:\{[^}]*\})? ([0-9.e+]+)/m;
+if (!metrics.every((m) => m && hitRe.test(m))) {
+  console.log('skip prefix_cache_hits_where_sessions_live: replicas expose no qkvd_prefix_cache_hit_tokens_total in /metrics');
+} else if (metrics.every((m) => lookupRe.test(m) && Number(lookupRe.exec(m)[1]) === 0)) {
+  console.log('skip prefix_cache_hits_where_sessions_live: the replicas\' KV cache does no prefix caching (qkvd_prefix_cache_lookup_tokens_total is 0 on all)');
+} else {
   const hits = metrics.map((m) => Number(hitRe.exec(m)[1]));
   const expect = PORTS.map((_, i) => [...home.values()].includes(`replica-${i + 1}`));
   ok(hits.every((h, i) => !expect[i] || h > 0), 'prefix_cache_hits_where_sessions_live', `hits ${hits}`);
-} else {
-  console.log('skip prefix_cache_hits_where_sessions_live: replicas expose no qkvd_prefix_cache_hit_tokens in /metrics yet');
+  console.log(`# prefix-cache hit tokens per replica: ${hits.join(', ')}`);
 }
 
 // ---- B. SIGTERM one replica mid-run: it drains, nginx retries the rest ----

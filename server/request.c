@@ -280,6 +280,104 @@ static int reject_unsupported(const json_t *o, enum gen_kind kind, api_error *er
     return 0;
 }
 
+/* Vendor extensions (llama-server, vLLM). Those we implement are parsed into
+ * r; those that would change the output but are not implemented are rejected,
+ * so that nobody believes they were applied (a value equal to the sampler's
+ * neutral setting is accepted). Fields without any effect on output (slot
+ * ids, timing hints) stay ignored, as docs/api.md lists. */
+static int extensions_parse(const json_t *o, enum gen_kind kind, gen_request *r, api_error *err) {
+    static const struct { const char *key; double neutral; } neutral_only[] = {
+        {"typical_p", 1.0}, {"mirostat", 0.0}, {"mirostat_mode", 0.0}, {"tfs_z", 1.0},
+        {"length_penalty", 1.0}, {"n_keep", 0.0}, {"n_probs", 0.0}, {"dry_multiplier", 0.0},
+        {"xtc_probability", 0.0}, {NULL, 0}};
+    for (int i = 0; neutral_only[i].key; i++) {
+        json_t *v = json_object_get(o, neutral_only[i].key);
+        if (!v || json_is_null(v)) continue;
+        if (!json_is_number(v) || json_number_value(v) != neutral_only[i].neutral) {
+            api_error_set(err, 400, NULL, neutral_only[i].key, "unsupported_parameter",
+                          "'%s' is not supported by this server (only its neutral value %g is accepted)",
+                          neutral_only[i].key, neutral_only[i].neutral);
+            return -1;
+        }
+    }
+    static const char *const rejects[] = {"samplers", "guided_json", "guided_regex", "guided_choice",
+                                          "guided_grammar", "guided_decoding_backend",
+                                          "guided_whitespace_pattern", "dry_sequence_breakers", NULL};
+    for (int i = 0; rejects[i]; i++) {
+        json_t *v = json_object_get(o, rejects[i]);
+        if (v && !json_is_null(v)) {
+            api_error_set(err, 400, NULL, rejects[i], "unsupported_parameter",
+                          "'%s' is not supported by this server%s", rejects[i],
+                          !strncmp(rejects[i], "guided_", 7) ? " (use 'response_format')" : "");
+            return -1;
+        }
+    }
+    int b = 0;
+    if (get_bool(o, "use_beam_search", &b, err) < 0) return -1;
+    if (b) {
+        api_error_set(err, 400, NULL, "use_beam_search", "unsupported_parameter", "beam search is not supported");
+        return -1;
+    }
+    json_t *re = json_object_get(o, "reasoning_effort");
+    if (re && !json_is_null(re)) {
+        api_error_set(err, 400, NULL, "reasoning_effort", "unsupported_parameter",
+                      "'reasoning_effort' is not supported with this model");
+        return -1;
+    }
+    json_t *tier = json_object_get(o, "service_tier");
+    if (tier && !json_is_null(tier)) {
+        if (!json_is_string(tier)) { BAD(err, "service_tier", "'service_tier' must be a string"); return -1; }
+        const char *t = json_string_value(tier);
+        if (strcmp(t, "auto") && strcmp(t, "default")) {
+            api_error_set(err, 400, NULL, "service_tier", "unsupported_parameter",
+                          "'service_tier' '%s' is not offered: this server has one tier ('auto' / 'default')", t);
+            return -1;
+        }
+    }
+    if (get_bool(o, "ignore_eos", &r->ignore_eos, err) < 0) return -1;
+    if (get_bool(o, "include_stop_str_in_output", &r->include_stop_str, err) < 0) return -1;
+    int skip_special = 1;
+    if (get_bool(o, "skip_special_tokens", &skip_special, err) < 0) return -1;
+    r->render_special = !skip_special;
+    r->add_generation_prompt = 1;
+    static const char *const chat_only[] = {"chat_template_kwargs", "add_generation_prompt",
+                                            "continue_final_message", NULL};
+    if (kind != GEN_CHAT) {
+        for (int i = 0; chat_only[i]; i++) {
+            json_t *v = json_object_get(o, chat_only[i]);
+            if (v && !json_is_null(v)) {
+                BAD(err, chat_only[i], "this field applies to /v1/chat/completions only");
+                return -1;
+            }
+        }
+        return 0;
+    }
+    json_t *bo = json_object_get(o, "best_of"); /* vLLM's chat extension; completions check it above */
+    if (bo && !json_is_null(bo) && !(json_is_integer(bo) && json_integer_value(bo) == r->n)) {
+        api_error_set(err, 400, NULL, "best_of", "unsupported_parameter",
+                      "'best_of' is supported only when equal to 'n'");
+        return -1;
+    }
+    if (get_bool(o, "add_generation_prompt", &r->add_generation_prompt, err) < 0) return -1;
+    if (get_bool(o, "continue_final_message", &r->continue_final_message, err) < 0) return -1;
+    if (r->continue_final_message) {
+        json_t *ag = json_object_get(o, "add_generation_prompt");
+        if (json_is_true(ag)) {
+            BAD(err, "continue_final_message",
+                "'continue_final_message' and 'add_generation_prompt' cannot both be true");
+            return -1;
+        }
+        r->add_generation_prompt = 0;
+    }
+    json_t *kw = json_object_get(o, "chat_template_kwargs");
+    if (kw && !json_is_null(kw)) {
+        if (!json_is_object(kw)) { BAD(err, "chat_template_kwargs", "'chat_template_kwargs' must be an object"); return -1; }
+        r->template_kwargs = json_deep_copy(kw);
+        if (!r->template_kwargs) abort();
+    }
+    return 0;
+}
+
 static int stop_parse(const json_t *o, gen_request *r, api_error *err) {
     json_t *v = json_object_get(o, "stop");
     if (!v || json_is_null(v)) return 0;
@@ -604,13 +702,11 @@ int request_parse_generation(enum gen_kind kind, const char *body, size_t len, i
     }
     if (get_string(o, "user", &r->user, err) < 0) goto fail;
     if (structured_parse(o, kind, r, err)) goto fail;
+    if (extensions_parse(o, kind, r, err)) goto fail;
     /* Accepted, typed, and without effect here (see docs/api.md). */
     json_t *meta = json_object_get(o, "metadata");
     if (meta && !json_is_null(meta) && !json_is_object(meta)) { BAD(err, "metadata", "'metadata' must be an object"); goto fail; }
     char *tmp = NULL;
-    if (get_string(o, "service_tier", &tmp, err) < 0) goto fail;
-    free(tmp);
-    tmp = NULL;
     if (get_string(o, "prompt_cache_key", &tmp, err) < 0) goto fail;
     free(tmp);
     tmp = NULL;
@@ -637,6 +733,7 @@ void gen_request_free(gen_request *r) {
     json_decref(r->schema);
     free(r->grammar);
     json_decref(r->tools);
+    json_decref(r->template_kwargs);
     memset(r, 0, sizeof *r);
 }
 

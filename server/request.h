@@ -58,6 +58,13 @@ typedef struct gen_request {
     enum gen_tool_choice tool_choice;
     int32_t tool_named;         /* GEN_TOOLS_NAMED: index into tools */
     int parallel_tool_calls;    /* default 1 */
+    /* Extensions of llama-server / vLLM that are honoured (docs/api.md): */
+    int ignore_eos;             /* end-of-generation tokens are banned: runs to max_tokens */
+    int include_stop_str;       /* include_stop_str_in_output: the matched stop string ends the text */
+    int render_special;         /* skip_special_tokens false: special tokens' text is emitted */
+    int add_generation_prompt;  /* chat: default 1 */
+    int continue_final_message; /* chat: continue the last (assistant) message instead of closing it */
+    json_t *template_kwargs;    /* chat_template_kwargs: extra template variables (own ref) or NULL */
 } gen_request;
 
 /* Parse a chat (kind GEN_CHAT) or completions body. n_vocab > 0 checks token

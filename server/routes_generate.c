@@ -1,6 +1,7 @@
 /* routes_generate.c -- POST /v1/chat/completions and POST /v1/completions:
  * validate, build the prompt, submit to the scheduler, and turn its
  * callbacks into OpenAI JSON (one response) or SSE chunks (stream). */
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -529,7 +530,10 @@ static void gen_start(serve_app *a, http_req *r, gen_request *req) {
     if (ok && req->kind == GEN_CHAT) {
         /* Tools go to templates that render them; others get the fallback messages. */
         json_t *fb = req->tools && !a->tool_renders ? tool_messages_fallback(req->messages, req->tools) : NULL;
-        char *prompt = routes_render_chat(a, fb ? fb : req->messages, fb ? NULL : req->tools, &e);
+        chat_render_opts ro = {.add_generation_prompt = req->add_generation_prompt,
+                               .continue_final_message = req->continue_final_message,
+                               .kwargs = req->template_kwargs};
+        char *prompt = routes_render_chat_ex(a, fb ? fb : req->messages, fb ? NULL : req->tools, &ro, &e);
         json_decref(fb);
         if (!prompt) ok = 0;
         else {
@@ -654,7 +658,25 @@ static void gen_start(serve_app *a, http_req *r, gen_request *req) {
         .stop_len = req->stop_len, .strip_leading_space = 0, .timeout_s = a->cfg.request_timeout,
         .grammar = gr, .lazy_grammar = lazy, .trigger = sx ? sx->trigger : NULL,
         .trigger_len = sx ? strlen(sx->trigger) : 0, .gvocab = a->gvocab,
+        .include_stop_str = req->include_stop_str, .render_special = req->render_special,
     };
+    /* ignore_eos: every end-of-generation token is banned (the sampler copies
+     * the bias arrays at submit, so these live only until then). */
+    int32_t *eog_ids = NULL;
+    float *eog_vals = NULL;
+    if (req->ignore_eos) {
+        int32_t n_eog = 0, nb = req->sp.n_bias;
+        for (int32_t t = 0; t < a->info->n_vocab; t++) n_eog += tokenizer_is_eog(a->tok, t) != 0;
+        eog_ids = malloc((size_t)(nb + n_eog + 1) * sizeof *eog_ids);
+        eog_vals = malloc((size_t)(nb + n_eog + 1) * sizeof *eog_vals);
+        if (!eog_ids || !eog_vals) abort();
+        for (int32_t i = 0; i < nb; i++) { eog_ids[i] = req->sp.bias_ids[i]; eog_vals[i] = req->sp.bias_vals[i]; }
+        for (int32_t t = 0; t < a->info->n_vocab; t++)
+            if (tokenizer_is_eog(a->tok, t)) { eog_ids[nb] = t; eog_vals[nb++] = -INFINITY; }
+        spec.sp.n_bias = nb;
+        spec.sp.bias_ids = eog_ids;
+        spec.sp.bias_vals = eog_vals;
+    }
     if (!req->has_seed) spec.sp.seed = uv_hrtime() ^ (a->id_counter * 0x9E3779B97F4A7C15ull);
     sched_job_ops ops = gen_ops;
     if (!req->logprobs) ops.on_token = NULL;
@@ -667,6 +689,8 @@ static void gen_start(serve_app *a, http_req *r, gen_request *req) {
     grammar_release(gr); /* the job holds its own references */
     grammar_release(lazy);
     gr = lazy = NULL;
+    free(eog_ids);
+    free(eog_vals);
     if (src < 0) {
         gen_ctx_free(c);
         c = NULL;

@@ -75,11 +75,43 @@ oom:
 }
 
 char *routes_render_chat(serve_app *a, const json_t *messages, const json_t *tools, api_error *err) {
-    chat_template_opts o = {.bos_token = a->bos_text, .eos_token = a->eos_text, .add_generation_prompt = 1};
+    return routes_render_chat_ex(a, messages, tools, NULL, err);
+}
+
+char *routes_render_chat_ex(serve_app *a, const json_t *messages, const json_t *tools,
+                            const chat_render_opts *ro, api_error *err) {
+    chat_template_opts o = {.bos_token = a->bos_text, .eos_token = a->eos_text,
+                            .add_generation_prompt = ro ? ro->add_generation_prompt : 1,
+                            .extra = ro ? ro->kwargs : NULL};
+    const char *tail = NULL; /* content of the message to continue */
+    if (ro && ro->continue_final_message) {
+        size_t n = json_array_size(messages);
+        json_t *last = n ? json_array_get(messages, n - 1) : NULL;
+        const char *role = json_string_value(json_object_get(last, "role"));
+        tail = json_string_value(json_object_get(last, "content"));
+        if (!role || strcmp(role, "assistant") || !tail || !*tail) {
+            api_error_set(err, 400, NULL, "continue_final_message", "invalid_value",
+                          "'continue_final_message' needs a last message from the assistant with text content");
+            return NULL;
+        }
+    }
     char *out = NULL, msg[400];
     if (chat_template_render(a->tmpl, messages, tools, &o, &out, msg, sizeof msg) < 0) {
         api_error_set(err, 500, "server_error", NULL, "template_error", "chat template error: %s", msg);
         return NULL;
+    }
+    if (tail) {
+        /* The template closes the last turn (end-of-turn marker, newline):
+         * cut right after its content so generation continues it. */
+        char *at = NULL;
+        for (char *p = strstr(out, tail); p; p = strstr(p + 1, tail)) at = p;
+        if (!at) {
+            free(out);
+            api_error_set(err, 400, NULL, "continue_final_message", "invalid_value",
+                          "'continue_final_message': the chat template does not print the last message verbatim");
+            return NULL;
+        }
+        at[strlen(tail)] = '\0';
     }
     return out;
 }

@@ -52,6 +52,7 @@ struct sched_job {
     size_t stop_len[4];
     int32_t n_stop;
     int logprobs, prompt_logprobs;
+    int include_stop_str, render_special;
     int32_t n_top;           /* alternatives per prompt token */
     uint64_t deadline_ms;    /* uv_now() deadline, 0 = none */
     int32_t seqs_needed;     /* reserved at admission, returned at free */
@@ -211,13 +212,16 @@ static void slot_finish(sched *s, sched_job *j, int32_t idx, const char *reason,
  * keeps back a suffix that could still become a stop string. 1 = stopped. */
 static int slot_stop_check(sched_job *j, int32_t idx) {
     sched_slot *sl = &j->slots[idx];
-    size_t best = (size_t)-1;
+    size_t best = (size_t)-1, best_len = 0;
     for (int32_t k = 0; k < j->n_stop; k++) {
         const char *p = memmem(sl->held, sl->n_held, j->stop[k], j->stop_len[k]);
-        if (p && (size_t)(p - sl->held) < best) best = (size_t)(p - sl->held);
+        if (p && (size_t)(p - sl->held) < best) {
+            best = (size_t)(p - sl->held);
+            best_len = j->stop_len[k];
+        }
     }
     if (best != (size_t)-1) {
-        slot_emit(j, idx, sl->held, best);
+        slot_emit(j, idx, sl->held, best + (j->include_stop_str ? best_len : 0));
         sl->n_held = 0;
         return 1;
     }
@@ -287,7 +291,7 @@ static void slot_sample(sched *s, sched_job *j, int32_t idx, const float *logits
         return;
     }
     if (j->logprobs && j->ops.on_token && !j->finished) j->ops.on_token(j->user, idx, tok, &r);
-    int64_t n = tok_stream_push(&sl->ts, s->tok, tok, 0, s->text, (int64_t)sizeof s->text);
+    int64_t n = tok_stream_push(&sl->ts, s->tok, tok, j->render_special, s->text, (int64_t)sizeof s->text);
     if (n > (int64_t)sizeof s->text) n = (int64_t)sizeof s->text;
     if (sl->gm && !sl->gm_on && n > 0) slot_trigger_scan(s, j, sl, (size_t)n);
     if (sl->held) {
@@ -574,6 +578,8 @@ int sched_submit(sched *s, const sched_job_spec *spec, const sched_job_ops *ops,
     j->max_tokens = spec->max_tokens;
     j->logprobs = spec->sp.n_top_logprobs >= 0 && ops->on_token;
     j->prompt_logprobs = spec->prompt_logprobs;
+    j->include_stop_str = spec->include_stop_str;
+    j->render_special = spec->render_special;
     j->n_top = spec->sp.n_top_logprobs < 0 ? 0 : spec->sp.n_top_logprobs > 20 ? 20 : spec->sp.n_top_logprobs;
     j->embd_seq = -1;
     j->deadline_ms = spec->timeout_s > 0 ? uv_now(s->loop) + (uint64_t)(spec->timeout_s * 1000.0) : 0;

@@ -67,6 +67,8 @@ typedef struct sched_job_spec {
     const char *const *stop;  /* copied */
     const size_t *stop_len;
     int strip_leading_space;  /* SPM: first piece's leading space is not text */
+    int include_stop_str;     /* the matched stop string stays at the end of the text */
+    int render_special;       /* emit the text of special (control) tokens too */
     int prompt_logprobs;      /* report log-probs of the prompt tokens (echo + logprobs) */
     double timeout_s;         /* 0: none */
     /* Structured output. Every choice gets its own matcher (kept with the

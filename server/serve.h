@@ -65,4 +65,17 @@ void routes_make_id(serve_app *a, const char *prefix, char *buf, size_t cap);
 /* Render messages with the chat template into a malloc'd prompt; NULL with a 500 err. */
 char *routes_render_chat(serve_app *a, const json_t *messages, const json_t *tools, api_error *err);
 
+/* Per-request rendering choices (chat_template_kwargs, add_generation_prompt,
+ * continue_final_message). */
+typedef struct chat_render_opts {
+    int add_generation_prompt;
+    int continue_final_message; /* the prompt ends right after the last message's content */
+    const json_t *kwargs;       /* extra template variables (object) or NULL */
+} chat_render_opts;
+/* As routes_render_chat with options (NULL: generation prompt, no extras).
+ * continue_final_message needs the last message to be an assistant's whose
+ * content the template prints verbatim; otherwise a 400 in err. */
+char *routes_render_chat_ex(serve_app *a, const json_t *messages, const json_t *tools,
+                            const chat_render_opts *ro, api_error *err);
+
 #endif

@@ -30,6 +30,7 @@ load
   --prompt-lens L[,L..]   prompt lengths in tokens, used in turn (default 128)
   --system-prompt-len S   a shared prefix of S tokens before every prompt (default 0)
   --max-tokens N          tokens to generate per request (default 128)
+  --ignore-eos            send "ignore_eos": true: every request generates --max-tokens
   --ban-token ID          logit_bias -100 for token ID, e.g. the end-of-generation
                           token so that every request generates --max-tokens (repeatable)
   --session-key           send X-Session-Id: bench-<client> (sticky routing behind nginx)
@@ -69,6 +70,7 @@ function parseArgs(argv) {
       case '--system-prompt-len': o.systemLen = num(v(), a); break;
       case '--max-tokens': o.maxTokens = num(v(), a); break;
       case '--ban-token': o.ban.push(num(v(), a)); break;
+      case '--ignore-eos': o.ignoreEos = true; break;
       case '--session-key': o.sessionKey = true; break;
       case '--session-header': o.sessionHeader = v(); break;
       case '--warmup': o.warmup = num(v(), a); break;
@@ -136,6 +138,7 @@ function tokens(rand, n, lo, hi) {
 async function oneRequest(o, base, headers, prompt) {
   const body = { prompt, max_tokens: o.maxTokens, temperature: 0, stream: true, stream_options: { include_usage: true } };
   if (o.modelId) body.model = o.modelId;
+  if (o.ignoreEos) body.ignore_eos = true;
   if (o.ban.length) body.logit_bias = Object.fromEntries(o.ban.map((t) => [String(t), -100]));
   const res = { ok: false, ttft: null, gaps: [], tokens: 0, prompt: prompt.length, t0: performance.now(), t1: 0, error: '' };
   try {
@@ -273,7 +276,7 @@ async function main() {
     const med = Object.fromEntries(keys.map((key) => [key, median(rounds.map((r) => r[key]))]));
     const config = { target: o.model ? `qkvd serve -m ${o.model} --threads ${o.threads}` : base, clients: o.clients,
       requests: o.requests ?? null, duration_s: o.duration ?? null, prompt_lens: o.promptLens, system_prompt_len: o.systemLen,
-      max_tokens: o.maxTokens, session_key: !!o.sessionKey, repeat: o.repeat };
+      max_tokens: o.maxTokens, ignore_eos: !!o.ignoreEos, session_key: !!o.sessionKey, repeat: o.repeat };
     if (o.json) {
       process.stdout.write(JSON.stringify({ config, median: med, rounds }, null, 2) + '\n');
     } else {

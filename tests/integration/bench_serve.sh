@@ -40,7 +40,7 @@ PY
 SPID=$!
 for _ in $(seq 200); do grep -q loaded "$TMP/s.log" && break; sleep 0.05; done
 PORT=$(grep -o 'listening on http://[0-9.]*:[0-9]*' "$TMP/s.log" | sed 's/.*://')
-"$BENCH" --url "http://127.0.0.1:$PORT" -c 2 -n 4 --max-tokens 6 -r 2 --warmup 0 >"$TMP/b.txt" 2>&1
+"$BENCH" --url "http://127.0.0.1:$PORT" -c 2 -n 4 --max-tokens 6 --ignore-eos -r 2 --warmup 0 >"$TMP/b.txt" 2>&1
 rc=$?
 grep -q '^| generated tokens/s | [0-9]' "$TMP/b.txt" && grep -q '^| TTFT p50 / p99 (ms) | [0-9]' "$TMP/b.txt" &&
   grep -q '^| requests ok / failed | 8 / 0 |' "$TMP/b.txt"

@@ -195,7 +195,7 @@ static void tc_start(void *user, int32_t index, const char *name) {
     gen_choice *ch = user;
     gen_ctx *c = ch->c;
     char id[32];
-    tool_call_id(&c->id_state, id, sizeof id);
+    tool_call_id(&c->id_state, c->sx, id, sizeof id);
     json_t *call = json_pack("{s:s, s:s, s:{s:s, s:s}}", "id", id, "type", "function", "function", "name", name,
                              "arguments", "");
     if (c->stream) {

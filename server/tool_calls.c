@@ -51,8 +51,8 @@ int tool_family_probe(const chat_template *t, int *renders_tools) {
     json_t *user = json_pack("[{s:s, s:s}]", "role", "user", "content", "hello");
     json_t *conv = json_pack("[{s:s, s:s}, {s:s, s:s, s:[{s:s, s:s, s:{s:s, s:s}}]}, {s:s, s:s, s:s}]", "role",
                              "user", "content", "hello", "role", "assistant", "content", "", "tool_calls", "id",
-                             "call_1", "type", "function", "function", "name", PROBE_FN, "arguments",
-                             "{\"qkvd_arg\": 1}", "role", "tool", "tool_call_id", "call_1", "content", "42");
+                             "call12345", "type", "function", "function", "name", PROBE_FN, "arguments",
+                             "{\"qkvd_arg\": 1}", "role", "tool", "tool_call_id", "call12345", "content", "42");
     chat_template_opts o = {.bos_token = "", .eos_token = "", .add_generation_prompt = 1, .now = 1};
     char *out = NULL, err[256];
     int family = TOOL_GENERIC;
@@ -62,7 +62,7 @@ int tool_family_probe(const chat_template *t, int *renders_tools) {
         out = NULL;
     }
     if (*renders_tools && conv && chat_template_render(t, conv, tools, &o, &out, err, sizeof err) == 0) {
-        if (strstr(out, "[TOOL_CALLS]" PROBE_FN "[ARGS]")) family = TOOL_MISTRAL11;
+        if (strstr(out, "[TOOL_CALLS]" PROBE_FN)) family = TOOL_MISTRAL11; /* name[CALL_ID]..[ARGS] or name[ARGS] */
         else if (strstr(out, "[TOOL_CALLS]")) family = TOOL_MISTRAL;
         else if (strstr(out, "<tool_call>")) family = TOOL_HERMES;
         else if (strstr(out, "\"name\": \"" PROBE_FN "\", \"parameters\"")) family = TOOL_LLAMA3;
@@ -263,19 +263,22 @@ char *tool_grammar_build(const json_t *tools, int32_t only, const tool_syntax *s
     return b.p;
 }
 
-void tool_call_id(uint64_t *state, char *buf, size_t cap) {
+void tool_call_id(uint64_t *state, const tool_syntax *sx, char *buf, size_t cap) {
     static const char al[] = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
-    if (cap < 30) { if (cap) buf[0] = 0; return; }
-    memcpy(buf, "call_", 5);
-    for (int k = 0; k < 24; k++) {
+    /* Mistral templates insist on 9 alphanumerics; everyone else gets OpenAI's shape. */
+    int mistral = sx && !strncmp(sx->name, "mistral", 7);
+    size_t pre = mistral ? 0 : 5, n = mistral ? 9 : 24;
+    if (cap < pre + n + 1) { if (cap) buf[0] = 0; return; }
+    memcpy(buf, "call_", pre);
+    for (size_t k = 0; k < n; k++) {
         /* splitmix64 */
         uint64_t z = (*state += 0x9E3779B97F4A7C15ull);
         z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
         z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
         z ^= z >> 31;
-        buf[5 + k] = al[z % (sizeof al - 1)];
+        buf[pre + k] = al[z % (sizeof al - 1)];
     }
-    buf[29] = 0;
+    buf[pre + n] = 0;
 }
 
 /* ---- parser ---- */

@@ -57,9 +57,10 @@ json_t *tool_messages_fallback(const json_t *messages, const json_t *tools);
 char *tool_grammar_build(const json_t *tools, int32_t only, const tool_syntax *sx, int multi, int lazy,
                          int32_t *bad_tool, char *err, size_t errlen);
 
-/* A fresh call id "call_" + 24 random alphanumerics into buf (>= 30 bytes);
- * *state is the caller's PRNG state (any seed). */
-void tool_call_id(uint64_t *state, char *buf, size_t cap);
+/* A fresh call id into buf (>= 30 bytes): "call_" + 24 random
+ * alphanumerics, or 9 alphanumerics for the Mistral families (their
+ * templates refuse anything else). *state is the caller's PRNG state. */
+void tool_call_id(uint64_t *state, const tool_syntax *sx, char *buf, size_t cap);
 
 /* Incremental parser of generated text. */
 typedef struct tool_parser_ops {

@@ -197,11 +197,25 @@ async function scrapeMetrics(base, headers) {
   } catch { return null; }
 }
 
+async function scrapeGauges(base, headers) {
+  try {
+    const r = await fetch(`${base}/metrics`, { headers });
+    if (r.status !== 200) return null;
+    const out = {};
+    for (const line of (await r.text()).split('\n')) {
+      const m = /^(qkvd_kv_(?:allocated|needed)_bytes)(?:\{[^}]*\})? ([0-9.e+-]+)$/.exec(line);
+      if (m) out[m[1]] = (out[m[1]] || 0) + Number(m[2]);
+    }
+    return out;
+  } catch { return null; }
+}
+
 const pct = (xs, p) => {
   if (!xs.length) return null;
   const s = [...xs].sort((a, b) => a - b);
   return s[Math.min(s.length - 1, Math.max(0, Math.ceil((p / 100) * s.length) - 1))];
 };
+const sec = (ms) => (ms === null ? null : ms / 1000);
 const median = (xs) => {
   const v = xs.filter((x) => x !== null && Number.isFinite(x));
   return v.length ? pct(v, 50) : null;
@@ -223,8 +237,20 @@ async function round(o, base, headers, prompts, startIndex) {
   }
   const before = await scrapeMetrics(base, headers);
   const t1 = performance.now();
+  // KV memory while the load runs: allocated vs what the live sequences need.
+  const kv = [];
+  let running = true;
+  const sampler = (async () => {
+    while (running) {
+      const g = await scrapeGauges(base, headers);
+      if (g && g.qkvd_kv_needed_bytes > 0) kv.push(g.qkvd_kv_allocated_bytes / g.qkvd_kv_needed_bytes);
+      await new Promise((r) => setTimeout(r, 250));
+    }
+  })();
   await Promise.all(Array.from({ length: o.clients }, (_, k) => client(k)));
   const wall = (performance.now() - t1) / 1000;
+  running = false;
+  await sampler;
   const after = await scrapeMetrics(base, headers);
   const ok = results.filter((r) => r.ok);
   const gen = ok.reduce((a, r) => a + r.tokens, 0);
@@ -238,9 +264,12 @@ async function round(o, base, headers, prompts, startIndex) {
     errors: [...new Set(results.filter((r) => !r.ok).map((r) => r.error))].slice(0, 3),
     wall_s: wall, req_per_s: ok.length / wall, gen_tok_per_s: gen / wall, prompt_tok_per_s: prm / wall,
     generated_tokens: gen, prompt_tokens: prm,
-    ttft_p50_s: pct(ttft, 50) / 1000, ttft_p99_s: pct(ttft, 99) / 1000,
-    itl_p50_s: pct(gaps, 50) / 1000, itl_p99_s: pct(gaps, 99) / 1000,
-    e2e_p50_s: pct(e2e, 50) / 1000, e2e_p99_s: pct(e2e, 99) / 1000,
+    ttft_p50_s: sec(pct(ttft, 50)), ttft_p99_s: sec(pct(ttft, 99)),
+    itl_p50_s: sec(pct(gaps, 50)), itl_p99_s: sec(pct(gaps, 99)),
+    e2e_p50_s: sec(pct(e2e, 50)), e2e_p99_s: sec(pct(e2e, 99)),
+    kv_alloc_over_needed_mean: kv.length ? kv.reduce((a, x) => a + x, 0) / kv.length : null,
+    kv_alloc_over_needed_max: kv.length ? Math.max(...kv) : null,
+    kv_samples: kv.length,
     server,
   };
 }
@@ -293,6 +322,7 @@ async function main() {
       console.log(`| TTFT p50 / p99 (ms) | ${ms(med.ttft_p50_s)} / ${ms(med.ttft_p99_s)} |`);
       console.log(`| inter-token p50 / p99 (ms) | ${ms(med.itl_p50_s)} / ${ms(med.itl_p99_s)} |`);
       console.log(`| request latency p50 / p99 (s) | ${f(med.e2e_p50_s, 2)} / ${f(med.e2e_p99_s, 2)} |`);
+      if (med.kv_samples) console.log(`| KV allocated / needed, mean (max) while loaded | ${f(med.kv_alloc_over_needed_mean, 3)} (${f(med.kv_alloc_over_needed_max, 3)}) |`);
       const s0 = rounds.at(-1).server;
       if (s0) console.log(`| server, last round | prefix-cache hit tokens ${s0.prefix_cache_hit_tokens_total ?? '-'}, ` +
         `pre-emptions ${s0.preemptions_total ?? '-'}, step tokens ${s0.step_tokens_total ?? '-'} |`);

@@ -59,13 +59,20 @@ static void tp_work(threadpool *tp, uint32_t g, int32_t thread) {
     uint64_t c = atomic_load_explicit(&tp->claim, memory_order_acquire);
     for (;;) {
         if ((uint32_t)(c >> 32) != g) return;
+        /* Read the task count BEFORE claiming: once the claim makes index
+         * c >= n_tasks, the job may end and the caller post the next one
+         * (new n_tasks) -- reading it after the claim could then run a task
+         * of the new job under the old claim, twice, and count it done
+         * early. A successful claim proves g was still current when n was
+         * read (n_tasks is written before claim is published). */
+        int32_t n = tp->n_tasks;
         if (!atomic_compare_exchange_weak_explicit(&tp->claim, &c, c + 1, memory_order_acq_rel,
                                                    memory_order_acquire))
             continue;
         /* Task (c & 0xffffffff) of job g is ours: the job cannot end before
          * we finish it, so its description is stable now. */
         int32_t i = (int32_t)(uint32_t)c;
-        if (i >= tp->n_tasks) return;
+        if (i >= n) return;
         tp->fn(tp->ctx, i, thread);
         atomic_fetch_add_explicit(&tp->tasks_done, 1, memory_order_release);
         c = atomic_load_explicit(&tp->claim, memory_order_acquire);

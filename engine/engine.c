@@ -8,6 +8,7 @@
 #include <string.h>
 #include <time.h>
 #include "forward.h"
+#include "linear_attention.h"
 #include "kv_cache.h"
 #include "model.h"
 #include "threadpool.h"
@@ -29,6 +30,8 @@ struct engine {
     char *model_path;
     double last_step_s;
     uint8_t *in_step;  /* [max_seqs] marks for duplicate detection */
+    attn_seq_state *attn; /* [max_seqs] attention kind per sequence */
+    attn_params attn_default;
 };
 
 void engine_params_default(engine_params *p) {
@@ -55,6 +58,9 @@ void engine_free(engine *e) {
     free(e->chat_template);
     free(e->model_path);
     free(e->in_step);
+    if (e->attn)
+        for (int32_t i = 0; i < e->params.max_seqs; i++) free(e->attn[i].lin_state);
+    free(e->attn);
     free(e);
 }
 
@@ -87,6 +93,9 @@ static void engine_fill_info(engine *e) {
     in->kv_bytes_per_token = kv_cache_bytes_per_token(e->kv);
     in->chat_template = e->chat_template;
     in->weight_type = model_weight_type_name(m);
+    in->rope_scaling = (int32_t)hp->rope_scaling;
+    in->rope_factor = hp->rope_scale_factor;
+    in->rope_orig_ctx = hp->rope_orig_ctx;
 }
 
 int engine_load(const engine_params *p, engine **out, char *err, size_t errlen) {
@@ -141,9 +150,13 @@ int engine_load(const engine_params *p, engine **out, char *err, size_t errlen) 
     e->kv = kv_cache_create(hp->n_layer, hp->n_head_kv * hp->head_dim, e->params.n_ctx,
                             e->params.max_seqs);
     e->in_step = calloc((size_t)e->params.max_seqs, 1);
-    if (!e->kv || !e->in_step) goto oom;
+    e->attn = calloc((size_t)e->params.max_seqs, sizeof *e->attn);
+    if (!e->kv || !e->in_step || !e->attn) goto oom;
+    attn_params_default(&e->attn_default);
+    for (int32_t i = 0; i < e->params.max_seqs; i++) e->attn[i].p = e->attn_default;
     e->fwd = forward_create(e->m, e->tp, e->params.max_batch_tokens, e->params.n_ctx, err, errlen);
     if (!e->fwd) { engine_free(e); return -ENOMEM; }
+    forward_set_seq_attn(e->fwd, e->attn);
     engine_fill_info(e);
     *out = e;
     return 0;
@@ -157,12 +170,124 @@ const engine_info *engine_get_info(const engine *e) { return &e->info; }
 const tokenizer *engine_tokenizer(const engine *e) { return e->tok; }
 
 int32_t engine_seq_create(engine *e) { return kv_cache_seq_create(e->kv); }
-void engine_seq_free(engine *e, int32_t seq) { kv_cache_seq_free(e->kv, seq); }
-int32_t engine_seq_len(const engine *e, int32_t seq) { return kv_cache_seq_len(e->kv, seq); }
-void engine_seq_truncate(engine *e, int32_t seq, int32_t n) { kv_cache_seq_truncate(e->kv, seq, n); }
+
+static int engine_seq_is_linear(const engine *e, int32_t seq) {
+    return kv_cache_seq_live(e->kv, seq) && e->attn[seq].p.kind == ATTN_LINEAR;
+}
+
+static size_t engine_lin_floats(const engine *e) {
+    const model_hparams *hp = &e->m->hp;
+    return (size_t)hp->n_layer * (size_t)hp->n_head_kv * linear_state_floats(hp->head_dim);
+}
+
+/* Back to the default kind, state dropped (the id is being freed). */
+static void engine_seq_attn_reset(engine *e, int32_t seq) {
+    if (seq < 0 || seq >= e->params.max_seqs) return;
+    free(e->attn[seq].lin_state);
+    e->attn[seq].lin_state = NULL;
+    e->attn[seq].lin_len = 0;
+    e->attn[seq].p = e->attn_default;
+}
+
+void engine_seq_free(engine *e, int32_t seq) {
+    if (!kv_cache_seq_live(e->kv, seq)) return;
+    kv_cache_seq_free(e->kv, seq);
+    engine_seq_attn_reset(e, seq);
+}
+
+int32_t engine_seq_len(const engine *e, int32_t seq) {
+    if (engine_seq_is_linear(e, seq)) return e->attn[seq].lin_len;
+    return kv_cache_seq_len(e->kv, seq);
+}
+
+void engine_seq_truncate(engine *e, int32_t seq, int32_t n) {
+    if (engine_seq_is_linear(e, seq)) {
+        /* A recurrent state cannot forget a suffix; it can only restart. */
+        if (n <= 0) {
+            memset(e->attn[seq].lin_state, 0, engine_lin_floats(e) * sizeof(float));
+            e->attn[seq].lin_len = 0;
+        }
+        return;
+    }
+    kv_cache_seq_truncate(e->kv, seq, n);
+}
 
 int engine_seq_copy(engine *e, int32_t dst, int32_t src, int32_t n) {
-    return kv_cache_seq_copy(e->kv, dst, src, n);
+    if (!kv_cache_seq_live(e->kv, dst) || !kv_cache_seq_live(e->kv, src)) return -EINVAL;
+    if (dst == src) {
+        engine_seq_truncate(e, dst, n);
+        return 0;
+    }
+    if (engine_seq_is_linear(e, src)) {
+        /* Only the whole state can be copied (it has no per-position parts). */
+        if (n != e->attn[src].lin_len) return -EINVAL;
+        kv_cache_seq_truncate(e->kv, dst, 0);
+        if (!e->attn[dst].lin_state) {
+            e->attn[dst].lin_state = malloc(engine_lin_floats(e) * sizeof(float));
+            if (!e->attn[dst].lin_state) return -ENOMEM;
+        }
+        memcpy(e->attn[dst].lin_state, e->attn[src].lin_state, engine_lin_floats(e) * sizeof(float));
+        e->attn[dst].lin_len = n;
+        e->attn[dst].p = e->attn[src].p;
+        return 0;
+    }
+    int rc = kv_cache_seq_copy(e->kv, dst, src, n);
+    if (rc) return rc;
+    free(e->attn[dst].lin_state);
+    e->attn[dst].lin_state = NULL;
+    e->attn[dst].lin_len = 0;
+    e->attn[dst].p = e->attn[src].p;
+    return 0;
+}
+
+int engine_seq_set_attention(engine *e, int32_t seq, const attn_params *p, char *err, size_t errlen) {
+    if (!kv_cache_seq_live(e->kv, seq)) {
+        snprintf(err, errlen, "sequence %d is not live", (int)seq);
+        return -EINVAL;
+    }
+    const char *param = NULL;
+    if (attn_params_validate(p, &param, err, errlen)) return -EINVAL;
+    if ((p->kind == ATTN_REROPE || p->kind == ATTN_LEAKY_REROPE) && e->m->hp.n_rot > ATTN_MAX_ROT) {
+        snprintf(err, errlen, "%s supports at most %d rotated dimensions (this model has %d)",
+                 attn_kind_name(p->kind), ATTN_MAX_ROT, (int)e->m->hp.n_rot);
+        return -EINVAL;
+    }
+    if (engine_seq_len(e, seq) != 0) {
+        snprintf(err, errlen, "the attention kind of sequence %d can only change while it is empty", (int)seq);
+        return -EBUSY;
+    }
+    attn_seq_state *st = &e->attn[seq];
+    if (p->kind == ATTN_LINEAR) {
+        if (!st->lin_state) {
+            st->lin_state = malloc(engine_lin_floats(e) * sizeof(float));
+            if (!st->lin_state) {
+                snprintf(err, errlen, "out of memory for a linear attention state");
+                return -ENOMEM;
+            }
+        }
+        memset(st->lin_state, 0, engine_lin_floats(e) * sizeof(float));
+    } else {
+        free(st->lin_state);
+        st->lin_state = NULL;
+    }
+    st->lin_len = 0;
+    st->p = *p;
+    if (st->p.kind == ATTN_LOGN) st->p.logn = 1;
+    return 0;
+}
+
+const attn_params *engine_seq_attention(const engine *e, int32_t seq) {
+    if (!kv_cache_seq_live(e->kv, seq)) return &e->attn_default;
+    return &e->attn[seq].p;
+}
+
+uint64_t engine_kv_bytes_allocated(const engine *e) { return kv_cache_bytes_allocated(e->kv); }
+
+uint64_t engine_linear_state_bytes(const engine *e) {
+    uint64_t n = 0;
+    for (int32_t i = 0; i < e->params.max_seqs; i++)
+        if (e->attn[i].lin_state) n += engine_lin_floats(e) * sizeof(float);
+    return n;
 }
 
 int engine_step(engine *e, engine_item *items, int32_t n_items) {
@@ -181,20 +306,26 @@ int engine_step(engine *e, engine_item *items, int32_t n_items) {
         for (int32_t j = 0; j < it->n_tokens; j++)
             if (it->tokens[j] < 0 || it->tokens[j] >= e->info.n_vocab) return -EINVAL;
         total += it->n_tokens;
-        if ((int64_t)kv_cache_seq_len(e->kv, it->seq) + it->n_tokens > e->params.n_ctx)
+        if ((int64_t)engine_seq_len(e, it->seq) + it->n_tokens > e->params.n_ctx)
             return -ERANGE;
     }
     if (total > e->params.max_batch_tokens) return -E2BIG;
     for (int32_t i = 0; i < n_items; i++) {
         engine_item *it = &items[i];
+        if (engine_seq_is_linear(e, it->seq)) continue; /* no KV blocks */
         rc = kv_cache_seq_reserve(e->kv, it->seq, kv_cache_seq_len(e->kv, it->seq) + it->n_tokens);
         if (rc) return rc;
     }
     rc = forward_step(e->fwd, e->kv, items, n_items);
     if (rc) return rc;
-    for (int32_t i = 0; i < n_items; i++)
+    for (int32_t i = 0; i < n_items; i++) {
+        if (engine_seq_is_linear(e, items[i].seq)) {
+            e->attn[items[i].seq].lin_len += items[i].n_tokens;
+            continue;
+        }
         kv_cache_seq_set_len(e->kv, items[i].seq,
                              kv_cache_seq_len(e->kv, items[i].seq) + items[i].n_tokens);
+    }
     e->last_step_s = engine_now() - t0;
     return 0;
 }

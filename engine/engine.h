@@ -16,6 +16,7 @@
 #include <stdint.h>
 #include "tokenizer.h"
 #include "sampler.h"
+#include "attn_kind.h"
 
 typedef struct engine engine; /* opaque */
 
@@ -40,6 +41,9 @@ typedef struct engine_info {
     uint64_t kv_bytes_per_token; /* 2 * n_layer * n_head_kv * head_dim * sizeof(elem) */
     const char *chat_template; /* tokenizer.chat_template (NUL-terminated copy) or NULL */
     const char *weight_type;   /* dominant weight type name, e.g. "q4_0" */
+    int32_t rope_scaling;      /* the model's enum rope_scaling (rope.scaling.type) */
+    float rope_factor;         /* its factor (1 when none) */
+    int32_t rope_orig_ctx;     /* rope.scaling.original_context_length or 0 */
 } engine_info;
 
 /* Load the model at p->model_path. 0 or negative with a message in err
@@ -58,6 +62,18 @@ int32_t engine_seq_len(const engine *e, int32_t seq);  /* tokens in its KV */
 void engine_seq_truncate(engine *e, int32_t seq, int32_t n);
 /* Copy src's KV (first n positions) into dst (n > 1 sharing a prompt). */
 int engine_seq_copy(engine *e, int32_t dst, int32_t src, int32_t n);
+
+/* Attention kind of a sequence (attn_kind.h), set while it is empty
+ * (length 0): the kind decides what its KV holds. New and freed sequences
+ * are softmax with the model's RoPE scaling. 0, -EINVAL (not live, or bad
+ * parameters: err names them), -EBUSY (not empty), -ENOMEM (linear state).
+ * p is copied. A linear sequence holds no KV blocks: a state per head. */
+int engine_seq_set_attention(engine *e, int32_t seq, const attn_params *p, char *err, size_t errlen);
+/* The kind of a live sequence (softmax defaults for other ids). */
+const attn_params *engine_seq_attention(const engine *e, int32_t seq);
+/* Bytes of KV memory held now (all sequences) and by linear states. */
+uint64_t engine_kv_bytes_allocated(const engine *e);
+uint64_t engine_linear_state_bytes(const engine *e);
 
 enum engine_out {
     ENGINE_OUT_NONE = 0,   /* just extend the KV */

@@ -15,6 +15,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include "attention.h"
+#include "attention_kinds.h"
+#include "linear_attention.h"
+#include "rope.h"
 #include "vecmath.h"
 
 /* Token rows per element-wise task. */
@@ -29,6 +32,10 @@ enum fwd_op {
     FWD_OP_SWIGLU     /* g[t] = silu(g[t]) * u[t] */
 };
 
+/* Per-token flags of a step. */
+#define FWD_TOK_NOROT 1   /* rerope kinds: q and k stay unrotated */
+#define FWD_TOK_LINEAR 2  /* linear attention: K/V feed the state, not the cache */
+
 typedef struct fwd_chunk { /* ATTN_Q_CHUNK or fewer query rows of one item */
     int32_t seq, t0, n, pos0;
 } fwd_chunk;
@@ -38,6 +45,9 @@ struct forward {
     threadpool *tp;
     matmul *mm;
     kv_cache *kv;        /* of the current step */
+    const attn_seq_state *seq_attn; /* [max_seqs] per-sequence kind (engine-owned) or NULL */
+    attn_params attn_default;       /* for sequences without a state */
+    attn_model_info ami;
     int32_t max_tok, n_ctx, n_threads;
     int32_t qd, kd;      /* n_head * head_dim, n_head_kv * head_dim */
     attn_shape shape;
@@ -46,6 +56,11 @@ struct forward {
     float *rope_cos, *rope_sin;   /* [max_tok][n_rot/2] */
     double *inv_freq;             /* [n_rot/2] */
     int32_t *tok, *tok_seq, *tok_pos; /* [max_tok] */
+    uint8_t *tok_flags;           /* [max_tok] FWD_TOK_* */
+    int32_t *lin_items;           /* [max_tok] items with linear attention */
+    int32_t *lin_t0;              /* [max_tok] their first token row */
+    int32_t n_lin;
+    const engine_item *step_items;
     fwd_chunk *chunks;            /* [max_tok] */
     int32_t n_chunks;
     float *attn_scratch;          /* [n_threads][ATTN_Q_CHUNK * n_ctx] */
@@ -63,12 +78,14 @@ struct forward {
 
 matmul *forward_matmul(forward *f) { return f->mm; }
 
+void forward_set_seq_attn(forward *f, const attn_seq_state *states) { f->seq_attn = states; }
+
 void forward_free(forward *f) {
     if (!f) return;
     matmul_free(f->mm);
     free(f->x); free(f->xn); free(f->q); free(f->k); free(f->v); free(f->att);
     free(f->tmp); free(f->g); free(f->u); free(f->rope_cos); free(f->rope_sin);
-    free(f->inv_freq); free(f->tok); free(f->tok_seq); free(f->tok_pos); free(f->chunks);
+    free(f->inv_freq); free(f->tok_flags); free(f->lin_items); free(f->lin_t0); free(f->tok); free(f->tok_seq); free(f->tok_pos); free(f->chunks);
     free(f->attn_scratch); free(f->out_rows); free(f->hid); free(f->embd); free(f->logits);
     free(f);
 }
@@ -113,23 +130,34 @@ forward *forward_create(const model *m, threadpool *tp, int32_t max_tok, int32_t
     f->tok = calloc(T, sizeof(int32_t));
     f->tok_seq = calloc(T, sizeof(int32_t));
     f->tok_pos = calloc(T, sizeof(int32_t));
+    f->tok_flags = calloc(T, 1);
+    f->lin_items = calloc(T, sizeof(int32_t));
+    f->lin_t0 = calloc(T, sizeof(int32_t));
     f->chunks = calloc(T, sizeof(fwd_chunk));
     f->out_rows = calloc(T, sizeof(int32_t));
     f->hid = fwd_alloc(T, E);
     f->embd = fwd_alloc(T, E);
-    f->attn_scratch_floats = attention_scratch_floats(ATTN_Q_CHUNK, n_ctx);
+    f->attn_scratch_floats = attention_kind_scratch_floats(ATTN_Q_CHUNK, n_ctx, hp->head_dim);
+    if (f->attn_scratch_floats < attention_scratch_floats(ATTN_Q_CHUNK, n_ctx))
+        f->attn_scratch_floats = attention_scratch_floats(ATTN_Q_CHUNK, n_ctx);
+    if (f->attn_scratch_floats < linear_scratch_floats(hp->head_dim))
+        f->attn_scratch_floats = linear_scratch_floats(hp->head_dim);
     f->attn_scratch = fwd_alloc((size_t)f->n_threads, f->attn_scratch_floats);
     if (!f->mm || !f->x || !f->xn || !f->tmp || !f->q || !f->att || !f->k || !f->v || !f->g ||
         !f->u || !f->rope_cos || !f->rope_sin || !f->inv_freq || !f->tok || !f->tok_seq ||
-        !f->tok_pos || !f->chunks || !f->out_rows || !f->hid || !f->embd || !f->attn_scratch)
+        !f->tok_pos || !f->tok_flags || !f->lin_items || !f->lin_t0 || !f->chunks || !f->out_rows || !f->hid || !f->embd || !f->attn_scratch)
         goto oom;
-    /* theta_i = pos * base^(-2i/n_rot) [/ rope_freqs[i]], in double: the
-     * exact references are computed in float64. */
-    for (int32_t i = 0; i < hp->n_rot / 2; i++) {
-        double fr = pow((double)hp->rope_base, -2.0 * i / hp->n_rot);
-        if (m->rope_freqs) fr /= (double)m->rope_freqs[i];
-        f->inv_freq[i] = fr;
-    }
+    attn_params_default(&f->attn_default);
+    f->ami.n_layer = hp->n_layer;
+    f->ami.n_ctx_train = hp->n_ctx_train;
+    f->ami.n_rot = hp->n_rot;
+    f->ami.neox = m->arch->rope == MODEL_ROPE_NEOX;
+    f->ami.rope_base = hp->rope_base;
+    f->ami.freq_div = m->rope_freqs;
+    rope_params_default(&f->ami.rope);
+    f->ami.rope.type = (enum rope_scaling)hp->rope_scaling;
+    f->ami.rope.factor = hp->rope_scale_factor;
+    f->ami.rope.orig_ctx = hp->rope_orig_ctx;
     return f;
 oom:
     snprintf(err, errlen, "out of memory allocating activation buffers for %d tokens", max_tok);
@@ -201,8 +229,11 @@ static void fwd_rows(forward *f, int32_t t0, int32_t t1) {
             if (L->bk) for (int32_t i = 0; i < f->kd; i++) k[i] += L->bk[i];
             if (L->bv) for (int32_t i = 0; i < f->kd; i++) v[i] += L->bv[i];
             const float *c = f->rope_cos + (size_t)t * half, *s = f->rope_sin + (size_t)t * half;
-            fwd_rope(q, hp->n_head, hp->head_dim, hp->n_rot, m->arch->rope, c, s);
-            fwd_rope(k, hp->n_head_kv, hp->head_dim, hp->n_rot, m->arch->rope, c, s);
+            if (!(f->tok_flags[t] & FWD_TOK_NOROT)) {
+                fwd_rope(q, hp->n_head, hp->head_dim, hp->n_rot, m->arch->rope, c, s);
+                fwd_rope(k, hp->n_head_kv, hp->head_dim, hp->n_rot, m->arch->rope, c, s);
+            }
+            if (f->tok_flags[t] & FWD_TOK_LINEAR) continue; /* no KV: the state takes k, v */
             float *kc, *vc;
             kv_cache_span(f->kv, f->tok_seq[t], f->layer, f->tok_pos[t], &kc, &vc);
             memcpy(kc, k, (size_t)f->kd * sizeof(float));
@@ -235,15 +266,37 @@ static void fwd_run_rows(forward *f, enum fwd_op op, int32_t n_tok, const float 
     else threadpool_run(f->tp, tasks, fwd_rows_task, f);
 }
 
+static const attn_params *fwd_seq_params(const forward *f, int32_t seq) {
+    return f->seq_attn ? &f->seq_attn[seq].p : &f->attn_default;
+}
+
+/* Tasks [0, n_chunks * n_head): softmax-family chunks per query head;
+ * then one task per (linear item, KV head), which runs the item's tokens
+ * in order through that head's state. */
 static void fwd_attn_task(void *ctx, int32_t task, int32_t thread) {
     forward *f = ctx;
     int32_t n_head = f->shape.n_head, hd = f->shape.head_dim;
+    float *scratch = f->attn_scratch + (size_t)thread * f->attn_scratch_floats;
+    if (task >= f->n_chunks * n_head) {
+        task -= f->n_chunks * n_head;
+        int32_t nkv = f->shape.n_head_kv, group = n_head / nkv;
+        int32_t li = task / nkv, kvh = task % nkv;
+        const engine_item *it = &f->step_items[f->lin_items[li]];
+        int32_t t0 = f->lin_t0[li];
+        float *st = f->seq_attn[it->seq].lin_state +
+                    ((size_t)f->layer * nkv + kvh) * linear_state_floats(hd);
+        linear_attention_run(st, hd, group, f->q + (size_t)t0 * f->qd + (size_t)kvh * group * hd, (size_t)f->qd,
+                             f->k + (size_t)t0 * f->kd + (size_t)kvh * hd,
+                             f->v + (size_t)t0 * f->kd + (size_t)kvh * hd, (size_t)f->kd, it->n_tokens,
+                             f->shape.scale, f->att + (size_t)t0 * f->qd + (size_t)kvh * group * hd,
+                             (size_t)f->qd, it->n_tokens > 1, scratch);
+        return;
+    }
     const fwd_chunk *c = &f->chunks[task / n_head];
     int32_t h = task % n_head;
-    attention_causal(f->kv, c->seq, f->layer, &f->shape, h,
-                     f->q + (size_t)c->t0 * f->qd + (size_t)h * hd, (size_t)f->qd, c->n, c->pos0,
-                     f->att + (size_t)c->t0 * f->qd + (size_t)h * hd, (size_t)f->qd,
-                     f->attn_scratch + (size_t)thread * f->attn_scratch_floats);
+    attention_kind_rows(f->kv, c->seq, f->layer, &f->shape, &f->ami, fwd_seq_params(f, c->seq), h,
+                        f->q + (size_t)c->t0 * f->qd + (size_t)h * hd, (size_t)f->qd, c->n, c->pos0,
+                        f->att + (size_t)c->t0 * f->qd + (size_t)h * hd, (size_t)f->qd, scratch);
 }
 
 /* Attention chunks for the output rows only (last layer, compacted). */
@@ -253,6 +306,10 @@ static void fwd_out_chunks(forward *f, const engine_item *items, int32_t n_items
     for (int32_t i = 0; i < n_items; i++) {
         const engine_item *it = &items[i];
         int32_t pos0 = f->tok_pos[T];
+        if (f->tok_flags[T] & FWD_TOK_LINEAR) {
+            T += it->n_tokens;
+            continue;
+        }
         if (it->out == ENGINE_OUT_LAST) {
             fwd_chunk *c = &f->chunks[f->n_chunks++];
             c->seq = it->seq;
@@ -281,15 +338,26 @@ int forward_step(forward *f, kv_cache *kv, engine_item *items, int32_t n_items) 
     /* Lay the batch out: token rows, positions, attention chunks, output rows. */
     int32_t T = 0, n_out = 0;
     f->n_chunks = 0;
+    f->n_lin = 0;
+    f->step_items = items;
     for (int32_t i = 0; i < n_items; i++) {
         engine_item *it = &items[i];
-        int32_t pos0 = kv_cache_seq_len(kv, it->seq);
+        const attn_params *ap = fwd_seq_params(f, it->seq);
+        int linear = ap->kind == ATTN_LINEAR && f->seq_attn;
+        int32_t pos0 = linear ? f->seq_attn[it->seq].lin_len : kv_cache_seq_len(kv, it->seq);
+        uint8_t flags = (uint8_t)((linear ? FWD_TOK_LINEAR : 0) |
+                                  (attn_kv_need_of(ap) == ATTN_KV_UNROTATED ? FWD_TOK_NOROT : 0));
         for (int32_t j = 0; j < it->n_tokens; j++) {
             f->tok[T + j] = it->tokens[j];
             f->tok_seq[T + j] = it->seq;
             f->tok_pos[T + j] = pos0 + j;
+            f->tok_flags[T + j] = flags;
         }
-        for (int32_t j = 0; j < it->n_tokens; j += ATTN_Q_CHUNK) {
+        if (linear) {
+            f->lin_items[f->n_lin] = i;
+            f->lin_t0[f->n_lin++] = T;
+        }
+        for (int32_t j = 0; !linear && j < it->n_tokens; j += ATTN_Q_CHUNK) {
             fwd_chunk *c = &f->chunks[f->n_chunks++];
             c->seq = it->seq;
             c->t0 = T + j;
@@ -309,13 +377,25 @@ int forward_step(forward *f, kv_cache *kv, engine_item *items, int32_t n_items) 
         f->logits_cap = n_out;
     }
 
-    for (int32_t t = 0; t < T; t++) {
-        double p = f->tok_pos[t];
-        if (hp->rope_scaling == MODEL_ROPE_SCALING_LINEAR) p /= hp->rope_scale_factor;
-        for (int32_t i = 0; i < half; i++) {
-            double th = p * f->inv_freq[i];
-            f->rope_cos[(size_t)t * half + i] = (float)cos(th);
-            f->rope_sin[(size_t)t * half + i] = (float)sin(th);
+    /* cos/sin per token under its sequence's RoPE scaling (frequencies
+     * once per item, per token only for dynamic-ntk; yarn's mscale is
+     * folded into both q and k, i.e. mscale^2 on the logits). */
+    for (int32_t i = 0, t = 0; i < n_items; t += items[i].n_tokens, i++) {
+        const attn_params *ap = fwd_seq_params(f, items[i].seq);
+        const rope_params *rp = ap->rope_set ? &ap->rope : &f->ami.rope;
+        float msc = 1.0f;
+        for (int32_t j = 0; j < items[i].n_tokens; j++) {
+            int32_t tt = t + j;
+            if (f->tok_flags[tt] & FWD_TOK_NOROT) continue;
+            if (j == 0 || rp->type == ROPE_SCALING_DYNAMIC_NTK)
+                msc = rope_freqs(rp, hp->n_rot, hp->rope_base, m->rope_freqs, hp->n_ctx_train, f->tok_pos[tt],
+                                 f->inv_freq);
+            double p = f->tok_pos[tt];
+            for (int32_t d = 0; d < half; d++) {
+                double th = p * f->inv_freq[d];
+                f->rope_cos[(size_t)tt * half + d] = (float)cos(th) * msc;
+                f->rope_sin[(size_t)tt * half + d] = (float)sin(th) * msc;
+            }
         }
     }
 
@@ -339,10 +419,15 @@ int forward_step(forward *f, kv_cache *kv, engine_item *items, int32_t n_items) 
         if (il == hp->n_layer - 1 && !has_embd && n_out < T) {
             compact = 1;
             Tl = n_out;
-            if (n_out == 0) break; /* only the K/V were wanted */
             fwd_out_chunks(f, items, n_items);
+            if (n_out == 0) {
+                /* Only the K/V were wanted -- and the linear states, which
+                 * must take in every token of every layer. */
+                if (f->n_lin) threadpool_run(f->tp, f->n_lin * hp->n_head_kv, fwd_attn_task, f);
+                break;
+            }
         }
-        threadpool_run(f->tp, f->n_chunks * hp->n_head, fwd_attn_task, f);
+        threadpool_run(f->tp, f->n_chunks * hp->n_head + f->n_lin * hp->n_head_kv, fwd_attn_task, f);
         if (compact) {
             /* Move the output rows to the front (out_rows ascend: r <= t). */
             for (int32_t r = 0; r < n_out; r++) {

@@ -9,6 +9,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include "engine.h"
+#include "attention_kinds.h"
 #include "kv_cache.h"
 #include "model.h"
 #include "threadpool.h"
@@ -28,6 +29,10 @@ void forward_free(forward *f); /* accepts NULL */
  * and sets items[i].logits (owned by f, valid until the next step).
  * 0 or -ENOMEM (logits buffer). */
 int forward_step(forward *f, kv_cache *kv, engine_item *items, int32_t n_items);
+
+/* Per-sequence attention kinds and linear states, indexed by sequence id
+ * (owned by the caller, read during forward_step; NULL: softmax for all). */
+void forward_set_seq_attn(forward *f, const attn_seq_state *states);
 
 /* The context's matmul (to tune its strategy threshold in benchmarks). */
 matmul *forward_matmul(forward *f);

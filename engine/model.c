@@ -1,5 +1,6 @@
 /* model.c -- architecture table, hyperparameters, tensor binding and checks. */
 #include "model.h"
+#include "rope.h"
 
 #include <errno.h>
 #include <stdarg.h>
@@ -140,7 +141,7 @@ static int model_read_hparams(model *m, char *err, size_t errlen) {
                    hp->rope_base, hp->norm_eps);
         return -EINVAL;
     }
-    /* RoPE scaling: only linear (position interpolation) is computed. */
+    /* RoPE scaling (rope.h): none, linear, ntk, dynamic-ntk, yarn. */
     char key[128], type[32] = "";
     hp->rope_scaling = MODEL_ROPE_SCALING_NONE;
     hp->rope_scale_factor = 1.0f;
@@ -156,19 +157,22 @@ static int model_read_hparams(model *m, char *err, size_t errlen) {
     if ((rc = hp_int(m, "rope.scaling.original_context_length", 0, 0, 1 << 30, &hp->rope_orig_ctx,
                      err, errlen)))
         return rc;
-    if (!strcmp(type, "linear")) {
-        if (!(factor > 0)) {
-            model_errf(err, errlen, "%s.rope.scaling.type is linear but the factor is %g",
-                       m->arch->name, factor);
-            return -EINVAL;
-        }
-        hp->rope_scaling = MODEL_ROPE_SCALING_LINEAR;
-        hp->rope_scale_factor = factor;
-    } else if (type[0] && strcmp(type, "none")) {
-        model_errf(err, errlen, "%s.rope.scaling.type '%s' is not supported (only linear)",
+    enum rope_scaling rs = ROPE_SCALING_NONE;
+    if (type[0] && rope_scaling_parse(type, &rs)) {
+        model_errf(err, errlen,
+                   "%s.rope.scaling.type '%s' is not supported (none, linear, ntk, dynamic-ntk, yarn)",
                    m->arch->name, type);
         return -EINVAL;
     }
+    if (rs != ROPE_SCALING_NONE && rs != ROPE_SCALING_DYNAMIC_NTK) {
+        if (!(factor > 0)) {
+            model_errf(err, errlen, "%s.rope.scaling.type is %s but the factor is %g", m->arch->name,
+                       rope_scaling_name(rs), factor);
+            return -EINVAL;
+        }
+        hp->rope_scale_factor = factor;
+    }
+    hp->rope_scaling = (enum model_rope_scaling)rs;
     return 0;
 }
 

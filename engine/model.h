@@ -20,9 +20,13 @@ enum model_rope_style {
     MODEL_ROPE_NEOX = 1  /* rotate (i, i + n_rot/2): qwen2, gpt-neox */
 };
 
+/* Same values as rope.h's enum rope_scaling. */
 enum model_rope_scaling {
     MODEL_ROPE_SCALING_NONE = 0,
-    MODEL_ROPE_SCALING_LINEAR = 1 /* positions divided by the factor */
+    MODEL_ROPE_SCALING_LINEAR = 1, /* positions divided by the factor */
+    MODEL_ROPE_SCALING_NTK = 2,
+    MODEL_ROPE_SCALING_DYNAMIC_NTK = 3,
+    MODEL_ROPE_SCALING_YARN = 4
 };
 
 typedef struct model_arch {

@@ -4,6 +4,7 @@
 #include "cli.h"
 #include "gguf.h"
 #include "model.h"
+#include "rope.h"
 #include "tokenizer.h"
 
 #include <ctype.h>
@@ -109,9 +110,9 @@ int cli_info(int argc, char **argv) {
            hp->n_ctx_train, hp->n_embd, hp->n_layer, hp->n_ff);
     printf("attention:     n_head %d, n_head_kv %d, head_dim %d, n_rot %d, rope_base %g, norm_eps %g\n",
            hp->n_head, hp->n_head_kv, hp->head_dim, hp->n_rot, hp->rope_base, hp->norm_eps);
-    if (hp->rope_scaling == MODEL_ROPE_SCALING_LINEAR)
-        printf("rope scaling:  linear, factor %g, original context %d\n", hp->rope_scale_factor,
-               hp->rope_orig_ctx);
+    if (hp->rope_scaling != MODEL_ROPE_SCALING_NONE)
+        printf("rope scaling:  %s, factor %g, original context %d\n",
+               rope_scaling_name((enum rope_scaling)hp->rope_scaling), hp->rope_scale_factor, hp->rope_orig_ctx);
     tokenizer *tk = NULL;
     char terr[256] = "";
     if (tokenizer_load(m->gguf, &tk, terr, sizeof terr) == 0) {

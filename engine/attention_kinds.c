@@ -1,0 +1,214 @@
+/* attention_kinds.c -- window / logn / hwfa (masked softmax over key
+ * segments) and rerope / leaky-rerope (queries rotated by the clipped
+ * relative position against unrotated keys). See attention_kinds.h. */
+#include "attention_kinds.h"
+#include "vecmath.h"
+
+#include <cblas.h>
+#include <math.h>
+#include <string.h>
+
+size_t attention_kind_scratch_floats(int32_t n_q, int32_t n_keys, int32_t head_dim) {
+    return (size_t)n_q * (size_t)n_keys + 8 * (size_t)head_dim + 64;
+}
+
+float attention_logn_factor(int32_t pos, int32_t n_ctx_train) {
+    if (n_ctx_train < 2) return 1.0f;
+    double f = log((double)pos + 1.0) / log((double)n_ctx_train);
+    return f > 1.0 ? (float)f : 1.0f;
+}
+
+/* The positions [a, b) of the cache in runs: fn per contiguous span. */
+#define SPANS(kv, seq, layer, a, b, kp, vp, len, BODY)                         \
+    for (int32_t _p = (a); _p < (b);) {                                        \
+        int32_t len = kv_cache_span((kv), (seq), (layer), _p, &(kp), &(vp));   \
+        if (len > (b) - _p) len = (b) - _p;                                    \
+        int32_t span_pos = _p;                                                 \
+        (void)span_pos;                                                        \
+        BODY;                                                                  \
+        _p += len;                                                             \
+    }
+
+/* Softmax over two valid column ranges [0, a1) and [b0, b1) of row[0..n);
+ * the rest is zeroed. */
+static void kind_softmax_segments(float *row, int32_t a1, int32_t b0, int32_t b1, int32_t n) {
+    float mx = -INFINITY;
+    for (int32_t c = 0; c < a1; c++) if (row[c] > mx) mx = row[c];
+    for (int32_t c = b0; c < b1; c++) if (row[c] > mx) mx = row[c];
+    float sum = 0;
+    if (a1 > 0) sum += vec_exp_shift_sum(row, (size_t)a1, mx);
+    if (b1 > b0) sum += vec_exp_shift_sum(row + b0, (size_t)(b1 - b0), mx);
+    float inv = sum > 0 ? 1.0f / sum : 0.0f;
+    for (int32_t c = 0; c < n; c++) {
+        if (c < a1 || (c >= b0 && c < b1)) row[c] *= inv;
+        else row[c] = 0;
+    }
+}
+
+/* Masked softmax attention: row i sees sinks [0, min(S, i+1)) and the body
+ * [max(S, i-W+1), i] (W = INT32_MAX, S = 0 for full layers), queries scaled
+ * by the log-n factor when asked. Columns: ns sink keys, then the body keys
+ * lo .. hi of the union over the chunk. */
+static void kind_masked(const kv_cache *kv, int32_t seq, int32_t layer, const attn_shape *s,
+                        int32_t W, int32_t S, int logn, int32_t n_ctx_train, int32_t head,
+                        const float *q, size_t q_stride, int32_t n_q, int32_t pos0, float *out,
+                        size_t out_stride, float *scratch) {
+    const int32_t hd = s->head_dim, kv_dim = s->n_head_kv * hd;
+    const int32_t kvh = head / (s->n_head / s->n_head_kv);
+    const int32_t hi = pos0 + n_q; /* exclusive */
+    int32_t ns = S < hi ? S : hi;
+    int64_t lo64 = (int64_t)pos0 - W + 1;
+    int32_t lo = lo64 < ns ? ns : (int32_t)lo64;
+    const int32_t n_cols = ns + (hi - lo);
+    float *Sc = scratch; /* [n_q][n_cols] */
+    float *kp, *vp;
+    /* Key segment [a, b) lands in columns starting at col. */
+    int32_t seg_a[2] = {0, lo}, seg_b[2] = {ns, hi}, seg_c[2] = {0, ns};
+    for (int g = 0; g < 2; g++) {
+        SPANS(kv, seq, layer, seg_a[g], seg_b[g], kp, vp, len, {
+            int32_t col = seg_c[g] + (span_pos - seg_a[g]);
+            if (n_q == 1)
+                vec_dot_rows(q, kp + (size_t)kvh * hd, (size_t)kv_dim, (size_t)len, (size_t)hd, s->scale,
+                             Sc + col);
+            else
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n_q, len, hd, s->scale, q,
+                            (int)q_stride, kp + (size_t)kvh * hd, kv_dim, 0.0f, Sc + col, n_cols);
+        });
+    }
+    for (int32_t t = 0; t < n_q; t++) {
+        int32_t i = pos0 + t;
+        float *row = Sc + (size_t)t * n_cols;
+        if (logn) {
+            float f = attention_logn_factor(i, n_ctx_train);
+            if (f != 1.0f) for (int32_t c = 0; c < n_cols; c++) row[c] *= f;
+        }
+        int32_t a1 = ns < i + 1 ? ns : i + 1;
+        int64_t blo = (int64_t)i - W + 1;
+        if (blo < lo) blo = lo;
+        int32_t b0 = ns + (int32_t)(blo - lo), b1 = ns + (i + 1 - lo);
+        if (b1 < b0) b1 = b0;
+        kind_softmax_segments(row, a1, b0, b1, n_cols);
+    }
+    for (int32_t t = 0; t < n_q; t++) memset(out + (size_t)t * out_stride, 0, (size_t)hd * sizeof(float));
+    for (int g = 0; g < 2; g++) {
+        SPANS(kv, seq, layer, seg_a[g], seg_b[g], kp, vp, len, {
+            int32_t col = seg_c[g] + (span_pos - seg_a[g]);
+            if (n_q == 1)
+                vec_axpy_rows(out, vp + (size_t)kvh * hd, (size_t)kv_dim, (size_t)len, (size_t)hd, Sc + col);
+            else
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n_q, hd, len, 1.0f, Sc + col, n_cols,
+                            vp + (size_t)kvh * hd, kv_dim, 1.0f, out, (int)out_stride);
+        });
+    }
+}
+
+/* dst = R_rho src for one head (angles rho * inv_freq[m]). */
+static void kind_rotate_exact(float *dst, const float *src, int32_t hd, int32_t n_rot, int neox,
+                              const double *inv_freq, double rho) {
+    float c[ATTN_MAX_ROT / 2], sn[ATTN_MAX_ROT / 2];
+    for (int32_t m = 0; m < n_rot / 2; m++) {
+        double a = rho * inv_freq[m];
+        c[m] = (float)cos(a);
+        sn[m] = (float)sin(a);
+    }
+    memcpy(dst, src, (size_t)hd * sizeof(float));
+    rope_rotate(dst, 1, hd, n_rot, neox, c, sn);
+}
+
+/* Keys within this many steps of an exact rotation are reached by
+ * repeated small rotations (cheap, drift far below float noise). */
+#define REROPE_ANCHOR 16
+
+/* rerope / leaky-rerope for one query at position i: the score of key j at
+ * distance r = i - j is (R_rho(r) q) . k_j with rho(r) = r below w and w
+ * (rerope) or w + (r - w) / leak (leaky) beyond; k_j unrotated. */
+static void kind_rerope_row(const kv_cache *kv, int32_t seq, int32_t layer, const attn_shape *s,
+                            const attn_model_info *mi, const attn_params *p, int32_t kvh,
+                            const float *q, int32_t i, float *out, float *scratch) {
+    const int32_t hd = s->head_dim, kv_dim = s->n_head_kv * hd, half = mi->n_rot / 2;
+    const int32_t n = i + 1, w = p->window;
+    const int leaky = p->kind == ATTN_LEAKY_REROPE;
+    const rope_params *rp = p->rope_set ? &p->rope : &mi->rope;
+    double inv_freq[ATTN_MAX_ROT / 2];
+    float mscale = rope_freqs(rp, mi->n_rot, mi->rope_base, mi->freq_div, mi->n_ctx_train, i, inv_freq);
+    float scale = s->scale * mscale * mscale;
+    if (p->logn) scale *= attention_logn_factor(i, mi->n_ctx_train);
+    float *sc = scratch;            /* [n] scores */
+    float *qr = scratch + n;        /* [hd] rotated query */
+    float *tmp = qr + hd;           /* [hd] */
+    float c1[ATTN_MAX_ROT / 2], s1[ATTN_MAX_ROT / 2], ck[ATTN_MAX_ROT / 2], sk[ATTN_MAX_ROT / 2];
+    for (int32_t m = 0; m < half; m++) {
+        c1[m] = (float)cos(inv_freq[m]);
+        s1[m] = (float)sin(inv_freq[m]);
+        double a = inv_freq[m] / (leaky ? p->leak : 1.0f);
+        ck[m] = (float)cos(a);
+        sk[m] = (float)sin(a);
+    }
+    float *kp, *vp;
+    /* Near keys j in [near0, i]: rho = r = i - j, one step of R_1 per key. */
+    int32_t near0 = i - w + 1 > 0 ? i - w + 1 : 0;
+    for (int32_t j = i, step = 0; j >= near0; j--, step++) {
+        int32_t r = i - j;
+        if (step % REROPE_ANCHOR == 0) kind_rotate_exact(qr, q, hd, mi->n_rot, mi->neox, inv_freq, (double)r);
+        else rope_rotate(qr, 1, hd, mi->n_rot, mi->neox, c1, s1);
+        kv_cache_span(kv, seq, layer, j, &kp, &vp);
+        vec_dot_rows(qr, kp + (size_t)kvh * hd, (size_t)kv_dim, 1, (size_t)hd, scale, sc + j);
+    }
+    /* Far keys j in [0, near0): r >= w. */
+    if (near0 > 0) {
+        if (!leaky) {
+            kind_rotate_exact(qr, q, hd, mi->n_rot, mi->neox, inv_freq, (double)w);
+            SPANS(kv, seq, layer, 0, near0, kp, vp, len, {
+                vec_dot_rows(qr, kp + (size_t)kvh * hd, (size_t)kv_dim, (size_t)len, (size_t)hd, scale,
+                             sc + span_pos);
+            });
+        } else {
+            for (int32_t j = near0 - 1, step = 0; j >= 0; j--, step++) {
+                int32_t r = i - j;
+                if (step % REROPE_ANCHOR == 0)
+                    kind_rotate_exact(qr, q, hd, mi->n_rot, mi->neox, inv_freq,
+                                      (double)w + (double)(r - w) / p->leak);
+                else rope_rotate(qr, 1, hd, mi->n_rot, mi->neox, ck, sk);
+                kv_cache_span(kv, seq, layer, j, &kp, &vp);
+                vec_dot_rows(qr, kp + (size_t)kvh * hd, (size_t)kv_dim, 1, (size_t)hd, scale, sc + j);
+            }
+        }
+    }
+    (void)tmp;
+    kind_softmax_segments(sc, n, n, n, n);
+    memset(out, 0, (size_t)hd * sizeof(float));
+    SPANS(kv, seq, layer, 0, n, kp, vp, len, {
+        vec_axpy_rows(out, vp + (size_t)kvh * hd, (size_t)kv_dim, (size_t)len, (size_t)hd, sc + span_pos);
+    });
+}
+
+void attention_kind_rows(const kv_cache *kv, int32_t seq, int32_t layer, const attn_shape *s,
+                         const attn_model_info *mi, const attn_params *p, int32_t head,
+                         const float *q, size_t q_stride, int32_t n_q, int32_t pos0, float *out,
+                         size_t out_stride, float *scratch) {
+    const int32_t kvh = head / (s->n_head / s->n_head_kv);
+    switch (p->kind) {
+    case ATTN_REROPE:
+    case ATTN_LEAKY_REROPE:
+        for (int32_t t = 0; t < n_q; t++)
+            kind_rerope_row(kv, seq, layer, s, mi, p, kvh, q + (size_t)t * q_stride, pos0 + t,
+                            out + (size_t)t * out_stride, scratch);
+        return;
+    case ATTN_WINDOW:
+    case ATTN_HWFA:
+        if (attn_layer_windowed(p, layer, mi->n_layer)) {
+            kind_masked(kv, seq, layer, s, p->window, p->sinks, p->logn, mi->n_ctx_train, head, q, q_stride,
+                        n_q, pos0, out, out_stride, scratch);
+            return;
+        }
+        break;
+    default:
+        break;
+    }
+    if (p->logn || p->kind == ATTN_LOGN) {
+        kind_masked(kv, seq, layer, s, INT32_MAX, 0, 1, mi->n_ctx_train, head, q, q_stride, n_q, pos0, out,
+                    out_stride, scratch);
+        return;
+    }
+    attention_causal(kv, seq, layer, s, head, q, q_stride, n_q, pos0, out, out_stride, scratch);
+}

@@ -1,0 +1,55 @@
+/* attention_kinds.h -- attention of query rows under a kind (attn_kind.h):
+ * the kernels behind window, logn, hwfa, rerope and leaky-rerope, and the
+ * dispatch that sends plain softmax to attention_causal (attention.h).
+ * Linear attention has no KV and lives in linear_attention.h.
+ *
+ * Keys are read only through kv_cache_span() and only at the positions the
+ * kind attends (window kinds never touch positions outside sinks + window,
+ * so a cache may drop them). */
+#ifndef QKVD_ATTENTION_KINDS_H
+#define QKVD_ATTENTION_KINDS_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include "attention.h"
+#include "attn_kind.h"
+
+/* What the kernels need to know about the model's RoPE (rerope kinds rotate
+ * queries themselves; logn needs the trained length). */
+typedef struct attn_model_info {
+    int32_t n_layer, n_ctx_train, n_rot;
+    int neox;                  /* rotate (i, i + n_rot/2) instead of (2i, 2i+1) */
+    float rope_base;
+    const float *freq_div;     /* rope_freqs.weight or NULL */
+    rope_params rope;          /* the model's own scaling (used when !p->rope_set) */
+} attn_model_info;
+
+/* Per-sequence attention state the engine keeps and the forward pass
+ * reads: the kind and, for linear attention, the recurrent state (which
+ * replaces the KV cache: [n_layer][n_head_kv][linear_state_floats]). */
+typedef struct attn_seq_state {
+    attn_params p;
+    float *lin_state;   /* owned by the engine; NULL unless p.kind is linear */
+    int32_t lin_len;    /* tokens fed into lin_state */
+} attn_seq_state;
+
+/* Largest n_rot the rerope kernels rotate (stack buffers). */
+#define ATTN_MAX_ROT 1024
+
+/* Floats of scratch attention_kind_rows needs for n_q rows over n_keys keys. */
+size_t attention_kind_scratch_floats(int32_t n_q, int32_t n_keys, int32_t head_dim);
+
+/* The log-n query factor max(1, ln(pos + 1) / ln(n_ctx_train)). */
+float attention_logn_factor(int32_t pos, int32_t n_ctx_train);
+
+/* Like attention_causal (same arguments and layout), under kind p in layer
+ * `layer`. For rerope kinds q must be UNROTATED and the cache must hold
+ * unrotated keys; for the others q and keys are rotated as usual. p->kind
+ * must not be linear. scratch: attention_kind_scratch_floats(n_q, pos0+n_q,
+ * head_dim) floats. Safe to run concurrently for different heads/rows. */
+void attention_kind_rows(const kv_cache *kv, int32_t seq, int32_t layer, const attn_shape *s,
+                         const attn_model_info *mi, const attn_params *p, int32_t head,
+                         const float *q, size_t q_stride, int32_t n_q, int32_t pos0, float *out,
+                         size_t out_stride, float *scratch);
+
+#endif

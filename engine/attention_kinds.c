@@ -132,7 +132,7 @@ static void kind_rerope_row(const kv_cache *kv, int32_t seq, int32_t layer, cons
     double inv_freq[ATTN_MAX_ROT / 2];
     float mscale = rope_freqs(rp, mi->n_rot, mi->rope_base, mi->freq_div, mi->n_ctx_train, i, inv_freq);
     float scale = s->scale * mscale * mscale;
-    if (p->logn) scale *= attention_logn_factor(i, mi->n_ctx_train);
+    if (p->logn) scale *= attention_logn_factor(i, rp->orig_ctx > 0 ? rp->orig_ctx : mi->n_ctx_train);
     float *sc = scratch;            /* [n] scores */
     float *qr = scratch + n;        /* [hd] rotated query */
     float *tmp = qr + hd;           /* [hd] */
@@ -187,6 +187,10 @@ void attention_kind_rows(const kv_cache *kv, int32_t seq, int32_t layer, const a
                          const float *q, size_t q_stride, int32_t n_q, int32_t pos0, float *out,
                          size_t out_stride, float *scratch) {
     const int32_t kvh = head / (s->n_head / s->n_head_kv);
+    /* The trained length logn measures against: the RoPE original context
+     * when one is given (GGUF context_length is sometimes not the length
+     * the model was trained at). */
+    const int32_t L = p->rope_set && p->rope.orig_ctx > 0 ? p->rope.orig_ctx : mi->n_ctx_train;
     switch (p->kind) {
     case ATTN_REROPE:
     case ATTN_LEAKY_REROPE:
@@ -197,7 +201,7 @@ void attention_kind_rows(const kv_cache *kv, int32_t seq, int32_t layer, const a
     case ATTN_WINDOW:
     case ATTN_HWFA:
         if (attn_layer_windowed(p, layer, mi->n_layer)) {
-            kind_masked(kv, seq, layer, s, p->window, p->sinks, p->logn, mi->n_ctx_train, head, q, q_stride,
+            kind_masked(kv, seq, layer, s, p->window, p->sinks, p->logn, L, head, q, q_stride,
                         n_q, pos0, out, out_stride, scratch);
             return;
         }
@@ -206,7 +210,7 @@ void attention_kind_rows(const kv_cache *kv, int32_t seq, int32_t layer, const a
         break;
     }
     if (p->logn || p->kind == ATTN_LOGN) {
-        kind_masked(kv, seq, layer, s, INT32_MAX, 0, 1, mi->n_ctx_train, head, q, q_stride, n_q, pos0, out,
+        kind_masked(kv, seq, layer, s, INT32_MAX, 0, 1, L, head, q, q_stride, n_q, pos0, out,
                     out_stride, scratch);
         return;
     }

@@ -6,6 +6,7 @@
  *   rerope        RoPE relative position clipped at `window`: min(i - j, w)
  *   leaky-rerope  i - j below w, w + (i - j - w) / leak beyond
  *   logn          softmax with queries scaled by max(1, ln(i + 1) / ln(L_train))
+ *                 (L_train: rope.orig_ctx when set, else the model's context_length)
  *   hwfa          `window` attention in every layer but the last, which is full
  *   linear        phi(q)^T S / phi(q)^T z, phi = elu + 1: a constant-size
  *                 state per head instead of a KV cache

@@ -13,4 +13,14 @@ int cli_serve(int argc, char **argv);      /* qkvd serve ... */
 int cli_grammar_check(int argc, char **argv); /* qkvd grammar-check -m F --schema S --text T */
 int cli_pull(int argc, char **argv);       /* qkvd pull URL [-o FILE] [--sha256 HEX] */
 
+int cli_ppl(int argc, char **argv);        /* qkvd ppl -m F -f TEXT --ctx N --attention KIND */
+
+/* Shared by subcommands taking attention options: if `flag` is one of
+ * --attention --window --sinks --leak --rope-scaling --rope-factor
+ * --rope-orig-ctx, apply val to *p and return 1 (val consumed); 0 when the
+ * flag is not one of them; -1 with err on a bad value. */
+#include "attn_kind.h"
+#include <stddef.h>
+int cli_attn_flag(const char *flag, const char *val, attn_params *p, char *err, size_t errlen);
+
 #endif

@@ -16,6 +16,7 @@ static const subcommand commands[] = {
     {"serve", cli_serve, "serve the OpenAI-compatible HTTP API (qkvd serve --help)"},
     {"make-model", cli_make_model, "write a GGUF with RANDOM weights of any shape/type (tests, benchmarks)"},
     {"run", cli_run, "generate text from a prompt (one shot, streamed)"},
+    {"ppl", cli_ppl, "perplexity of a text under an attention kind and RoPE scaling (--json)"},
     {"logprobs", cli_logprobs, "teacher-forced next-token log-probs as JSON"},
     {"bench", cli_bench, "prompt processing (pp) and generation (tg) speed, like llama-bench"},
     {"pull", cli_pull, "download a model over HTTP(S): progress, resume, --sha256 check"},

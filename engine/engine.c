@@ -40,7 +40,20 @@ void engine_params_default(engine_params *p) {
     p->n_ctx = 0;
     p->max_seqs = 16;
     p->max_batch_tokens = 512;
+    p->kv_block_tokens = KV_BLOCK;
+    p->kv_type = ENGINE_KV_F32;
+    p->kv_policy = ENGINE_KV_FULL;
 }
+
+_Static_assert((int)ENGINE_KV_F32 == (int)KV_F32 && (int)ENGINE_KV_F16 == (int)KV_F16 &&
+               (int)ENGINE_KV_Q8_0 == (int)KV_Q8_0, "engine_kv_type mirrors kv_type");
+_Static_assert((int)ENGINE_KV_FULL == (int)KV_POLICY_FULL && (int)ENGINE_KV_WINDOW == (int)KV_POLICY_WINDOW,
+               "engine_kv_policy mirrors kv_policy");
+
+int engine_kv_type_from_name(const char *s) { return kv_type_from_name(s); }
+const char *engine_kv_type_name(int t) { return kv_type_name((enum kv_type)t); }
+int engine_kv_policy_from_name(const char *s) { return kv_policy_from_name(s); }
+const char *engine_kv_policy_name(int p) { return kv_policy_name((enum kv_policy)p); }
 
 static double engine_now(void) {
     struct timespec ts;
@@ -91,6 +104,12 @@ static void engine_fill_info(engine *e) {
     in->n_params = m->n_params;
     in->weight_bytes = m->weight_bytes;
     in->kv_bytes_per_token = kv_cache_bytes_per_token(e->kv);
+    in->kv_type = kv_type_name(kv_cache_type(e->kv));
+    in->kv_block_tokens = kv_cache_block_tokens(e->kv);
+    in->kv_blocks = kv_cache_blocks_total(e->kv);
+    in->kv_bytes_per_block = kv_cache_bytes_per_token(e->kv) * (uint64_t)in->kv_block_tokens;
+    in->kv_pool_bytes = in->kv_bytes_per_block * (uint64_t)in->kv_blocks;
+    in->kv_tokens = in->kv_blocks * in->kv_block_tokens;
     in->chat_template = e->chat_template;
     in->weight_type = model_weight_type_name(m);
     in->rope_scaling = (int32_t)hp->rope_scaling;
@@ -147,11 +166,27 @@ int engine_load(const engine_params *p, engine **out, char *err, size_t errlen) 
         return -EAGAIN;
     }
     e->params.n_threads = threadpool_n_threads(e->tp);
-    e->kv = kv_cache_create(hp->n_layer, hp->n_head_kv * hp->head_dim, e->params.n_ctx,
+    kv_cache_params kp;
+    kv_cache_params_default(&kp, hp->n_layer, hp->n_head_kv * hp->head_dim, e->params.n_ctx,
                             e->params.max_seqs);
+    if (e->params.kv_block_tokens > 0) kp.block_tokens = e->params.kv_block_tokens;
+    kp.head_dim = hp->head_dim;
+    kp.type = (enum kv_type)e->params.kv_type;
+    kp.memory_bytes = e->params.kv_memory_bytes;
+    kp.policy.kind = (enum kv_policy)e->params.kv_policy;
+    kp.policy.window = e->params.kv_window;
+    kp.policy.sinks = e->params.kv_sinks;
+    kp.prefix_cache = !e->params.kv_no_prefix_cache;
+    char kerr[256] = "";
+    e->kv = kv_cache_create_params(&kp, kerr, sizeof kerr);
+    if (!e->kv) {
+        snprintf(err, errlen, "%s: %s", p->model_path, kerr);
+        engine_free(e);
+        return -EINVAL;
+    }
     e->in_step = calloc((size_t)e->params.max_seqs, 1);
     e->attn = calloc((size_t)e->params.max_seqs, sizeof *e->attn);
-    if (!e->kv || !e->in_step || !e->attn) goto oom;
+    if (!e->in_step || !e->attn) goto oom;
     attn_params_default(&e->attn_default);
     for (int32_t i = 0; i < e->params.max_seqs; i++) e->attn[i].p = e->attn_default;
     e->fwd = forward_create(e->m, e->tp, e->params.max_batch_tokens, e->params.n_ctx, err, errlen);
@@ -240,6 +275,60 @@ int engine_seq_copy(engine *e, int32_t dst, int32_t src, int32_t n) {
     return 0;
 }
 
+/* Hash of everything in p that changes the K/V a kind stores. */
+static uint64_t engine_attn_salt(const attn_params *p) {
+    uint32_t leak, f, ya, yb;
+    memcpy(&leak, &p->leak, 4);
+    memcpy(&f, &p->rope.factor, 4);
+    memcpy(&ya, &p->rope.yarn_alpha, 4);
+    memcpy(&yb, &p->rope.yarn_beta, 4);
+    uint64_t v[9] = {(uint64_t)p->kind + 1, (uint64_t)(uint32_t)p->window, (uint64_t)(uint32_t)p->sinks, leak,
+                     (uint64_t)p->logn, (uint64_t)p->rope_set,
+                     p->rope_set ? ((uint64_t)p->rope.type << 32 | f) : 0,
+                     p->rope_set ? (uint64_t)(uint32_t)p->rope.orig_ctx : 0,
+                     p->rope_set ? ((uint64_t)ya << 32 | yb) : 0};
+    uint64_t h = 0x243f6a8885a308d3ULL;
+    for (int i = 0; i < 9; i++) {
+        h ^= v[i];
+        h *= 0x100000001b3ULL;
+        h ^= h >> 29;
+    }
+    return h;
+}
+
+/* What kind p needs from the KV cache, for an empty sequence: the attention
+ * kernels of the kinds read f32 rows; a window kind in every layer lets the
+ * cache drop the middle (window policy); other kinds keep everything, and
+ * each kind's K/V get their own prefix-cache salt. Plain softmax keeps the
+ * configured default policy. */
+static int engine_seq_kv_for_kind(engine *e, int32_t seq, const attn_params *p, char *err, size_t errlen) {
+    if (p->kind == ATTN_LINEAR) return 0; /* no KV at all */
+    int plain = p->kind == ATTN_SOFTMAX && !p->logn && !p->rope_set;
+    if (!plain && kv_cache_type(e->kv) != KV_F32) {
+        snprintf(err, errlen, "attention kind %s needs an f32 KV cache (the server runs --kv-type %s)",
+                 attn_kind_name(p->kind), kv_type_name(kv_cache_type(e->kv)));
+        return -EINVAL;
+    }
+    kv_policy_cfg pc = {.kind = KV_POLICY_FULL};
+    if (plain) {
+        pc.kind = (enum kv_policy)e->params.kv_policy;
+        pc.window = e->params.kv_window;
+        pc.sinks = e->params.kv_sinks;
+    } else if (p->kind == ATTN_WINDOW) {
+        pc.kind = KV_POLICY_WINDOW;
+        pc.window = p->window;
+        pc.sinks = p->sinks;
+    }
+    int rc = kv_cache_seq_set_policy(e->kv, seq, &pc, plain ? 0 : engine_attn_salt(p));
+    if (rc == -EINVAL) {
+        snprintf(err, errlen, "window %d + sinks %d do not fit the context %d", (int)pc.window, (int)pc.sinks,
+                 (int)e->params.n_ctx);
+    } else if (rc) {
+        snprintf(err, errlen, "the KV policy of sequence %d can only change while it is empty", (int)seq);
+    }
+    return rc;
+}
+
 int engine_seq_set_attention(engine *e, int32_t seq, const attn_params *p, char *err, size_t errlen) {
     if (!kv_cache_seq_live(e->kv, seq)) {
         snprintf(err, errlen, "sequence %d is not live", (int)seq);
@@ -273,7 +362,7 @@ int engine_seq_set_attention(engine *e, int32_t seq, const attn_params *p, char 
     st->lin_len = 0;
     st->p = *p;
     if (st->p.kind == ATTN_LOGN) st->p.logn = 1;
-    return 0;
+    return engine_seq_kv_for_kind(e, seq, &st->p, err, errlen);
 }
 
 const attn_params *engine_seq_attention(const engine *e, int32_t seq) {
@@ -281,7 +370,11 @@ const attn_params *engine_seq_attention(const engine *e, int32_t seq) {
     return &e->attn[seq].p;
 }
 
-uint64_t engine_kv_bytes_allocated(const engine *e) { return kv_cache_bytes_allocated(e->kv); }
+uint64_t engine_kv_bytes_allocated(const engine *e) {
+    kv_cache_stats ks;
+    kv_cache_stats_get(e->kv, &ks);
+    return (uint64_t)ks.blocks_used * ks.bytes_per_block;
+}
 
 uint64_t engine_linear_state_bytes(const engine *e) {
     uint64_t n = 0;
@@ -289,6 +382,26 @@ uint64_t engine_linear_state_bytes(const engine *e) {
         if (e->attn[i].lin_state) n += engine_lin_floats(e) * sizeof(float);
     return n;
 }
+
+int32_t engine_seq_attach_prefix(engine *e, int32_t seq, const int32_t *tokens, int32_t n) {
+    if (engine_seq_is_linear(e, seq)) return 0; /* a recurrent state, no blocks to share */
+    return kv_cache_seq_attach_prefix(e->kv, seq, tokens, n);
+}
+
+int engine_seq_set_kv_policy(engine *e, int32_t seq, int policy, int32_t window, int32_t sinks, uint64_t salt) {
+    if (!kv_policy_name((enum kv_policy)policy)) return -EINVAL;
+    kv_policy_cfg pc = {.kind = (enum kv_policy)policy, .window = window, .sinks = sinks};
+    return kv_cache_seq_set_policy(e->kv, seq, &pc, salt);
+}
+
+int32_t engine_seq_max_len(const engine *e, int32_t seq) { return kv_cache_seq_max_len(e->kv, seq); }
+
+int64_t engine_seq_kv_blocks_needed(const engine *e, int32_t seq, int32_t n_new) {
+    if (engine_seq_is_linear(e, seq)) return 0;
+    return kv_cache_seq_blocks_needed(e->kv, seq, n_new);
+}
+
+int64_t engine_kv_blocks_available(const engine *e) { return kv_cache_blocks_available(e->kv); }
 
 int engine_step(engine *e, engine_item *items, int32_t n_items) {
     double t0 = engine_now();
@@ -306,7 +419,7 @@ int engine_step(engine *e, engine_item *items, int32_t n_items) {
         for (int32_t j = 0; j < it->n_tokens; j++)
             if (it->tokens[j] < 0 || it->tokens[j] >= e->info.n_vocab) return -EINVAL;
         total += it->n_tokens;
-        if ((int64_t)engine_seq_len(e, it->seq) + it->n_tokens > e->params.n_ctx)
+        if ((int64_t)engine_seq_len(e, it->seq) + it->n_tokens > engine_seq_max_len(e, it->seq))
             return -ERANGE;
     }
     if (total > e->params.max_batch_tokens) return -E2BIG;
@@ -318,13 +431,13 @@ int engine_step(engine *e, engine_item *items, int32_t n_items) {
     }
     rc = forward_step(e->fwd, e->kv, items, n_items);
     if (rc) return rc;
+    /* Advance the lengths; KV blocks that filled join the prefix cache. */
     for (int32_t i = 0; i < n_items; i++) {
         if (engine_seq_is_linear(e, items[i].seq)) {
             e->attn[items[i].seq].lin_len += items[i].n_tokens;
             continue;
         }
-        kv_cache_seq_set_len(e->kv, items[i].seq,
-                             kv_cache_seq_len(e->kv, items[i].seq) + items[i].n_tokens);
+        kv_cache_seq_commit(e->kv, items[i].seq, items[i].tokens, items[i].n_tokens);
     }
     e->last_step_s = engine_now() - t0;
     return 0;

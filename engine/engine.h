@@ -26,7 +26,23 @@ typedef struct engine_params {
     int32_t n_ctx;          /* max tokens per sequence; <= 0: the model's trained context */
     int32_t max_seqs;       /* max live sequences (KV states); default 16 */
     int32_t max_batch_tokens; /* max tokens in one engine_step; default 512 */
+    /* KV cache (see docs/kv-cache.md). */
+    int32_t kv_block_tokens;  /* positions per block; <= 0: 16 */
+    int32_t kv_type;          /* enum engine_kv_type; default f32 */
+    uint64_t kv_memory_bytes; /* pool budget; 0: room for max_seqs * n_ctx positions */
+    int32_t kv_policy;        /* default policy of new sequences: enum engine_kv_policy */
+    int32_t kv_window, kv_sinks; /* ENGINE_KV_WINDOW: last positions and first positions kept */
+    int32_t kv_no_prefix_cache; /* 1: never reuse cached prefixes */
 } engine_params;
+
+/* KV element types and policies (same values as kv_cache.h's enums). */
+enum engine_kv_type { ENGINE_KV_F32 = 0, ENGINE_KV_F16 = 1, ENGINE_KV_Q8_0 = 2 };
+enum engine_kv_policy { ENGINE_KV_FULL = 0, ENGINE_KV_WINDOW = 1 };
+/* Name <-> value: "f32" "f16" "q8_0"; "full" "window". -1 / NULL when unknown. */
+int engine_kv_type_from_name(const char *s);
+const char *engine_kv_type_name(int t);
+int engine_kv_policy_from_name(const char *s);
+const char *engine_kv_policy_name(int p);
 
 void engine_params_default(engine_params *p);
 
@@ -44,6 +60,13 @@ typedef struct engine_info {
     int32_t rope_scaling;      /* the model's enum rope_scaling (rope.scaling.type) */
     float rope_factor;         /* its factor (1 when none) */
     int32_t rope_orig_ctx;     /* rope.scaling.original_context_length or 0 */
+    /* KV pool (the memory plan): */
+    const char *kv_type;       /* "f32", "f16", "q8_0" */
+    int32_t kv_block_tokens;
+    int64_t kv_blocks;         /* blocks in the pool */
+    uint64_t kv_bytes_per_block;
+    uint64_t kv_pool_bytes;    /* kv_blocks * kv_bytes_per_block: the budget actually used */
+    int64_t kv_tokens;         /* kv_blocks * kv_block_tokens */
 } engine_info;
 
 /* Load the model at p->model_path. 0 or negative with a message in err
@@ -60,8 +83,26 @@ void engine_seq_free(engine *e, int32_t seq);          /* frees its KV */
 int32_t engine_seq_len(const engine *e, int32_t seq);  /* tokens in its KV */
 /* Drop the KV of positions >= n (rewind, e.g. to reuse a shared prefix). */
 void engine_seq_truncate(engine *e, int32_t seq, int32_t n);
-/* Copy src's KV (first n positions) into dst (n > 1 sharing a prompt). */
+/* Make dst share src's first n positions (n > 1 sharing a prompt): blocks
+ * are shared with reference counts, a shared partial block is copied on the
+ * first write. 0 or negative. */
 int engine_seq_copy(engine *e, int32_t dst, int32_t src, int32_t n);
+/* Prefix cache: attach the longest cached prefix of tokens[0..n) to the
+ * empty sequence seq, always leaving at least one token to compute. Returns
+ * the tokens reused (the sequence's length becomes that; feed tokens from
+ * there). 0 when nothing matched or the cache is off. */
+int32_t engine_seq_attach_prefix(engine *e, int32_t seq, const int32_t *tokens, int32_t n);
+/* Set an empty sequence's KV policy (enum engine_kv_policy; window and sinks
+ * for ENGINE_KV_WINDOW) and the salt that keeps its cached prefixes apart
+ * from other attention variants (0 for plain softmax attention; the engine
+ * mixes in the policy). 0, -EINVAL (bad values or id), -EBUSY (not empty). */
+int engine_seq_set_kv_policy(engine *e, int32_t seq, int policy, int32_t window, int32_t sinks, uint64_t salt);
+/* Longest the sequence may grow: n_ctx (full) or unbounded-ish (window). */
+int32_t engine_seq_max_len(const engine *e, int32_t seq);
+/* KV blocks a step appending n_new tokens to seq would take from the pool. */
+int64_t engine_seq_kv_blocks_needed(const engine *e, int32_t seq, int32_t n_new);
+/* Blocks the pool can hand out now (free plus evictable cached ones). */
+int64_t engine_kv_blocks_available(const engine *e);
 
 /* Attention kind of a sequence (attn_kind.h), set while it is empty
  * (length 0): the kind decides what its KV holds. New and freed sequences
@@ -71,7 +112,8 @@ int engine_seq_copy(engine *e, int32_t dst, int32_t src, int32_t n);
 int engine_seq_set_attention(engine *e, int32_t seq, const attn_params *p, char *err, size_t errlen);
 /* The kind of a live sequence (softmax defaults for other ids). */
 const attn_params *engine_seq_attention(const engine *e, int32_t seq);
-/* Bytes of KV memory held now (all sequences) and by linear states. */
+/* Bytes of KV blocks live sequences hold now (cached prefix blocks nobody
+ * uses are not counted: see engine_kv_stats), and of linear states. */
 uint64_t engine_kv_bytes_allocated(const engine *e);
 uint64_t engine_linear_state_bytes(const engine *e);
 
@@ -93,8 +135,11 @@ typedef struct engine_item {
 } engine_item;
 
 /* One forward pass over all items (total tokens <= max_batch_tokens; an item
- * whose sequence would pass n_ctx fails the step with -ERANGE, nothing is
- * changed). Returns 0 or a negative error code. */
+ * whose sequence would pass its maximum length fails the step with -ERANGE,
+ * nothing is changed; -ENOMEM when the KV pool cannot hold the new
+ * positions: KV of earlier items may have been reserved, nothing is
+ * computed -- check engine_seq_kv_blocks_needed first). Returns 0 or a
+ * negative error code. */
 int engine_step(engine *e, engine_item *items, int32_t n_items);
 
 /* KV-cache occupancy for metrics and the memory plan. Blocks hold

@@ -63,7 +63,7 @@ struct forward {
     const engine_item *step_items;
     fwd_chunk *chunks;            /* [max_tok] */
     int32_t n_chunks;
-    float *attn_scratch;          /* [n_threads][ATTN_Q_CHUNK * n_ctx] */
+    float *attn_scratch;          /* [n_threads][attn_scratch_floats] */
     size_t attn_scratch_floats;
     int32_t *out_rows;            /* [max_tok] token index of each logits row */
     float *hid;                   /* [max_tok][n_embd] normed rows for the output matrix */
@@ -137,9 +137,12 @@ forward *forward_create(const model *m, threadpool *tp, int32_t max_tok, int32_t
     f->out_rows = calloc(T, sizeof(int32_t));
     f->hid = fwd_alloc(T, E);
     f->embd = fwd_alloc(T, E);
-    f->attn_scratch_floats = attention_kind_scratch_floats(ATTN_Q_CHUNK, n_ctx, hp->head_dim);
-    if (f->attn_scratch_floats < attention_scratch_floats(ATTN_Q_CHUNK, n_ctx))
-        f->attn_scratch_floats = attention_scratch_floats(ATTN_Q_CHUNK, n_ctx);
+    /* Any cache type and block size (scores plus one converted block),
+     * every attention kind, linear attention's state update. */
+    f->attn_scratch_floats = attention_scratch_floats_kv(ATTN_Q_CHUNK, attention_max_keys(n_ctx, ATTN_Q_CHUNK),
+                                                         hp->head_dim, KV_BLOCK_MAX);
+    if (f->attn_scratch_floats < attention_kind_scratch_floats(ATTN_Q_CHUNK, n_ctx, hp->head_dim))
+        f->attn_scratch_floats = attention_kind_scratch_floats(ATTN_Q_CHUNK, n_ctx, hp->head_dim);
     if (f->attn_scratch_floats < linear_scratch_floats(hp->head_dim))
         f->attn_scratch_floats = linear_scratch_floats(hp->head_dim);
     f->attn_scratch = fwd_alloc((size_t)f->n_threads, f->attn_scratch_floats);
@@ -234,10 +237,8 @@ static void fwd_rows(forward *f, int32_t t0, int32_t t1) {
                 fwd_rope(k, hp->n_head_kv, hp->head_dim, hp->n_rot, m->arch->rope, c, s);
             }
             if (f->tok_flags[t] & FWD_TOK_LINEAR) continue; /* no KV: the state takes k, v */
-            float *kc, *vc;
-            kv_cache_span(f->kv, f->tok_seq[t], f->layer, f->tok_pos[t], &kc, &vc);
-            memcpy(kc, k, (size_t)f->kd * sizeof(float));
-            memcpy(vc, v, (size_t)f->kd * sizeof(float));
+            /* Converted to the cache's element type on store. */
+            kv_cache_store(f->kv, f->tok_seq[t], f->layer, f->tok_pos[t], k, v);
         }
         break;
     }

@@ -1,5 +1,6 @@
 /* config.c -- the option table and its four sources (see config.h). */
 #include "config.h"
+#include "engine.h"
 
 #include <ctype.h>
 #include <errno.h>
@@ -33,6 +34,15 @@ static const opt_def options[] = {
     {"ctx", 'c', OPT_INT, OFF(ctx), "0", 0, 1 << 24, "context length per sequence (0: the model's trained context)"},
     {"max-seqs", 0, OPT_INT, OFF(max_seqs), "16", 1, 4096, "live sequences at once (a request with n=k uses k)"},
     {"batch-tokens", 0, OPT_INT, OFF(batch_tokens), "512", 1, 1 << 20, "max tokens in one engine step (prompt chunk size)"},
+    {"max-running", 0, OPT_INT, OFF(max_running), "0", 0, 4096, "sequences running at once (0: max-seqs); more wait in the queue"},
+    {"prefill-chunk", 0, OPT_INT, OFF(prefill_chunk), "256", 1, 1 << 20, "largest prompt chunk one step feeds per sequence (decode tokens of others share the step)"},
+    {"kv-memory", 0, OPT_LONG, OFF(kv_memory), "0", 0, 1 << 30, "KV cache pool in MiB (0: room for max-seqs x ctx tokens); memory is taken as blocks are used"},
+    {"kv-type", 0, OPT_STR, OFF(kv_type), "f32", 0, 0, "KV cache element type: f32, f16 or q8_0 (int8, a scale per 32 values)"},
+    {"kv-block", 0, OPT_INT, OFF(kv_block), "16", 1, 256, "tokens per KV block (the unit of allocation and prefix sharing)"},
+    {"kv-policy", 0, OPT_STR, OFF(kv_policy), "full", 0, 0, "default KV policy: full, or window (keep kv-sinks first + kv-window last tokens)"},
+    {"kv-window", 0, OPT_INT, OFF(kv_window), "1024", 1, 1 << 24, "kv-policy window: last tokens every query sees"},
+    {"kv-sinks", 0, OPT_INT, OFF(kv_sinks), "4", 0, 1 << 20, "kv-policy window: first tokens always kept (attention sinks)"},
+    {"no-prefix-cache", 0, OPT_FLAG, OFF(no_prefix_cache), "0", 0, 1, "do not reuse the KV of cached prompt prefixes"},
     {"api-key", 0, OPT_STR, OFF(api_key), "", 0, 0, "require Authorization: Bearer KEY (empty: no auth)"},
     {"max-body", 0, OPT_LONG, OFF(max_body), "4194304", 64, 1073741824.0, "largest request body, bytes (413 above)"},
     {"max-tokens", 0, OPT_INT, OFF(max_tokens), "4096", 1, 1 << 24, "default and upper bound of max_tokens"},
@@ -96,6 +106,14 @@ static int opt_set(serve_config *cfg, const opt_def *o, const char *val, const c
         *slot = copy;
         if (!strcmp(o->name, "log-format") && strcmp(val, "text") && strcmp(val, "json")) {
             snprintf(err, errlen, "%s: --log-format must be 'text' or 'json', got '%s'", source, val);
+            return -1;
+        }
+        if (!strcmp(o->name, "kv-type") && engine_kv_type_from_name(val) < 0) {
+            snprintf(err, errlen, "%s: --kv-type must be f32, f16 or q8_0, got '%s'", source, val);
+            return -1;
+        }
+        if (!strcmp(o->name, "kv-policy") && engine_kv_policy_from_name(val) < 0) {
+            snprintf(err, errlen, "%s: --kv-policy must be full or window, got '%s'", source, val);
             return -1;
         }
         return 0;
@@ -271,4 +289,20 @@ void serve_config_dump(const serve_config *cfg, FILE *out) {
     json_dumpf(o, out, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
     fputc('\n', out);
     json_decref(o);
+}
+
+void serve_config_engine_params(const serve_config *cfg, engine_params *ep) {
+    ep->n_threads = cfg->threads;
+    ep->n_ctx = cfg->ctx;
+    ep->max_seqs = cfg->max_seqs;
+    ep->max_batch_tokens = cfg->batch_tokens;
+    ep->kv_block_tokens = cfg->kv_block;
+    ep->kv_type = cfg->kv_type ? engine_kv_type_from_name(cfg->kv_type) : ENGINE_KV_F32;
+    if (ep->kv_type < 0) ep->kv_type = ENGINE_KV_F32;
+    ep->kv_memory_bytes = (uint64_t)cfg->kv_memory << 20;
+    ep->kv_policy = cfg->kv_policy ? engine_kv_policy_from_name(cfg->kv_policy) : ENGINE_KV_FULL;
+    if (ep->kv_policy < 0) ep->kv_policy = ENGINE_KV_FULL;
+    ep->kv_window = cfg->kv_window;
+    ep->kv_sinks = cfg->kv_sinks;
+    ep->kv_no_prefix_cache = cfg->no_prefix_cache;
 }

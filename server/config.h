@@ -36,6 +36,14 @@ typedef struct serve_config {
     char *model_aliases;     /* --models-dir: "alias=file-stem,..." */
     int no_webui;            /* 1: GET / is 404 instead of the chat page */
     int no_metrics;          /* 1: GET /metrics is 404 and nothing is counted */
+    int max_running;         /* sequences running at once; 0 = max_seqs */
+    int prefill_chunk;       /* prompt tokens per sequence per step */
+    long kv_memory;          /* KV pool, MiB; 0 = max_seqs x ctx tokens */
+    char *kv_type;           /* "f32", "f16", "q8_0" */
+    int kv_block;            /* tokens per KV block */
+    char *kv_policy;         /* "full" or "window" */
+    int kv_window, kv_sinks; /* window policy */
+    int no_prefix_cache;     /* 1: no prefix reuse */
 } serve_config;
 
 /* Parse defaults, config file, environment (envp-style getter: NULL uses
@@ -48,6 +56,10 @@ int serve_config_parse(serve_config *cfg, int argc, char **argv,
 void serve_config_free(serve_config *cfg); /* accepts a zeroed or half-built cfg */
 /* Print the option table (flag, env, default, help). */
 void serve_config_print_help(FILE *out);
+struct engine_params;
+/* Fill the engine parameters that come from options (threads, ctx, seqs,
+ * batch, KV cache); model_path is left to the caller. */
+void serve_config_engine_params(const serve_config *cfg, struct engine_params *ep);
 /* Write every option with its effective value as a JSON object to out. */
 void serve_config_dump(const serve_config *cfg, FILE *out);
 

@@ -223,6 +223,7 @@ static void load_done(uv_work_t *w, int status) {
         }
     }
     a->sched = sched_create(a->loop, a->cfg.max_seqs, a->cfg.batch_tokens, a->cfg.queue_len);
+    sched_set_limits(a->sched, a->cfg.max_running, a->cfg.prefill_chunk);
     a->e = m->loaded;
     m->loaded = NULL;
     a->info = info;
@@ -235,6 +236,10 @@ static void load_done(uv_work_t *w, int status) {
     log_msg("info", "model '%s' loaded in %.2fs: %s, %s, ctx %d, vocab %d (%d waiting requests)", m->ent.id,
             (double)(uv_now(a->loop) - m->t_load_ms) / 1000.0, info->arch, info->weight_type ? info->weight_type : "?",
             (int)info->n_ctx, (int)info->n_vocab, m->n_waiters);
+    log_msg("info", "model '%s' memory plan: weights %.1f MiB; KV %s, %llu bytes/token, pool %lld blocks x %d tokens = %lld tokens, %.1f MiB (taken as used)",
+            m->ent.id, (double)info->weight_bytes / 1048576.0, info->kv_type, (unsigned long long)info->kv_bytes_per_token,
+            (long long)info->kv_blocks, (int)info->kv_block_tokens, (long long)info->kv_tokens,
+            (double)info->kv_pool_bytes / 1048576.0);
     /* Serve the requests that waited, in order. */
     int n = m->n_waiters;
     http_req **w2 = m->waiters;
@@ -280,10 +285,7 @@ static int model_start_load(pool_model *m) {
     log_msg("info", "loading model '%s' from %s (%.1f MiB)", m->ent.id, m->ent.path, mib);
     engine_params_default(&m->ep);
     m->ep.model_path = m->ent.path;
-    m->ep.n_threads = m->app.cfg.threads;
-    m->ep.n_ctx = m->app.cfg.ctx;
-    m->ep.max_seqs = m->app.cfg.max_seqs;
-    m->ep.max_batch_tokens = m->app.cfg.batch_tokens;
+    serve_config_engine_params(&m->app.cfg, &m->ep);
     m->err[0] = 0;
     m->loaded = NULL;
     m->loading = 1;

@@ -12,7 +12,9 @@
 
 #define SCHED_TRIGGER_MAX 63
 
-enum slot_state { SLOT_WAIT, SLOT_PREFILL, SLOT_DECODE, SLOT_DONE };
+/* RECOMPUTE: a pre-empted choice rebuilding the KV of prompt + generated
+ * tokens (all but `next`) before it decodes again. */
+enum slot_state { SLOT_WAIT, SLOT_PREFILL, SLOT_DECODE, SLOT_DONE, SLOT_RECOMPUTE };
 
 /* One choice of a generation (or one input of an embeddings job). */
 typedef struct sched_slot {
@@ -20,7 +22,9 @@ typedef struct sched_slot {
     int32_t prompt;          /* index into the job's prompts */
     int32_t leader;          /* slot that prefills this prompt (itself for leaders) */
     enum slot_state state;
-    int32_t n_fed;           /* leader: prompt tokens already in the KV */
+    int32_t n_fed;           /* leader: prompt tokens already in the KV (RECOMPUTE: hist tokens) */
+    int32_t n_lp;            /* prompt log-probs reported up to this position (re-runs skip them) */
+    int lp_done;             /* on_prompt_done sent */
     int32_t *hist;           /* prompt + generated tokens, cap_hist entries */
     int64_t n_hist, cap_hist;
     int32_t n_gen;           /* generated tokens */
@@ -56,6 +60,8 @@ struct sched_job {
     int32_t n_top;           /* alternatives per prompt token */
     uint64_t deadline_ms;    /* uv_now() deadline, 0 = none */
     int32_t seqs_needed;     /* reserved at admission, returned at free */
+    uint64_t arrival;        /* submit order: running jobs are kept sorted by it */
+    int was_preempted;       /* back in the queue after losing its KV */
     int32_t embd_seq, embd_next;
     grammar *grammar, *lazy_grammar; /* own references */
     char trigger[SCHED_TRIGGER_MAX + 1];
@@ -71,7 +77,9 @@ struct sched {
     const tokenizer *tok;
     int32_t n_vocab, n_embd, n_ctx;
     int32_t max_seqs, batch_tokens, queue_len;
+    int32_t max_running, prefill_chunk;
     int32_t free_seqs;
+    uint64_t n_arrivals;
     uint64_t n_preemptions;
     metrics_model *mm;       /* metric hooks; NULL: off */
     job_list queued, running;
@@ -97,6 +105,30 @@ static void list_push(job_list *l, sched_job *j) {
     l->n++;
 }
 
+static void list_push_front(job_list *l, sched_job *j) {
+    j->prev = NULL;
+    j->next = l->head;
+    if (l->head) l->head->prev = j; else l->tail = j;
+    l->head = j;
+    l->n++;
+}
+
+/* Insert keeping the list sorted by arrival (re-admitted jobs go back to
+ * their place, so "most recently admitted" means latest arrival). */
+static void list_insert_sorted(job_list *l, sched_job *j) {
+    sched_job *after = l->tail;
+    while (after && after->arrival > j->arrival) after = after->prev;
+    if (!after) {
+        list_push_front(l, j);
+        return;
+    }
+    j->prev = after;
+    j->next = after->next;
+    if (after->next) after->next->prev = j; else l->tail = j;
+    after->next = j;
+    l->n++;
+}
+
 static void list_remove(job_list *l, sched_job *j) {
     if (j->prev) j->prev->next = j->next; else l->head = j->next;
     if (j->next) j->next->prev = j->prev; else l->tail = j->prev;
@@ -112,6 +144,8 @@ sched *sched_create(uv_loop_t *loop, int32_t max_seqs, int32_t batch_tokens, int
     s->batch_tokens = batch_tokens;
     s->queue_len = queue_len;
     s->free_seqs = max_seqs;
+    s->max_running = max_seqs;
+    s->prefill_chunk = batch_tokens;
     s->cap_items = 2 * max_seqs + 2;
     s->items = calloc((size_t)s->cap_items, sizeof *s->items);
     s->item_job = calloc((size_t)s->cap_items, sizeof *s->item_job);
@@ -343,34 +377,112 @@ static void prefill_done(sched *s, sched_job *j, int32_t leader, const float *lo
         if (j->slots[i].leader == leader) slot_sample(s, j, i, logits);
 }
 
-/* Reserve sequences for queued jobs in order, as long as they fit. */
+/* Sequences a job holds while running (for max_running). */
+static int32_t job_live_seqs(const sched_job *j) {
+    if (j->kind == SCHED_EMBED) return 1;
+    int32_t n = 0;
+    for (int32_t i = 0; i < j->n_slots; i++) n += j->slots[i].state != SLOT_DONE;
+    return n;
+}
+
+static void job_release_seqs(sched *s, sched_job *j) {
+    for (int32_t i = 0; i < j->n_slots; i++)
+        if (j->slots[i].seq >= 0) { engine_seq_free(s->e, j->slots[i].seq); j->slots[i].seq = -1; }
+    if (j->embd_seq >= 0) { engine_seq_free(s->e, j->embd_seq); j->embd_seq = -1; }
+}
+
+/* Create the job's sequences and attach cached prefixes: a leader's prompt
+ * (unless prompt log-probs need every row), a pre-empted choice's prompt +
+ * generated tokens. Returns KV blocks the job still needs to catch up
+ * (prefill / recompute), or -1 when sequences ran out. */
+static int64_t job_start(sched *s, sched_job *j) {
+    if (j->kind == SCHED_EMBED) {
+        j->embd_seq = engine_seq_create(s->e);
+        return j->embd_seq >= 0 ? 0 : -1;
+    }
+    int64_t need = 0;
+    for (int32_t i = 0; i < j->n_slots; i++) {
+        sched_slot *sl = &j->slots[i];
+        if (sl->state == SLOT_DONE) continue;
+        sl->seq = engine_seq_create(s->e);
+        if (sl->seq < 0) return -1;
+        if (sl->state == SLOT_DECODE || sl->state == SLOT_RECOMPUTE) {
+            /* KV must hold hist[0 .. n_hist-1): `next` is fed by decode. */
+            int32_t n = (int32_t)sl->n_hist;
+            sl->n_fed = engine_seq_attach_prefix(s->e, sl->seq, sl->hist, n);
+            sl->state = sl->n_fed == n - 1 ? SLOT_DECODE : SLOT_RECOMPUTE;
+            need += engine_seq_kv_blocks_needed(s->e, sl->seq, n - 1 - sl->n_fed);
+        } else if (sl->leader == i) {
+            int32_t len = j->prompt_len[sl->prompt];
+            sl->n_fed = j->prompt_logprobs ? 0 : engine_seq_attach_prefix(s->e, sl->seq, j->prompts[sl->prompt], len);
+            sl->state = SLOT_PREFILL;
+            need += engine_seq_kv_blocks_needed(s->e, sl->seq, len - sl->n_fed);
+        }
+    }
+    return need;
+}
+
+/* Admit queued jobs in arrival order while sequences, the running limit and
+ * KV blocks allow (blocks: what the job needs to catch up, next to one block
+ * per running decode; the first job is admitted whatever its needs, chunked
+ * prefill and pre-emption make room as it goes). */
 static void sched_admit(sched *s) {
+    int32_t running_seqs = 0;
+    int64_t decode_reserve = 0;
+    for (sched_job *r = s->running.head; r; r = r->next) {
+        running_seqs += job_live_seqs(r);
+        if (r->kind == SCHED_GENERATE) decode_reserve += job_live_seqs(r);
+    }
     while (s->queued.head) {
         sched_job *j = s->queued.head;
+        int32_t live = job_live_seqs(j);
         if (j->seqs_needed > s->free_seqs) break;
-        int ok = 1;
-        if (j->kind == SCHED_EMBED) {
-            j->embd_seq = engine_seq_create(s->e);
-            ok = j->embd_seq >= 0;
-        } else {
-            for (int32_t i = 0; i < j->n_slots && ok; i++) {
-                j->slots[i].seq = engine_seq_create(s->e);
-                ok = j->slots[i].seq >= 0;
-            }
-        }
-        if (!ok) {
-            for (int32_t i = 0; i < j->n_slots; i++)
-                if (j->slots[i].seq >= 0) { engine_seq_free(s->e, j->slots[i].seq); j->slots[i].seq = -1; }
-            if (j->embd_seq >= 0) { engine_seq_free(s->e, j->embd_seq); j->embd_seq = -1; }
+        if (s->running.n && running_seqs + live > s->max_running) break;
+        int64_t need = job_start(s, j);
+        int64_t avail = engine_kv_blocks_available(s->e);
+        if (need < 0 || (s->running.n && need + decode_reserve + live > avail)) {
+            /* Undo: attached prefix blocks go back to the cache. */
+            job_release_seqs(s, j);
             break;
         }
         list_remove(&s->queued, j);
         s->free_seqs -= j->seqs_needed;
         j->running = 1;
-        for (int32_t i = 0; i < j->n_slots; i++)
-            if (j->kind == SCHED_GENERATE && j->slots[i].leader == i) j->slots[i].state = SLOT_PREFILL;
-        list_push(&s->running, j);
+        running_seqs += live;
+        if (j->kind == SCHED_GENERATE) decode_reserve += live;
+        list_insert_sorted(&s->running, j);
     }
+}
+
+/* Running generations that are still going. */
+static int32_t sched_n_generating(const sched *s) {
+    int32_t n = 0;
+    for (const sched_job *j = s->running.head; j; j = j->next)
+        n += j->kind == SCHED_GENERATE && !j->finished && !j->cancelled;
+    return n;
+}
+
+/* Out of KV blocks: the most recently arrived running generation gives its
+ * blocks back and waits at the head of the queue; its choices keep their
+ * tokens, samplers and text state and recompute their KV when re-admitted
+ * (full blocks usually still in the prefix cache). 0, or -1 when no
+ * generation runs. */
+static int sched_preempt(sched *s) {
+    sched_job *v = s->running.tail;
+    while (v && (v->kind != SCHED_GENERATE || v->finished || v->cancelled)) v = v->prev;
+    if (!v) return -1;
+    for (int32_t i = 0; i < v->n_slots; i++) {
+        sched_slot *sl = &v->slots[i];
+        if (sl->seq >= 0) s->n_preemptions++;
+        if (sl->state == SLOT_RECOMPUTE) sl->state = SLOT_DECODE;
+    }
+    job_release_seqs(s, v);
+    list_remove(&s->running, v);
+    v->running = 0;
+    v->was_preempted = 1;
+    s->free_seqs += v->seqs_needed;
+    list_push_front(&s->queued, v);
+    return 0;
 }
 
 /* Free finished and cancelled jobs (only between steps: their sequences
@@ -453,11 +565,14 @@ static void sched_after_cb(uv_work_t *w, int status) {
                 int32_t chunk = s->item_chunk[i], len = j->prompt_len[sl->prompt];
                 const float *last = it->logits;
                 if (j->prompt_logprobs) {
-                    /* Row k holds the prediction for the token after position n_fed + k. */
+                    /* Row k holds the prediction for the token after position n_fed + k;
+                     * positions reported before a pre-emption are not reported again. */
                     const int32_t *toks = j->prompts[sl->prompt];
                     for (int32_t k = 0; k < chunk && !j->finished; k++) {
                         int32_t pos = sl->n_fed + k + 1;
                         if (pos >= len) break;
+                        if (pos <= sl->n_lp) continue;
+                        sl->n_lp = pos;
                         sampler_result r;
                         row_logprob(s, it->logits + (size_t)k * s->n_vocab, toks[pos], j->n_top, &r);
                         if (j->ops.on_prompt_token) j->ops.on_prompt_token(j->user, sl->prompt, pos, toks[pos], &r);
@@ -467,9 +582,13 @@ static void sched_after_cb(uv_work_t *w, int status) {
                 sl->n_fed += chunk;
                 if (sl->n_fed == len && !j->finished) {
                     sl->state = SLOT_WAIT;
-                    if (j->prompt_logprobs && j->ops.on_prompt_done) j->ops.on_prompt_done(j->user, sl->prompt);
+                    if (j->prompt_logprobs && j->ops.on_prompt_done && !sl->lp_done) j->ops.on_prompt_done(j->user, sl->prompt);
+                    sl->lp_done = 1;
                     prefill_done(s, j, idx, last);
                 }
+            } else if (sl->state == SLOT_RECOMPUTE) {
+                sl->n_fed += s->item_chunk[i];
+                if (sl->n_fed == (int32_t)sl->n_hist - 1) sl->state = SLOT_DECODE;
             } else if (sl->state == SLOT_DECODE) {
                 slot_sample(s, j, idx, it->logits);
             }
@@ -488,44 +607,90 @@ static void item_add(sched *s, sched_job *j, int32_t slot, int32_t seq, const in
     s->item_chunk[k] = n;
 }
 
-/* Between steps: clean up, admit, and start the next step if there is work. */
+/* Largest n <= want whose KV blocks fit in avail. */
+static int32_t fit_tokens(sched *s, int32_t seq, int32_t want, int64_t avail) {
+    if (engine_seq_kv_blocks_needed(s->e, seq, want) <= avail) return want;
+    int32_t lo = 0, hi = want; /* lo fits, hi does not */
+    while (hi - lo > 1) {
+        int32_t mid = lo + (hi - lo) / 2;
+        if (engine_seq_kv_blocks_needed(s->e, seq, mid) <= avail) lo = mid; else hi = mid;
+    }
+    return lo;
+}
+
+/* Between steps: clean up, admit, and start the next step if there is work.
+ * Decode tokens come first (they keep running streams moving), each with
+ * the KV block it may need; when blocks run out the newest running job is
+ * pre-empted and the plan starts over. Then prompt (and recompute) chunks in
+ * arrival order, each at most prefill_chunk tokens and what the remaining
+ * token budget and blocks allow. */
 static void sched_plan(sched *s) {
     if (s->in_flight || !s->e) return;
     sched_cleanup(s);
     sched_admit(s);
-    int32_t budget = s->batch_tokens;
+restart:
     s->n_items = 0;
-    /* Decode tokens first: they keep running streams moving. */
+    int32_t budget = s->batch_tokens;
+    int64_t avail = engine_kv_blocks_available(s->e);
     for (sched_job *j = s->running.head; j && budget > 0; j = j->next) {
-        if (j->kind != SCHED_GENERATE) continue;
+        if (j->kind != SCHED_GENERATE || j->finished || j->cancelled) continue;
         for (int32_t i = 0; i < j->n_slots && budget > 0 && s->n_items < s->cap_items; i++) {
             sched_slot *sl = &j->slots[i];
             if (sl->state != SLOT_DECODE) continue;
+            int64_t need = engine_seq_kv_blocks_needed(s->e, sl->seq, 1);
+            if (need > avail) {
+                /* The newest generation yields (this one included); when
+                 * it is the only one, the pool cannot hold it any longer:
+                 * end this choice as a full context would. */
+                if (sched_n_generating(s) > 1) sched_preempt(s);
+                else slot_finish(s, j, i, "length", 1);
+                goto restart;
+            }
+            avail -= need;
             item_add(s, j, i, sl->seq, &sl->next, 1, ENGINE_OUT_LAST);
             budget--;
         }
     }
-    /* Then prompt chunks in arrival order with what is left of the budget. */
     for (sched_job *j = s->running.head; j && budget > 0; j = j->next) {
         if (s->n_items >= s->cap_items) break;
+        if (j->finished || j->cancelled) continue;
         if (j->kind == SCHED_EMBED) {
             int32_t len = j->prompt_len[j->embd_next];
             if (len > budget) continue;
+            int64_t need = engine_seq_kv_blocks_needed(s->e, j->embd_seq, len);
+            if (need > avail) continue;
+            avail -= need;
             item_add(s, j, j->embd_next, j->embd_seq, j->prompts[j->embd_next], len, ENGINE_OUT_EMBD);
             budget -= len;
             continue;
         }
         for (int32_t i = 0; i < j->n_slots && budget > 0 && s->n_items < s->cap_items; i++) {
             sched_slot *sl = &j->slots[i];
-            if (sl->state != SLOT_PREFILL) continue;
-            int32_t len = j->prompt_len[sl->prompt], left = len - sl->n_fed;
+            if (sl->state != SLOT_PREFILL && sl->state != SLOT_RECOMPUTE) continue;
+            int recompute = sl->state == SLOT_RECOMPUTE;
+            int32_t len = recompute ? (int32_t)sl->n_hist - 1 : j->prompt_len[sl->prompt], left = len - sl->n_fed;
             int32_t chunk = left < budget ? left : budget;
-            item_add(s, j, i, sl->seq, j->prompts[sl->prompt] + sl->n_fed, chunk,
-                     j->prompt_logprobs ? ENGINE_OUT_ALL : chunk == left ? ENGINE_OUT_LAST : ENGINE_OUT_NONE);
+            if (chunk > s->prefill_chunk) chunk = s->prefill_chunk;
+            chunk = fit_tokens(s, sl->seq, chunk, avail);
+            if (chunk <= 0) continue;
+            avail -= engine_seq_kv_blocks_needed(s->e, sl->seq, chunk);
+            const int32_t *src = recompute ? sl->hist : j->prompts[sl->prompt];
+            enum engine_out out = recompute ? ENGINE_OUT_NONE
+                                  : j->prompt_logprobs ? ENGINE_OUT_ALL
+                                  : chunk == left ? ENGINE_OUT_LAST : ENGINE_OUT_NONE;
+            item_add(s, j, i, sl->seq, src + sl->n_fed, chunk, out);
             budget -= chunk;
         }
     }
-    if (!s->n_items) return;
+    if (!s->n_items) {
+        /* Jobs wait for blocks that only a running job can give back (two
+         * prompts each holding half the pool): pre-empt the newest. */
+        int pending = 0;
+        for (sched_job *j = s->running.head; j; j = j->next)
+            if (!j->finished && !j->cancelled) pending++;
+        if (pending > 1 && sched_n_generating(s) > 0 && sched_preempt(s) == 0) goto restart;
+        return;
+    }
     metrics_kv_snapshot(s->mm, s->e); /* the last moment the engine is not in use */
     s->in_flight = 1;
     s->work.data = s;
@@ -534,6 +699,24 @@ static void sched_plan(sched *s) {
         for (int32_t i = 0; i < s->n_items; i++) job_fail(s->item_job[i], 503, "could not start a step (%s)", "uv_queue_work");
         s->n_items = 0;
     }
+}
+
+void sched_set_limits(sched *s, int32_t max_running, int32_t prefill_chunk) {
+    s->max_running = max_running > 0 ? max_running : s->max_seqs;
+    s->prefill_chunk = prefill_chunk > 0 ? prefill_chunk : s->batch_tokens;
+}
+
+/* KV blocks a job needs at the least to make progress alone: each prompt
+ * and its first token (choices share the prompt's full blocks). */
+static int64_t sched_kv_blocks_min(const sched *s, const sched_job_spec *spec) {
+    int32_t bt = engine_get_info(s->e)->kv_block_tokens;
+    int64_t need = 0;
+    for (int32_t i = 0; i < spec->n_prompts; i++) {
+        int64_t b = ((int64_t)spec->prompt_len[i] + 1 + bt - 1) / bt;
+        if (spec->kind == SCHED_EMBED) { if (b > need) need = b; }
+        else need += b + (spec->n - 1);
+    }
+    return need;
 }
 
 int sched_submit(sched *s, const sched_job_spec *spec, const sched_job_ops *ops, void *user,
@@ -551,6 +734,12 @@ int sched_submit(sched *s, const sched_job_spec *spec, const sched_job_ops *ops,
         api_error_set(err, 400, NULL, "n", "invalid_value",
                       "this request needs %d sequences (prompts x n) but the server runs at most %d (--max-seqs)",
                       (int)need, (int)s->max_seqs);
+        fail = "";
+    } else if (sched_kv_blocks_min(s, spec) > engine_get_info(s->e)->kv_blocks) {
+        const engine_info *in = engine_get_info(s->e);
+        api_error_set(err, 400, NULL, "messages", "context_length_exceeded",
+                      "this request needs %lld KV blocks of %d tokens for its prompt(s) but the KV cache holds %lld (--kv-memory)",
+                      (long long)sched_kv_blocks_min(s, spec), (int)in->kv_block_tokens, (long long)in->kv_blocks);
         fail = "";
     } else if (s->free_seqs < queue_need + need && s->queued.n >= s->queue_len) {
         api_error_set(err, 503, NULL, NULL, "queue_full", "server busy: %d requests are waiting; retry later",
@@ -582,6 +771,7 @@ int sched_submit(sched *s, const sched_job_spec *spec, const sched_job_ops *ops,
     j->render_special = spec->render_special;
     j->n_top = spec->sp.n_top_logprobs < 0 ? 0 : spec->sp.n_top_logprobs > 20 ? 20 : spec->sp.n_top_logprobs;
     j->embd_seq = -1;
+    j->arrival = ++s->n_arrivals;
     j->deadline_ms = spec->timeout_s > 0 ? uv_now(s->loop) + (uint64_t)(spec->timeout_s * 1000.0) : 0;
     size_t max_stop = 0;
     for (int32_t i = 0; i < spec->n_stop && i < 4; i++) {

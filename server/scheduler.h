@@ -9,9 +9,21 @@
  * next step is planned. All scheduler state lives on the loop thread; the only
  * cross-thread data is the item array of the step in flight.
  *
- * n > 1: the prompt is prefilled once, then copied (engine_seq_copy) into the
+ * n > 1: the prompt is prefilled once, then shared (engine_seq_copy: blocks
+ * with reference counts, copy-on-write of the partial last block) with the
  * other choices' sequences; every choice samples with its own sampler.
- * Cancellation (client gone) takes effect at the next step boundary. */
+ * Cancellation (client gone) takes effect at the next step boundary.
+ *
+ * KV memory: every prompt first attaches its longest cached prefix
+ * (engine_seq_attach_prefix). Admission is in arrival order, bounded by free
+ * sequences, the running limit and free KV blocks. When blocks run out
+ * mid-run the most recently arrived running job is pre-empted: its
+ * sequences are freed and it goes back to the head of the queue with its
+ * tokens, samplers and stream state; re-admitted, it recomputes the KV of
+ * prompt + generated tokens (mostly from the prefix cache) and continues
+ * with output identical to an uninterrupted run. An admitted request is
+ * never dropped; a request whose prompt alone exceeds the whole pool is
+ * refused at submit (400). */
 #ifndef QKVD_SCHEDULER_H
 #define QKVD_SCHEDULER_H
 
@@ -90,6 +102,10 @@ typedef struct sched_job_spec {
 /* Create a scheduler on loop. Engine set later (sched_set_engine) once loaded.
  * max_seqs / batch_tokens bound every step; queue_len bounds waiting jobs. */
 sched *sched_create(uv_loop_t *loop, int32_t max_seqs, int32_t batch_tokens, int32_t queue_len);
+/* Limits beside those of sched_create: sequences running at once (<= 0:
+ * max_seqs) and the largest prompt chunk one step feeds for one sequence
+ * (<= 0: batch_tokens), so a long prompt shares steps with other streams. */
+void sched_set_limits(sched *s, int32_t max_running, int32_t prefill_chunk);
 /* The engine (owned by the caller, must outlive the scheduler's use). */
 void sched_set_engine(sched *s, engine *e);
 /* Free everything; call only when idle (no step in flight). */

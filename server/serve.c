@@ -150,6 +150,10 @@ static void serve_load_done(uv_work_t *w, int status) {
     log_msg("info", "model '%s' loaded: %s, %s, ctx %d, vocab %d, template %s", a->model_id, info->arch,
             info->weight_type ? info->weight_type : "?", (int)info->n_ctx, (int)info->n_vocab,
             st->template_src ? "file" : info->chat_template ? "model" : "chatml");
+    log_msg("info", "model '%s' memory plan: weights %.1f MiB; KV %s, %llu bytes/token, pool %lld blocks x %d tokens = %lld tokens, %.1f MiB (taken as used)",
+            a->model_id, (double)info->weight_bytes / 1048576.0, info->kv_type, (unsigned long long)info->kv_bytes_per_token,
+            (long long)info->kv_blocks, (int)info->kv_block_tokens, (long long)info->kv_tokens,
+            (double)info->kv_pool_bytes / 1048576.0);
     if (a->draining) serve_drain_tick(&st->drain_timer);
 }
 
@@ -222,6 +226,7 @@ int cli_serve(int argc, char **argv) {
     a->sched = sched_create(loop, cfg->max_seqs, cfg->batch_tokens, cfg->queue_len);
     a->metrics = cfg->no_metrics ? NULL : metrics_create();
     if (!cfg->models_dir[0]) a->mm = metrics_model_get(a->metrics, a->model_id);
+    sched_set_limits(a->sched, cfg->max_running, cfg->prefill_chunk);
     http_options ho = {
         .host = cfg->host, .port = cfg->port, .max_body = cfg->max_body, .conn_timeout = cfg->conn_timeout,
         .api_key = cfg->api_key, .cors_origins = cfg->cors_origins, .dispatch = serve_dispatch, .app = st,
@@ -272,10 +277,7 @@ int cli_serve(int argc, char **argv) {
 
     engine_params_default(&st->ep);
     st->ep.model_path = cfg->model;
-    st->ep.n_threads = cfg->threads;
-    st->ep.n_ctx = cfg->ctx;
-    st->ep.max_seqs = cfg->max_seqs;
-    st->ep.max_batch_tokens = cfg->batch_tokens;
+    serve_config_engine_params(cfg, &st->ep);
     st->load_work.data = st;
     uv_queue_work(loop, &st->load_work, serve_load_work, serve_load_done);
     st->progress = load_progress_start(loop, a->model_id, cfg->model, !strcmp(cfg->log_format, "json"));

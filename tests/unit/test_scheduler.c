@@ -284,6 +284,115 @@ static void test_embeddings(void **state) {
     run_free(&r);
 }
 
+static engine *load_budget(uint64_t kv_bytes, int prefix) {
+    const char *shared = getenv("QKVD_SHARED") ? getenv("QKVD_SHARED") : "../shared";
+    char path[1024], err[512];
+    snprintf(path, sizeof path, "%s/models/stories260K.gguf", shared);
+    engine_params p;
+    engine_params_default(&p);
+    p.model_path = path;
+    p.n_threads = 1;
+    p.max_seqs = 8;
+    p.max_batch_tokens = 64;
+    p.kv_memory_bytes = kv_bytes;
+    p.kv_no_prefix_cache = !prefix;
+    engine *e = NULL;
+    if (engine_load(&p, &e, err, sizeof err) < 0) print_message("engine_load: %s\n", err);
+    return e;
+}
+
+/* Four jobs (one with n = 2) generating 80 tokens each on engine e;
+ * texts go to r[0..3]. Returns the scheduler's pre-emption count. */
+static uint64_t run_four(engine *e, run *r, int32_t prefill_chunk) {
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    sched *s = sched_create(&loop, 8, 64, 8);
+    sched_set_limits(s, 0, prefill_chunk);
+    sched_set_engine(s, e);
+    for (int k = 0; k < 4; k++) {
+        int32_t *slot, len;
+        sched_job_spec spec = k % 2 ? greedy_spec(ref2_prompt, ref2_prompt_len, k == 3 ? 2 : 1, 80, &slot, &len)
+                                    : greedy_spec(ref_prompt, ref_prompt_len, 1, 80, &slot, &len);
+        if (k == 2) { /* a sampled job: its RNG must survive pre-emption too */
+            spec.sp.temperature = 0.9f;
+            spec.sp.seed = 1234;
+        }
+        sched_job *j;
+        api_error e2;
+        assert_int_equal(sched_submit(s, &spec, &ops, &r[k], &j, &e2), 0);
+    }
+    uv_run(&loop, UV_RUN_DEFAULT);
+    assert_false(sched_busy(s));
+    uint64_t n = sched_n_preemptions(s);
+    sched_destroy(s);
+    assert_int_equal(uv_loop_close(&loop), 0);
+    for (int k = 0; k < 4; k++) {
+        assert_int_equal(r[k].n_done, 1);
+        assert_int_equal(r[k].err_status, 0);
+    }
+    return n;
+}
+
+/* KV blocks run out mid-generation: the newest jobs are pre-empted and
+ * recomputed, and every text (greedy and sampled, n = 2 included) equals a
+ * run with plenty of memory; with and without the prefix cache. */
+static void test_preemption_same_output(void **state) {
+    if (!eng) skip();
+    engine *big = load_budget(0, 1);
+    assert_non_null(big);
+    run want[4];
+    memset(want, 0, sizeof want);
+    assert_int_equal(run_four(big, want, 64), 0);
+    engine_kv_stats st;
+    engine_kv_stats_get(big, &st);
+    assert_int_equal(st.blocks_used, 0);
+    engine_free(big);
+    for (int prefix = 0; prefix < 2; prefix++) {
+        /* 12 blocks of 16 tokens: 5 sequences of up to ~100 tokens need ~33. */
+        engine *small = load_budget(12ull * 16 * 5 * 2 * 32 * 4, prefix);
+        assert_non_null(small);
+        run got[4];
+        memset(got, 0, sizeof got);
+        uint64_t n = run_four(small, got, 8);
+        print_message("prefix cache %s: %llu pre-emptions\n", prefix ? "on" : "off", (unsigned long long)n);
+        assert_true(n > 0);
+        for (int k = 0; k < 4; k++)
+            for (int c = 0; c < (k == 3 ? 2 : 1); c++) {
+                assert_int_equal(got[k].text[c].len, want[k].text[c].len);
+                assert_memory_equal(got[k].text[c].data, want[k].text[c].data, want[k].text[c].len);
+                assert_int_equal(got[k].n_tokens[c], want[k].n_tokens[c]);
+            }
+        engine_kv_stats_get(small, &st);
+        assert_int_equal(st.blocks_used, 0);
+        for (int k = 0; k < 4; k++) run_free(&got[k]);
+        engine_free(small);
+    }
+    for (int k = 0; k < 4; k++) run_free(&want[k]);
+}
+
+/* A prompt larger than the whole KV pool is refused at submit (400). */
+static void test_prompt_exceeds_pool(void **state) {
+    if (!eng) skip();
+    engine *small = load_budget(3ull * 16 * 5 * 2 * 32 * 4, 1);
+    assert_non_null(small);
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    sched *s = sched_create(&loop, 8, 64, 8);
+    sched_set_engine(s, small);
+    int32_t toks[64];
+    for (int i = 0; i < 64; i++) toks[i] = ref_prompt[i % ref_prompt_len];
+    run r = {0};
+    int32_t *slot, len;
+    sched_job_spec spec = greedy_spec(toks, 64, 1, 4, &slot, &len);
+    sched_job *j;
+    api_error e;
+    assert_int_equal(sched_submit(s, &spec, &ops, &r, &j, &e), -1);
+    assert_int_equal(e.status, 400);
+    assert_non_null(strstr(e.message, "KV"));
+    loop_finish(&loop, s);
+    engine_free(small);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_n_choices_greedy),
@@ -291,6 +400,8 @@ int main(void) {
         cmocka_unit_test(test_stop_string),
         cmocka_unit_test(test_queue_and_cancel),
         cmocka_unit_test(test_embeddings),
+        cmocka_unit_test(test_preemption_same_output),
+        cmocka_unit_test(test_prompt_exceeds_pool),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

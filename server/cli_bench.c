@@ -10,6 +10,7 @@
  *    "tg": {"n": N, "tok_s": Y, "std": S}, ...extra fields}
  * which scripts depend on. */
 #include "cli.h"
+#include "cli_bench_schema.h"
 #include "engine.h"
 #include "gguf.h"
 
@@ -30,7 +31,9 @@ static void bench_usage(FILE *to) {
             "  -s SEQS   sequences decoded together in each tg step (default 1, max 64);\n"
             "            tg tok/s then counts the tokens of all of them\n"
             "  --batch N max tokens per forward step (default 512)\n"
-            "  --json    one JSON object instead of the table\n");
+            "  --json    one JSON object instead of the table\n"
+            "  --schema FILE  instead: -n greedy steps without and with FILE's JSON Schema mask;\n"
+            "            compile time, tok/s both ways, mask time per token\n");
 }
 
 static double bench_now(void) {
@@ -114,7 +117,7 @@ static void bench_stats(const double *tps, int n, double *mean, double *sd) {
 }
 
 int cli_bench(int argc, char **argv) {
-    const char *model = NULL;
+    const char *model = NULL, *schema = NULL;
     long pp = 512, tg = 128, reps = 3, threads = 0, batch = 512, seqs = 1;
     int json = 0;
     for (int i = 1; i < argc; i++) {
@@ -129,6 +132,7 @@ int cli_bench(int argc, char **argv) {
         const char *val = argv[++i];
         char *end = NULL;
         if (!strcmp(a, "-m") || !strcmp(a, "--model")) model = val;
+        else if (!strcmp(a, "--schema")) schema = val;
         else if (!strcmp(a, "-p")) pp = strtol(val, &end, 10);
         else if (!strcmp(a, "-n")) tg = strtol(val, &end, 10);
         else if (!strcmp(a, "-r")) reps = strtol(val, &end, 10);
@@ -191,6 +195,11 @@ int cli_bench(int argc, char **argv) {
     int32_t first = tokenizer_bos(engine_tokenizer(e));
     if (first < 0 || first >= V) first = 0;
     int rc = 0;
+    if (schema) {
+        const char *sb = strrchr(model, '/');
+        rc = bench_schema_run(e, sb ? sb + 1 : model, schema, (int32_t)tg, (int32_t)reps, json);
+        goto out;
+    }
     /* Warm-up: fault the mapping in and settle the pool. */
     if (pp > 0 && bench_pp(e, toks, pp < 32 ? (int32_t)pp : 32, (int32_t)batch) < 0) rc = 1;
     if (!rc && tg > 0 && bench_tg(e, first, tg < 8 ? (int32_t)tg : 8, (int32_t)seqs, V) < 0) rc = 1;

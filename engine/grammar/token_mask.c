@@ -585,8 +585,17 @@ int32_t grammar_matcher_apply(grammar_matcher *m, float *logits) {
         uint32_t bits = buf[w];
         if (bits == 0xFFFFFFFFu) continue;
         int32_t lo = w * 32, hi = lo + 32 < v->n_vocab ? lo + 32 : v->n_vocab;
-        for (int32_t i = lo; i < hi; i++)
-            if (!(bits >> (i - lo) & 1)) logits[i] = -INFINITY;
+        if (bits == 0 && hi - lo == 32) { /* the common case: a whole word masked (vectorised) */
+            for (int32_t k = 0; k < 32; k++) logits[lo + k] = -INFINITY;
+            continue;
+        }
+        /* Only the disallowed tokens of a mixed word (inside strings most are allowed). */
+        uint32_t z = ~bits;
+        if (hi - lo < 32) z &= (1u << (hi - lo)) - 1;
+        while (z) {
+            logits[lo + __builtin_ctz(z)] = -INFINITY;
+            z &= z - 1;
+        }
     }
     return count;
 }

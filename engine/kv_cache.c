@@ -125,6 +125,17 @@ static uint64_t kv_policy_salt(const kv_policy_cfg *p) {
 
 static uint64_t kv_seed(uint64_t salt) { return kv_mix(salt + 0x51ed270b27a3f9c1ULL); }
 
+static int32_t kv_q8_group(int32_t head_dim) {
+    /* q8_0 scales never straddle two heads: heads narrower than 32 values
+     * (whose magnitudes differ) get a scale each. */
+    if (head_dim > 0 && head_dim < KV_Q8_GROUP && KV_Q8_GROUP % head_dim == 0) return head_dim;
+    return KV_Q8_GROUP;
+}
+
+uint64_t kv_cache_plan_bytes_per_token(enum kv_type t, int32_t n_layer, int32_t kv_dim, int32_t head_dim) {
+    return (uint64_t)n_layer * 2 * kv_row_bytes(t, kv_dim, kv_q8_group(head_dim));
+}
+
 static int kv_params_check(const kv_cache_params *p, char *err, size_t errlen) {
     if (p->n_layer <= 0 || p->kv_dim <= 0 || p->n_ctx <= 0 || p->max_seqs <= 0) {
         snprintf(err, errlen, "KV cache: bad shape (layers %d, kv_dim %d, ctx %d, seqs %d)", p->n_layer,
@@ -166,10 +177,7 @@ kv_cache *kv_cache_create_params(const kv_cache_params *p, char *err, size_t err
     kv->type = p->type;
     kv->prefix_cache = p->prefix_cache;
     kv->def_pol = p->policy;
-    /* q8_0 scales never straddle two heads: heads narrower than 32 values
-     * (whose magnitudes differ) get a scale each. */
-    kv->group = KV_Q8_GROUP;
-    if (p->head_dim > 0 && p->head_dim < KV_Q8_GROUP && KV_Q8_GROUP % p->head_dim == 0) kv->group = p->head_dim;
+    kv->group = kv_q8_group(p->head_dim);
     kv->row_bytes = kv_row_bytes(p->type, p->kv_dim, kv->group);
     kv->block_bytes = (size_t)kv->n_layer * 2 * (size_t)kv->bt * kv->row_bytes;
     long pg = sysconf(_SC_PAGESIZE);

@@ -85,6 +85,10 @@ kv_cache *kv_cache_create_params(const kv_cache_params *p, char *err, size_t err
 kv_cache *kv_cache_create(int32_t n_layer, int32_t kv_dim, int32_t n_ctx, int32_t max_seqs);
 void kv_cache_free(kv_cache *kv); /* accepts NULL */
 
+/* Bytes of one position (all layers, K and V) a cache of this shape and
+ * type would use, and of one block: for memory plans before any cache exists. */
+uint64_t kv_cache_plan_bytes_per_token(enum kv_type t, int32_t n_layer, int32_t kv_dim, int32_t head_dim);
+
 /* Bytes of one position (all layers, K and V, in the element type). */
 uint64_t kv_cache_bytes_per_token(const kv_cache *kv);
 /* Bytes of blocks that hold data (used by sequences or cached). */

@@ -3,6 +3,7 @@
  * (weights, KV per token, KV at the context, tokens that fit a budget). */
 #include "cli.h"
 #include "gguf.h"
+#include "kv_cache.h"
 #include "model.h"
 #include "rope.h"
 #include "tokenizer.h"
@@ -16,9 +17,12 @@
 static void info_usage(FILE *to) {
     fprintf(to,
             "usage: qkvd info -m MODEL.gguf [--ctx N] [--budget BYTES] [--no-tensors]\n"
+            "                 [--kv-type T] [--kv-block N] [--kv-memory MIB] [--max-seqs N]\n"
             "  --ctx N         context for the KV estimate (default: the model's trained context)\n"
             "  --budget BYTES  memory budget, e.g. 8G, 512M, 1073741824: how many KV tokens fit\n"
-            "                  after the weights\n");
+            "                  after the weights\n"
+            "  --kv-type T, --kv-block N, --kv-memory MIB, --max-seqs N: the KV pool `qkvd serve`\n"
+            "                  would make with these options (defaults f32, 16, 0 = max-seqs x ctx, 16)\n");
 }
 
 /* "8G", "512M", "100k", "12345" -> bytes (binary units); -1 on bad input. */
@@ -53,8 +57,8 @@ static void info_human(double b, char *buf, size_t n) {
 
 int cli_info(int argc, char **argv) {
     const char *path = NULL;
-    int64_t ctx = 0, budget = -1;
-    int tensors = 1;
+    int64_t ctx = 0, budget = -1, kv_block = KV_BLOCK, kv_mib = 0, max_seqs = 16;
+    int tensors = 1, kv_type = KV_F32;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) { info_usage(stdout); return 0; }
@@ -73,6 +77,21 @@ int cli_info(int argc, char **argv) {
                 fprintf(stderr, "qkvd info: --ctx expects a positive integer, got '%s'\n", val);
                 return 2;
             }
+        } else if (!strcmp(a, "--kv-type")) {
+            kv_type = kv_type_from_name(val);
+            if (kv_type < 0) {
+                fprintf(stderr, "qkvd info: --kv-type must be f32, f16 or q8_0, got '%s'\n", val);
+                return 2;
+            }
+        } else if (!strcmp(a, "--kv-block") || !strcmp(a, "--kv-memory") || !strcmp(a, "--max-seqs")) {
+            char *end;
+            long long v = strtoll(val, &end, 10);
+            int blk = !strcmp(a, "--kv-block");
+            if (*end || end == val || v < (blk || a[2] == 'm' ? 1 : 0) || v > (blk ? KV_BLOCK_MAX : 1 << 30)) {
+                fprintf(stderr, "qkvd info: %s expects a %s integer, got '%s'\n", a, blk ? "1..256" : "non-negative", val);
+                return 2;
+            }
+            if (blk) kv_block = v; else if (a[2] == 'm') max_seqs = v; else kv_mib = v;
         } else if (!strcmp(a, "--budget")) {
             budget = info_parse_bytes(val);
             if (budget < 0) {
@@ -142,7 +161,8 @@ int cli_info(int argc, char **argv) {
                    quant_type_name(t->type), shape, (unsigned long long)t->size);
         }
     }
-    uint64_t kv_tok = (uint64_t)hp->n_layer * 2 * (uint64_t)hp->n_head_kv * hp->head_dim * sizeof(float);
+    uint64_t kv_tok = kv_cache_plan_bytes_per_token((enum kv_type)kv_type, hp->n_layer, hp->n_head_kv * hp->head_dim,
+                                                    hp->head_dim);
     if (ctx <= 0) ctx = hp->n_ctx_train;
     char b1[32], b2[32], b3[32];
     info_human((double)m->weight_bytes, b1, sizeof b1);
@@ -150,8 +170,21 @@ int cli_info(int argc, char **argv) {
     info_human((double)kv_tok * (double)ctx, b3, sizeof b3);
     printf("\nmemory plan:\n");
     printf("  weights (mmapped)      %s (%llu bytes)\n", b1, (unsigned long long)m->weight_bytes);
-    printf("  KV per token (f32)     %s (%llu bytes)\n", b2, (unsigned long long)kv_tok);
+    printf("  KV per token (%-4s)    %s (%llu bytes)\n", kv_type_name((enum kv_type)kv_type), b2, (unsigned long long)kv_tok);
     printf("  KV at context %-8lld %s\n", (long long)ctx, b3);
+    {
+        /* The pool serve would make (kv_cache_create_params' sizing). */
+        uint64_t bb = kv_tok * (uint64_t)kv_block;
+        int64_t nb = kv_mib > 0 ? (int64_t)(((uint64_t)kv_mib << 20) / bb)
+                                : ((ctx + kv_block - 1) / kv_block) * max_seqs + max_seqs;
+        char b5[32], b6[32];
+        info_human((double)bb, b5, sizeof b5);
+        info_human((double)bb * (double)nb, b6, sizeof b6);
+        printf("  KV pool                %lld blocks x %lld tokens (%s each) = %lld tokens, %s\n", (long long)nb,
+               (long long)kv_block, b5, (long long)(nb * kv_block), b6);
+        printf("                         (%s; memory is taken block by block as sequences use it)\n",
+               kv_mib > 0 ? "--kv-memory" : "--max-seqs x ctx");
+    }
     if (budget >= 0) {
         char b4[32];
         info_human((double)budget, b4, sizeof b4);

@@ -15,9 +15,10 @@
 
 static void logprobs_usage(FILE *to) {
     fprintf(to,
-            "usage: qkvd logprobs -m MODEL.gguf --tokens 1,2,3 [--top K] [-t THREADS] [--ctx N]\n"
+            "usage: qkvd logprobs -m MODEL.gguf --tokens 1,2,3 [--top K] [-t THREADS] [--ctx N] [--kv-type T]\n"
             "  prints {\"logprobs\": [[[id, logprob], ...], ...]}: for every input position, the\n"
-            "  top K (default 5) next-token log-probs (log-softmax over the whole vocabulary)\n");
+            "  top K (default 5) next-token log-probs (log-softmax over the whole vocabulary)\n"
+            "  --kv-type T     KV cache element type: f32 (default), f16 or q8_0\n");
 }
 
 /* Parse "1,2,3" into a malloc'ed array (owned by the caller); -1 on bad input. */
@@ -47,6 +48,7 @@ static int logprobs_parse_tokens(const char *s, int32_t **out, int64_t *n) {
 
 int cli_logprobs(int argc, char **argv) {
     const char *model = NULL, *tokens = NULL;
+    int kv_type = ENGINE_KV_F32;
     long top = 5, threads = 0, ctx = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
@@ -63,7 +65,13 @@ int cli_logprobs(int argc, char **argv) {
         else if (!strcmp(a, "--top")) top = strtol(val, &end, 10);
         else if (!strcmp(a, "-t") || !strcmp(a, "--threads")) threads = strtol(val, &end, 10);
         else if (!strcmp(a, "--ctx")) ctx = strtol(val, &end, 10);
-        else {
+        else if (!strcmp(a, "--kv-type")) {
+            kv_type = engine_kv_type_from_name(val);
+            if (kv_type < 0) {
+                fprintf(stderr, "qkvd logprobs: --kv-type must be f32, f16 or q8_0, got '%s'\n", val);
+                return 2;
+            }
+        } else {
             fprintf(stderr, "qkvd logprobs: unknown option '%s'\n", a);
             logprobs_usage(stderr);
             return 2;
@@ -92,6 +100,7 @@ int cli_logprobs(int argc, char **argv) {
     ep.n_ctx = ctx > 0 ? (int32_t)ctx : (n > 0 ? (int32_t)n : 1);
     ep.max_seqs = 1;
     ep.max_batch_tokens = 256;
+    ep.kv_type = kv_type;
     char err[512];
     engine *e = NULL;
     if (engine_load(&ep, &e, err, sizeof err)) {

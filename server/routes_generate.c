@@ -437,6 +437,26 @@ void routes_structured_free(serve_app *a) {
     a->tool_renders = 0;
 }
 
+int routes_tool_family(serve_app *a) {
+    if (!a->tool_family) {
+        a->tool_family = tool_family_probe(a->tmpl, &a->tool_renders) + 1;
+        log_msg("info", "chat template: tool-call syntax %s, %s", tool_syntax_get(a->tool_family - 1)->name,
+                a->tool_renders ? "renders tools" : "no tools variable (fallback system prompt)");
+    }
+    return a->tool_family - 1;
+}
+
+char *routes_render_chat_tools(serve_app *a, const json_t *messages, const json_t *tools, const chat_render_opts *ro,
+                               api_error *err) {
+    if (!tools || !json_is_array(tools) || !json_array_size(tools)) return routes_render_chat_ex(a, messages, NULL, ro, err);
+    routes_tool_family(a);
+    if (a->tool_renders) return routes_render_chat_ex(a, messages, tools, ro, err);
+    json_t *fb = tool_messages_fallback(messages, tools);
+    char *out = routes_render_chat_ex(a, fb, NULL, ro, err);
+    json_decref(fb);
+    return out;
+}
+
 /* The grammar of req's output: *g constrains the whole output; *lazy (tool
  * calls under tool_choice auto) what follows sx->trigger. Both NULL when
  * the output is free. 0, or -1 with a 400 naming the field. */
@@ -445,12 +465,7 @@ static int structured_setup(serve_app *a, const gen_request *req, grammar **g, g
     *g = *lazy = NULL;
     *sx = NULL;
     int want_tools = req->kind == GEN_CHAT && req->tools;
-    if (want_tools && !a->tool_family) {
-        a->tool_family = tool_family_probe(a->tmpl, &a->tool_renders) + 1;
-        log_msg("info", "chat template: tool-call syntax %s, %s", tool_syntax_get(a->tool_family - 1)->name,
-                a->tool_renders ? "renders tools" : "no tools variable (fallback system prompt)");
-    }
-    if (want_tools) *sx = tool_syntax_get(a->tool_family - 1);
+    if (want_tools) *sx = tool_syntax_get(routes_tool_family(a));
     if (req->format == GEN_FORMAT_TEXT && !(want_tools && req->tool_choice != GEN_TOOLS_NONE)) return 0;
     if (!a->gcache) a->gcache = grammar_cache_create(64);
     if (!a->gvocab) a->gvocab = grammar_vocab_create(a->tok);
@@ -528,13 +543,10 @@ static void gen_start(serve_app *a, http_req *r, gen_request *req) {
     const tool_syntax *sx = NULL;
     if (ok && structured_setup(a, req, &gr, &lazy, &sx, &e) < 0) ok = 0;
     if (ok && req->kind == GEN_CHAT) {
-        /* Tools go to templates that render them; others get the fallback messages. */
-        json_t *fb = req->tools && !a->tool_renders ? tool_messages_fallback(req->messages, req->tools) : NULL;
         chat_render_opts ro = {.add_generation_prompt = req->add_generation_prompt,
                                .continue_final_message = req->continue_final_message,
                                .kwargs = req->template_kwargs};
-        char *prompt = routes_render_chat_ex(a, fb ? fb : req->messages, fb ? NULL : req->tools, &ro, &e);
-        json_decref(fb);
+        char *prompt = routes_render_chat_tools(a, req->messages, req->tools, &ro, &e);
         if (!prompt) ok = 0;
         else {
             toks[0] = routes_tokenize(a, prompt, strlen(prompt), 1, 1, &lens[0], &e);

@@ -291,7 +291,7 @@ static void route_apply_template(serve_app *a, http_req *r) {
         reply_400(r, "tools", "'tools' must be an array");
         return;
     }
-    char *prompt = routes_render_chat(a, msgs, json_is_array(tools) ? tools : NULL, &e);
+    char *prompt = routes_render_chat_tools(a, msgs, json_is_array(tools) ? tools : NULL, NULL, &e);
     json_decref(msgs);
     json_decref(o);
     if (!prompt) { http_reply_error(r, &e); return; }

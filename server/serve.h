@@ -77,5 +77,12 @@ typedef struct chat_render_opts {
  * content the template prints verbatim; otherwise a 400 in err. */
 char *routes_render_chat_ex(serve_app *a, const json_t *messages, const json_t *tools,
                             const chat_render_opts *ro, api_error *err);
+/* The tool-call syntax family of a's template (tool_calls.h), probed once
+ * (routes_generate.c). */
+int routes_tool_family(serve_app *a);
+/* routes_render_chat_ex with tools: templates that render `tools` get
+ * them, others the fallback messages of tool_messages_fallback. */
+char *routes_render_chat_tools(serve_app *a, const json_t *messages, const json_t *tools,
+                               const chat_render_opts *ro, api_error *err);
 
 #endif

@@ -2,6 +2,7 @@
 #include "vecmath.h"
 
 #include <math.h>
+#include <string.h>
 
 static int vec_has_avx2(void) {
     static int cached = -1;
@@ -58,4 +59,18 @@ void vec_axpy_rows(float *out, const float *rows, size_t stride, size_t n_rows, 
         const float *r = rows + i * stride;
         for (size_t j = 0; j < n; j++) out[j] += w[i] * r[j];
     }
+}
+
+uint64_t vec_read_bytes(const void *p, size_t bytes) {
+    if (vec_has_avx2()) return vec__read_bytes_avx2(p, bytes);
+    const unsigned char *b = p;
+    uint64_t s = 0;
+    size_t i = 0;
+    for (; i + 8 <= bytes; i += 8) {
+        uint64_t v;
+        memcpy(&v, b + i, 8);
+        s ^= v;
+    }
+    for (; i < bytes; i++) s += b[i];
+    return s;
 }

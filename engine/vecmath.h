@@ -5,6 +5,7 @@
 #define QKVD_VECMATH_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 /* x[i] = exp(x[i] - mx) for i < n; returns the sum of the results. */
 float vec_exp_shift_sum(float *x, size_t n, float mx);
@@ -22,6 +23,11 @@ void vec_dot_rows(const float *q, const float *rows, size_t stride, size_t n_row
 void vec_axpy_rows(float *out, const float *rows, size_t stride, size_t n_rows, size_t n,
                    const float *w);
 
+/* Read every byte of p[0..bytes) with the widest loads available and return
+ * a checksum of it (so the reads cannot be optimised away). For the
+ * memory-bandwidth probe of `qkvd bench --membw`; p need not be aligned. */
+uint64_t vec_read_bytes(const void *p, size_t bytes);
+
 /* Internal: the AVX2 kernels (vecmath_avx2.c), called only after a CPU check. */
 float vec__exp_shift_sum_avx2(float *x, size_t n, float mx);
 void vec__silu_mul_avx2(float *g, const float *u, size_t n);
@@ -29,5 +35,6 @@ void vec__dot_rows_avx2(const float *q, const float *rows, size_t stride, size_t
                         float scale, float *out);
 void vec__axpy_rows_avx2(float *out, const float *rows, size_t stride, size_t n_rows, size_t n,
                          const float *w);
+uint64_t vec__read_bytes_avx2(const void *p, size_t bytes);
 
 #endif

@@ -107,3 +107,22 @@ void vec__axpy_rows_avx2(float *out, const float *rows, size_t stride, size_t n_
         _mm256_storeu_ps(out + j, o);
     }
 }
+
+uint64_t vec__read_bytes_avx2(const void *p, size_t bytes) {
+    /* Four independent XOR chains of 32-byte loads, 128 bytes per step:
+     * enough loads in flight to keep the memory system busy. */
+    const unsigned char *b = p;
+    __m256i a0 = _mm256_setzero_si256(), a1 = a0, a2 = a0, a3 = a0;
+    size_t i = 0;
+    for (; i + 128 <= bytes; i += 128) {
+        a0 = _mm256_xor_si256(a0, _mm256_loadu_si256((const __m256i *)(b + i)));
+        a1 = _mm256_xor_si256(a1, _mm256_loadu_si256((const __m256i *)(b + i + 32)));
+        a2 = _mm256_xor_si256(a2, _mm256_loadu_si256((const __m256i *)(b + i + 64)));
+        a3 = _mm256_xor_si256(a3, _mm256_loadu_si256((const __m256i *)(b + i + 96)));
+    }
+    __m256i a = _mm256_xor_si256(_mm256_xor_si256(a0, a1), _mm256_xor_si256(a2, a3));
+    uint64_t s = (uint64_t)_mm256_extract_epi64(a, 0) ^ (uint64_t)_mm256_extract_epi64(a, 1) ^
+                 (uint64_t)_mm256_extract_epi64(a, 2) ^ (uint64_t)_mm256_extract_epi64(a, 3);
+    for (; i < bytes; i++) s += b[i];
+    return s;
+}

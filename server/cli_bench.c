@@ -13,9 +13,11 @@
 #include "cli_bench_schema.h"
 #include "engine.h"
 #include "gguf.h"
+#include "vecmath.h"
 
 #include <errno.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -25,6 +27,7 @@
 static void bench_usage(FILE *to) {
     fprintf(to,
             "usage: qkvd bench -m MODEL.gguf [-p 512] [-n 128] [-r 3] [-t THREADS] [--batch 512] [--json]\n"
+            "       qkvd bench --membw [-t THREADS] [--json]\n"
             "  -p N      prompt tokens for the pp test (0: skip)\n"
             "  -n N      tokens generated one by one for the tg test (0: skip)\n"
             "  -r REPS   repetitions of each test (default 3), after a warm-up\n"
@@ -33,7 +36,10 @@ static void bench_usage(FILE *to) {
             "  --batch N max tokens per forward step (default 512)\n"
             "  --json    one JSON object instead of the table\n"
             "  --schema FILE  instead: -n greedy steps without and with FILE's JSON Schema mask;\n"
-            "            compile time, tok/s both ways, mask time per token\n");
+            "            compile time, tok/s both ways, mask time per token\n"
+            "  --membw   measure the machine's read bandwidth with THREADS threads (no model);\n"
+            "            with -m, a short probe runs anyway so tg bandwidth is given as a\n"
+            "            fraction of it (--no-membw skips it)\n");
 }
 
 static double bench_now(void) {
@@ -58,6 +64,101 @@ static uint64_t bench_weight_bytes_per_token(const char *path) {
     }
     gguf_close(f);
     return sum;
+}
+
+/* ---- read-bandwidth probe ------------------------------------------------
+ * T threads each stream their slice of a buffer far larger than the caches
+ * (the way decode streams weights); a barrier starts every pass together,
+ * the slowest thread ends it. Best of several passes, in GB/s (1e9 bytes). */
+#define BENCH_MEMBW_BYTES ((size_t)512 << 20)
+#define BENCH_MEMBW_PASSES 6
+
+typedef struct bench_membw {
+    unsigned char *buf;
+    size_t slice;
+    int32_t n_threads;
+    pthread_barrier_t bar;
+    double t_start[BENCH_MEMBW_PASSES], t_end[BENCH_MEMBW_PASSES];
+    pthread_mutex_t mu;
+    pthread_cond_t gate;
+    int open, abort; /* under mu: every thread started / one could not start */
+    uint64_t sink;
+} bench_membw;
+
+typedef struct bench_membw_arg {
+    bench_membw *b;
+    int32_t index;
+} bench_membw_arg;
+
+static void *bench_membw_thread(void *p) {
+    bench_membw_arg *a = p;
+    bench_membw *b = a->b;
+    const unsigned char *mine = b->buf + (size_t)a->index * b->slice;
+    uint64_t sink = 0;
+    /* Nobody enters the barrier before every thread exists: a failed start
+     * must not leave the others waiting in it forever. */
+    pthread_mutex_lock(&b->mu);
+    while (!b->open && !b->abort) pthread_cond_wait(&b->gate, &b->mu);
+    int quit = b->abort;
+    pthread_mutex_unlock(&b->mu);
+    if (quit) return NULL;
+    for (int pass = 0; pass < BENCH_MEMBW_PASSES; pass++) {
+        pthread_barrier_wait(&b->bar);
+        if (a->index == 0) b->t_start[pass] = bench_now();
+        sink ^= vec_read_bytes(mine, b->slice);
+        pthread_barrier_wait(&b->bar);
+        if (a->index == 0) b->t_end[pass] = bench_now();
+    }
+    pthread_mutex_lock(&b->mu);
+    b->sink ^= sink;
+    pthread_mutex_unlock(&b->mu);
+    return NULL;
+}
+
+/* GB/s, or < 0 if memory or threads are not available. */
+static double bench_membw_probe(int32_t n_threads) {
+    if (n_threads < 1) n_threads = 1;
+    if (n_threads > 64) n_threads = 64;
+    bench_membw b;
+    memset(&b, 0, sizeof b);
+    b.n_threads = n_threads;
+    b.slice = (BENCH_MEMBW_BYTES / (size_t)n_threads) & ~(size_t)127;
+    b.buf = aligned_alloc(4096, b.slice * (size_t)n_threads);
+    if (!b.buf) return -1;
+    /* Touch every page (non-zero, so no shared zero page is read). */
+    memset(b.buf, 0x5a, b.slice * (size_t)n_threads);
+    pthread_barrier_init(&b.bar, NULL, (unsigned)n_threads);
+    pthread_mutex_init(&b.mu, NULL);
+    pthread_cond_init(&b.gate, NULL);
+    pthread_t th[64];
+    bench_membw_arg args[64];
+    int32_t started = 0;
+    for (int32_t i = 1; i < n_threads; i++) {
+        args[i] = (bench_membw_arg){&b, i};
+        if (pthread_create(&th[i], NULL, bench_membw_thread, &args[i]) != 0) break;
+        started++;
+    }
+    double best = -1;
+    pthread_mutex_lock(&b.mu);
+    if (started == n_threads - 1) b.open = 1; else b.abort = 1;
+    pthread_cond_broadcast(&b.gate);
+    pthread_mutex_unlock(&b.mu);
+    if (b.open) {
+        args[0] = (bench_membw_arg){&b, 0};
+        bench_membw_thread(&args[0]);
+        /* Pass 0 warms the TLB and the page tables: not counted. */
+        for (int pass = 1; pass < BENCH_MEMBW_PASSES; pass++) {
+            double dt = b.t_end[pass] - b.t_start[pass];
+            double gbs = dt > 0 ? (double)b.slice * n_threads / dt / 1e9 : -1;
+            if (gbs > best) best = gbs;
+        }
+    }
+    for (int32_t i = 1; i <= started; i++) pthread_join(th[i], NULL);
+    pthread_cond_destroy(&b.gate);
+    pthread_mutex_destroy(&b.mu);
+    pthread_barrier_destroy(&b.bar);
+    free(b.buf);
+    return best;
 }
 
 static int32_t bench_argmax(const float *x, int32_t n) {
@@ -119,11 +220,13 @@ static void bench_stats(const double *tps, int n, double *mean, double *sd) {
 int cli_bench(int argc, char **argv) {
     const char *model = NULL, *schema = NULL;
     long pp = 512, tg = 128, reps = 3, threads = 0, batch = 512, seqs = 1;
-    int json = 0;
+    int json = 0, membw_only = 0, membw_skip = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) { bench_usage(stdout); return 0; }
         if (!strcmp(a, "--json")) { json = 1; continue; }
+        if (!strcmp(a, "--membw")) { membw_only = 1; continue; }
+        if (!strcmp(a, "--no-membw")) { membw_skip = 1; continue; }
         if (i + 1 >= argc) {
             fprintf(stderr, "qkvd bench: unknown or incomplete option '%s'\n", a);
             bench_usage(stderr);
@@ -148,6 +251,23 @@ int cli_bench(int argc, char **argv) {
             fprintf(stderr, "qkvd bench: %s expects an integer, got '%s'\n", a, val);
             return 2;
         }
+    }
+    if (membw_only && !model) {
+        int32_t nt = (int32_t)threads;
+        if (nt <= 0) {
+            long c = sysconf(_SC_NPROCESSORS_ONLN);
+            nt = c > 0 ? (int32_t)c : 1;
+        }
+        if (nt > 64) nt = 64;
+        double gbs = bench_membw_probe(nt);
+        if (gbs < 0) {
+            fprintf(stderr, "qkvd bench: --membw could not allocate its buffer or start threads\n");
+            return 1;
+        }
+        if (json) printf("{\"threads\": %d, \"membw_gb_s\": %.2f, \"bytes\": %zu}\n", nt, gbs, BENCH_MEMBW_BYTES);
+        else printf("read bandwidth: %.2f GB/s (%d threads, %zu MiB buffer, best of %d passes)\n", gbs, nt,
+                    BENCH_MEMBW_BYTES >> 20, BENCH_MEMBW_PASSES - 1);
+        return 0;
     }
     if (!model) {
         fprintf(stderr, "qkvd bench: -m MODEL is required\n");
@@ -222,6 +342,10 @@ int cli_bench(int argc, char **argv) {
     bench_stats(tg_tps, (int)reps, &tg_m, &tg_s);
     uint64_t wbt = bench_weight_bytes_per_token(model);
     double gbs = tg_m / (double)seqs * (double)wbt / 1e9; /* one weight pass per step */
+    /* The probe runs after the tests, so it does not warm or evict anything
+     * they use. */
+    double membw = tg > 0 && !membw_skip ? bench_membw_probe(n_threads > 64 ? 64 : n_threads) : -1;
+    double frac = membw > 0 ? gbs / membw : 0;
     const char *base = strrchr(model, '/');
     base = base ? base + 1 : model;
     if (json) {
@@ -234,9 +358,11 @@ int cli_bench(int argc, char **argv) {
         printf("\", \"threads\": %d, \"pp\": {\"n\": %ld, \"tok_s\": %.2f, \"std\": %.2f}, "
                "\"tg\": {\"n\": %ld, \"tok_s\": %.2f, \"std\": %.2f}, \"weight_type\": \"%s\", "
                "\"weight_bytes_per_token\": %llu, \"tg_gb_s\": %.2f, \"reps\": %ld, \"batch\": %ld, "
-               "\"tg_seqs\": %ld, \"kernels\": \"%s\"}\n",
+               "\"tg_seqs\": %ld, \"kernels\": \"%s\", \"membw_gb_s\": %.2f, \"tg_bw_frac\": %.3f, "
+               "\"tg_ms_per_step\": %.3f}\n",
                n_threads, pp, pp_m, pp_s, tg, tg_m, tg_s, info->weight_type,
-               (unsigned long long)wbt, gbs, reps, batch, seqs, quant_kernel_name());
+               (unsigned long long)wbt, gbs, reps, batch, seqs, quant_kernel_name(),
+               membw > 0 ? membw : 0, frac, tg_m > 0 ? 1000.0 * (double)seqs / tg_m : 0);
     } else {
         printf("model: %s (%s, %s, %.1f M params), %d threads, kernels %s\n", base, info->arch,
                info->weight_type, info->n_params / 1e6, n_threads, quant_kernel_name());
@@ -247,6 +373,9 @@ int cli_bench(int argc, char **argv) {
         if (tg > 0)
             printf("tg reads %.1f MB of weights per step (%ld sequence%s): %.2f GB/s\n", wbt / 1e6,
                    seqs, seqs > 1 ? "s" : "", gbs);
+        if (membw > 0)
+            printf("read bandwidth probe (%d threads): %.2f GB/s; tg reaches %.0f%% of it\n", n_threads,
+                   membw, 100 * frac);
     }
 out:
     free(toks);

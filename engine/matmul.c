@@ -98,9 +98,8 @@ static void mm_gemv_task(void *ctx, int32_t task, int32_t thread) {
     if (sub < 4) sub = 4;
     for (int64_t s0 = r0; s0 < r1; s0 += sub) {
         int64_t s1 = s0 + sub < r1 ? s0 + sub : r1;
-        for (int32_t t = 0; t < m->n_tok; t++)
-            quant_gemv_rows(W->type, W->data, m->act_of[j] + (size_t)t * m->act_stride,
-                            m->y[j] + (size_t)t * (size_t)W->n_rows, W->n_cols, s0, s1);
+        quant_gemm_rows(W->type, W->data, m->act_of[j], m->act_stride, m->y[j], (size_t)W->n_rows,
+                        W->n_cols, s0, s1, m->n_tok);
     }
 }
 

@@ -1139,3 +1139,20 @@ void quant_gemv_rows(enum qk_type t, const void *W, const void *act, float *y,
     for (int64_t r = r0; r < r1; r++, base += rb)
         y[r] = f ? f(base, act, n) : 0.0f;
 }
+
+void quant_gemm_rows(enum qk_type t, const void *W, const void *act, size_t act_stride, float *y,
+                     size_t y_stride, int64_t n, int64_t r0, int64_t r1, int32_t ntok)
+{
+    size_t rb = quant_row_size(t, n);
+    if ((uint32_t)t >= QK_TYPE_MAX || rb == 0 || r1 <= r0 || r0 < 0 || ntok <= 0)
+        return;
+    const quant__kernels *k = kernels_get();
+    if (k->gemm[t] && ntok > 1) {
+        k->gemm[t]((const uint8_t *)W + (size_t)r0 * rb, rb, act, act_stride, y + r0, y_stride, n,
+                   r1 - r0, ntok);
+        return;
+    }
+    for (int32_t i = 0; i < ntok; i++)
+        quant_gemv_rows(t, W, (const uint8_t *)act + (size_t)i * act_stride, y + (size_t)i * y_stride,
+                        n, r0, r1);
+}

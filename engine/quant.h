@@ -75,4 +75,13 @@ void quant_prepare_act(enum qk_type t, const float *x, void *dst, int64_t n);
 void quant_gemv_rows(enum qk_type t, const void *W, const void *act, float *y,
                      int64_t n, int64_t r0, int64_t r1);
 
+/* The same for ntok tokens at once (batched decode): for t < ntok and r in
+ * [r0, r1), y[t * y_stride + r] = dot(W[r,:], act + t * act_stride). With a
+ * SIMD kernel for the type, each weight block is decoded once and dotted
+ * with a group of tokens while it is in registers; otherwise this is
+ * quant_gemv_rows per token. Results equal the per-token ones up to float
+ * summation order. */
+void quant_gemm_rows(enum qk_type t, const void *W, const void *act, size_t act_stride, float *y,
+                     size_t y_stride, int64_t n, int64_t r0, int64_t r1, int32_t ntok);
+
 #endif

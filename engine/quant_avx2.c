@@ -694,6 +694,136 @@ static void gemv_q8_0(const void *W, size_t rb, const void *act, float *y, int64
 }
 
 
+
+/* ---- batched decode: several tokens per weight pass --------------------- */
+
+/* A tile of R rows x 4 tokens (R <= 4) of a 32-element block type against
+ * Q8_0 activations. Each weight block is loaded (and for Q4_0 unpacked)
+ * once and dotted with the four tokens' blocks; the four 8-lane integer
+ * sums fold into one vector with two hadds (lanes t0..t3 of the low and of
+ * the high 16 elements), so a single convert and FMA per row and block
+ * serve all four tokens. dq[i] holds the four tokens' scales of block i
+ * twice over; for Q4_0, cq[i] holds 8 * sum(qy) per token (the zero-point
+ * term) in the low four lanes. */
+#define GEMM_MAX_NB 1024
+
+/* One row of a tile: its block i against the four tokens' blocks a0..a3. */
+static inline __attribute__((always_inline)) __m256
+gemm_row_32(const uint8_t *b, __m256i a0, __m256i a1, __m256i a2, __m256i a3, __m256 dq, const __m256i *cq,
+            __m256 acc, const int is_q4)
+{
+    const __m256i ones = _mm256_set1_epi16(1);
+    __m256i p0, p1, p2, p3;
+    if (is_q4) {
+        __m256i w = nibbles_32(b + offsetof(block_q4_0, qs)); /* 0..15: unsigned as is */
+        p0 = _mm256_madd_epi16(_mm256_maddubs_epi16(w, a0), ones);
+        p1 = _mm256_madd_epi16(_mm256_maddubs_epi16(w, a1), ones);
+        p2 = _mm256_madd_epi16(_mm256_maddubs_epi16(w, a2), ones);
+        p3 = _mm256_madd_epi16(_mm256_maddubs_epi16(w, a3), ones);
+    } else {
+        __m256i w = _mm256_loadu_si256((const __m256i *)(b + offsetof(block_q8_0, qs)));
+        __m256i wa = _mm256_sign_epi8(w, w);
+        p0 = _mm256_madd_epi16(_mm256_maddubs_epi16(wa, _mm256_sign_epi8(a0, w)), ones);
+        p1 = _mm256_madd_epi16(_mm256_maddubs_epi16(wa, _mm256_sign_epi8(a1, w)), ones);
+        p2 = _mm256_madd_epi16(_mm256_maddubs_epi16(wa, _mm256_sign_epi8(a2, w)), ones);
+        p3 = _mm256_madd_epi16(_mm256_maddubs_epi16(wa, _mm256_sign_epi8(a3, w)), ones);
+    }
+    __m256i h = _mm256_hadd_epi32(_mm256_hadd_epi32(p0, p1), _mm256_hadd_epi32(p2, p3));
+    if (is_q4)
+        h = _mm256_sub_epi32(h, _mm256_load_si256(cq));
+    __m256 d = _mm256_mul_ps(_mm256_set1_ps(fp16_to_f32(ld16(b))), dq);
+    return _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(h), acc);
+}
+
+static inline void gemm_store4(__m256 acc, float *y, size_t ys)
+{
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
+    float o[4];
+    _mm_storeu_ps(o, s);
+    for (int j = 0; j < 4; j++) y[(size_t)j * ys] = o[j];
+}
+
+static inline __attribute__((always_inline)) void
+gemm_tile_32(const uint8_t *W, size_t rb, const uint8_t *const *ya, const __m256 *dq, const __m256i *cq,
+             float *y, size_t ys, int64_t nb, const int R, const int is_q4)
+{
+    const size_t bs = is_q4 ? sizeof(block_q4_0) : sizeof(block_q8_0);
+    __m256 c0 = _mm256_setzero_ps(), c1 = c0, c2 = c0, c3 = c0;
+    const uint8_t *y0 = ya[0] + offsetof(block_q8_0, qs), *y1 = ya[1] + offsetof(block_q8_0, qs);
+    const uint8_t *y2 = ya[2] + offsetof(block_q8_0, qs), *y3 = ya[3] + offsetof(block_q8_0, qs);
+    for (int64_t i = 0; i < nb; i++) {
+        const size_t yo = (size_t)i * sizeof(block_q8_0);
+        __m256i a0 = _mm256_loadu_si256((const __m256i *)(y0 + yo));
+        __m256i a1 = _mm256_loadu_si256((const __m256i *)(y1 + yo));
+        __m256i a2 = _mm256_loadu_si256((const __m256i *)(y2 + yo));
+        __m256i a3 = _mm256_loadu_si256((const __m256i *)(y3 + yo));
+        const __m256 d = dq[i];
+        const uint8_t *b = W + (size_t)i * bs;
+        c0 = gemm_row_32(b, a0, a1, a2, a3, d, cq + i, c0, is_q4);
+        if (R > 1) c1 = gemm_row_32(b + rb, a0, a1, a2, a3, d, cq + i, c1, is_q4);
+        if (R > 2) c2 = gemm_row_32(b + 2 * rb, a0, a1, a2, a3, d, cq + i, c2, is_q4);
+        if (R > 3) c3 = gemm_row_32(b + 3 * rb, a0, a1, a2, a3, d, cq + i, c3, is_q4);
+    }
+    gemm_store4(c0, y, ys);
+    if (R > 1) gemm_store4(c1, y + 1, ys);
+    if (R > 2) gemm_store4(c2, y + 2, ys);
+    if (R > 3) gemm_store4(c3, y + 3, ys);
+}
+
+static inline __attribute__((always_inline)) void
+gemm_32(const void *W, size_t rb, const void *act, size_t as, float *y, size_t ys, int64_t n,
+        int64_t nrows, int32_t ntok, const int is_q4, quant__gemv_fn gemv1)
+{
+    const int64_t nb = n / 32;
+    int32_t t = 0;
+    if (nb <= GEMM_MAX_NB) {
+        __m256 dq[GEMM_MAX_NB];
+        __m256i cq[GEMM_MAX_NB];
+        for (; t + 4 <= ntok; t += 4) {
+            const uint8_t *ya[4];
+            for (int j = 0; j < 4; j++) ya[j] = (const uint8_t *)act + (size_t)(t + j) * as;
+            for (int64_t i = 0; i < nb; i++) {
+                float d4[4];
+                int c4[4];
+                for (int j = 0; j < 4; j++) {
+                    const block_q8_0 *b = (const block_q8_0 *)ya[j] + i;
+                    d4[j] = fp16_to_f32(b->d);
+                    if (is_q4) {
+                        __m256i q = _mm256_loadu_si256((const __m256i *)b->qs);
+                        c4[j] = 8 * hsum_epi32(_mm256_madd_epi16(
+                                        _mm256_maddubs_epi16(_mm256_set1_epi8(1), q), _mm256_set1_epi16(1)));
+                    }
+                }
+                __m128 d = _mm_loadu_ps(d4);
+                dq[i] = _mm256_setr_m128(d, d);
+                if (is_q4)
+                    cq[i] = _mm256_setr_epi32(c4[0], c4[1], c4[2], c4[3], 0, 0, 0, 0);
+            }
+            const uint8_t *w = W;
+            float *yt = y + (size_t)t * ys;
+            int64_t r = 0;
+            for (; r + 4 <= nrows; r += 4)
+                gemm_tile_32(w + (size_t)r * rb, rb, ya, dq, cq, yt + r, ys, nb, 4, is_q4);
+            for (; r < nrows; r++)
+                gemm_tile_32(w + (size_t)r * rb, rb, ya, dq, cq, yt + r, ys, nb, 1, is_q4);
+        }
+    }
+    for (; t < ntok; t++)
+        gemv1(W, rb, (const uint8_t *)act + (size_t)t * as, y + (size_t)t * ys, n, nrows);
+}
+
+static void gemm_q8_0(const void *W, size_t rb, const void *act, size_t as, float *y, size_t ys,
+                      int64_t n, int64_t nrows, int32_t ntok)
+{
+    gemm_32(W, rb, act, as, y, ys, n, nrows, ntok, 0, gemv_q8_0);
+}
+
+static void gemm_q4_0(const void *W, size_t rb, const void *act, size_t as, float *y, size_t ys,
+                      int64_t n, int64_t nrows, int32_t ntok)
+{
+    gemm_32(W, rb, act, as, y, ys, n, nrows, ntok, 1, gemv_q4_0);
+}
+
 /* ---- dequantisation (prompt processing feeds whole tiles to sgemm) ------ */
 
 /* y[0..31] = q * d for 32 signed bytes q */
@@ -980,6 +1110,8 @@ void quant__avx2_fill(quant__kernels *k)
     k->gemv[QK_Q5_0] = gemv_q5_0;
     k->gemv[QK_Q5_1] = gemv_q5_1;
     k->gemv[QK_Q8_0] = gemv_q8_0;
+    k->gemm[QK_Q8_0] = gemm_q8_0;
+    k->gemm[QK_Q4_0] = gemm_q4_0;
     k->act[QK_Q8_1] = act_q8_1;
     k->act[QK_Q8_K] = act_q8_K;
 }

@@ -41,6 +41,10 @@ typedef float (*quant__dot_fn)(const void *w, const void *act, int64_t n);
 /* nrows consecutive rows starting at W, each row_bytes long. */
 typedef void (*quant__gemv_fn)(const void *W, size_t row_bytes, const void *act,
                                float *y, int64_t n, int64_t nrows);
+/* Several tokens at once: y[t * y_stride + r] = dot(row r, act + t * act_stride)
+ * for r < nrows, t < ntok. Weights are read once per group of tokens. */
+typedef void (*quant__gemm_fn)(const void *W, size_t row_bytes, const void *act, size_t act_stride,
+                               float *y, size_t y_stride, int64_t n, int64_t nrows, int32_t ntok);
 /* Quantise n floats into an activation type (Q8_0, Q8_1, Q8_K). */
 typedef void (*quant__act_fn)(const float *x, void *dst, int64_t n);
 /* Dequantise n elements (a multiple of the block size) of one type. */
@@ -50,6 +54,7 @@ typedef struct quant__kernels {
     const char *name;
     quant__dot_fn dot[QK_TYPE_MAX];   /* by weight type */
     quant__gemv_fn gemv[QK_TYPE_MAX]; /* by weight type; NULL: loop over dot */
+    quant__gemm_fn gemm[QK_TYPE_MAX]; /* by weight type; NULL: gemv per token */
     quant__act_fn act[QK_TYPE_MAX];   /* by activation type */
     quant__dequant_fn dequant[QK_TYPE_MAX]; /* optional; NULL: the scalar code */
 } quant__kernels;

@@ -475,6 +475,62 @@ static void test_gemv(void **state)
     free(w); free(x); free(W); free(aq);
 }
 
+/* Batched decode: quant_gemm_rows over a row range and several tokens equals
+ * the scalar per-token dot (SIMD tiles of 4 tokens and 4 rows, leftover
+ * tokens and rows, odd block counts), and leaves other rows alone. */
+static void test_gemm(void **state)
+{
+    (void)state;
+    const int64_t nmax = 768, rows = 37;
+    const int32_t tmax = 9;
+    float *w = malloc(sizeof(float) * nmax * rows), *x = malloc(sizeof(float) * nmax * tmax);
+    uint8_t *W = malloc((size_t)nmax * rows * 4);
+    const size_t as = (size_t)nmax * 4 + 64;
+    uint8_t *aq = malloc(as * tmax);
+    float *y = malloc(sizeof(float) * rows * tmax), *yref = malloc(sizeof(float) * rows * tmax);
+    rng_seed(5);
+    fill_normal(w, nmax * rows, 0.1f);
+    fill_normal(x, nmax * tmax, 1.0f);
+    static const int64_t ns[] = { 512, 544, 768 };
+    static const int32_t toks[] = { 1, 2, 4, 5, 8, 9 };
+    for (size_t ni = 0; ni < 3; ni++) {
+        const int64_t n = ns[ni];
+        for (size_t k = 0; k < N_SUPPORTED; k++) {
+            enum qk_type t = supported_types[k];
+            size_t rb = quant_row_size(t, n);
+            if (rb == 0)
+                continue;
+            for (int64_t r = 0; r < rows; r++) quant_quantize_row(t, w + r * n, W + r * rb, n);
+            for (int32_t j = 0; j < tmax; j++) quant_prepare_act(t, x + j * n, aq + j * as, n);
+            quant_force_scalar(1);
+            for (int32_t j = 0; j < tmax; j++)
+                for (int64_t r = 0; r < rows; r++)
+                    yref[j * rows + r] = quant_vec_dot(t, W + r * rb, aq + j * as, n);
+            quant_force_scalar(0);
+            for (size_t ti = 0; ti < sizeof(toks) / sizeof(toks[0]); ti++) {
+                int32_t T = toks[ti];
+                static const int64_t ranges[][2] = { { 0, 37 }, { 3, 4 }, { 5, 11 }, { 1, 36 } };
+                for (size_t ri = 0; ri < sizeof(ranges) / sizeof(ranges[0]); ri++) {
+                    for (int64_t i = 0; i < rows * tmax; i++) y[i] = -12345.0f;
+                    quant_gemm_rows(t, W, aq, as, y, (size_t)rows, n, ranges[ri][0], ranges[ri][1], T);
+                    for (int32_t j = 0; j < tmax; j++)
+                        for (int64_t r = 0; r < rows; r++) {
+                            float v = y[j * rows + r], ref = yref[j * rows + r];
+                            if (j >= T || r < ranges[ri][0] || r >= ranges[ri][1]) {
+                                assert_true(v == -12345.0f);
+                                continue;
+                            }
+                            if (fabsf(v - ref) > 1e-4f * (1.0f + fabsf(ref)))
+                                fail_msg("%s gemm n=%d T=%d token %d row %d: %g vs scalar %g",
+                                         quant_type_name(t), (int)n, T, j, (int)r, (double)v, (double)ref);
+                        }
+                }
+            }
+        }
+    }
+    free(w); free(x); free(W); free(aq); free(y); free(yref);
+}
+
 /* ---- llama.cpp-made files ---------------------------------------------- */
 
 /* Just enough GGUF to find tensors (the real reader lives in gguf.c; this
@@ -643,6 +699,7 @@ int main(void)
         cmocka_unit_test(test_simd_vs_scalar),
         cmocka_unit_test(test_dequant_simd),
         cmocka_unit_test(test_gemv),
+        cmocka_unit_test(test_gemm),
         cmocka_unit_test(test_shared_models),
     };
     quant_init();

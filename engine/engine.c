@@ -314,7 +314,8 @@ static int engine_seq_kv_for_kind(engine *e, int32_t seq, const attn_params *p, 
         pc.kind = (enum kv_policy)e->params.kv_policy;
         pc.window = e->params.kv_window;
         pc.sinks = e->params.kv_sinks;
-    } else if (p->kind == ATTN_WINDOW) {
+    } else if (p->kind == ATTN_WINDOW && (int64_t)p->window + p->sinks < e->params.n_ctx) {
+        /* (A window covering the whole context needs no dropping.) */
         pc.kind = KV_POLICY_WINDOW;
         pc.window = p->window;
         pc.sinks = p->sinks;

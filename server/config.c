@@ -59,6 +59,16 @@ static const opt_def options[] = {
     {"model-aliases", 0, OPT_STR, OFF(model_aliases), "", 0, 0, "--models-dir: ids for models, 'alias=file-stem,alias2=file.gguf'"},
     {"no-webui", 0, OPT_FLAG, OFF(no_webui), "0", 0, 1, "do not serve the built-in chat page at GET /"},
     {"no-metrics", 0, OPT_FLAG, OFF(no_metrics), "0", 0, 1, "do not serve Prometheus metrics at GET /metrics (nor count them)"},
+    {"attention", 0, OPT_STR, OFF(attention), "softmax", 0, 0, "default attention kind: softmax, window, rerope, leaky-rerope, logn, hwfa, linear"},
+    {"attention-window", 0, OPT_INT, OFF(attention_window), "256", 1, 1 << 24, "window W (window, hwfa) or w (rerope, leaky-rerope)"},
+    {"attention-sinks", 0, OPT_INT, OFF(attention_sinks), "4", 0, 1 << 24, "first tokens always attended by window / hwfa"},
+    {"attention-leak", 0, OPT_DBL, OFF(attention_leak), "16", 1.0001, 1e6, "leaky-rerope: relative positions past w grow by 1/leak"},
+    {"attention-logn", 0, OPT_FLAG, OFF(attention_logn), "0", 0, 1, "scale queries by log-length past the trained context (any kind)"},
+    {"rope-scaling", 0, OPT_STR, OFF(rope_scaling), "", 0, 0, "RoPE scaling: none, linear, ntk, dynamic-ntk, yarn (empty: the model's)"},
+    {"rope-factor", 0, OPT_DBL, OFF(rope_factor), "1", 1, 1e4, "RoPE scaling factor s"},
+    {"rope-orig-ctx", 0, OPT_INT, OFF(rope_orig_ctx), "0", 0, 1 << 24, "trained context for dynamic-ntk / yarn / logn (0: the model's)"},
+    {"nbce-beta", 0, OPT_DBL, OFF(nbce_beta), "0.25", 0, 100, "NBCE: (beta+1)*pool(log p(T|S_k)) - beta*log p(T)"},
+    {"nbce-pool", 0, OPT_STR, OFF(nbce_pool), "min-entropy", 0, 0, "NBCE pooling of the contexts: min-entropy or mean"},
 };
 #define N_OPTIONS (sizeof options / sizeof options[0])
 
@@ -104,6 +114,21 @@ static int opt_set(serve_config *cfg, const opt_def *o, const char *val, const c
         if (!copy) abort();
         free(*slot);
         *slot = copy;
+        enum attn_kind ak;
+        enum rope_scaling rs;
+        if (!strcmp(o->name, "attention") && attn_kind_parse(val, &ak)) {
+            snprintf(err, errlen, "%s: --attention must be softmax, window, rerope, leaky-rerope, logn, hwfa or linear, got '%s'",
+                     source, val);
+            return -1;
+        }
+        if (!strcmp(o->name, "rope-scaling") && val[0] && rope_scaling_parse(val, &rs)) {
+            snprintf(err, errlen, "%s: --rope-scaling must be none, linear, ntk, dynamic-ntk or yarn, got '%s'", source, val);
+            return -1;
+        }
+        if (!strcmp(o->name, "nbce-pool") && strcmp(val, "min-entropy") && strcmp(val, "mean")) {
+            snprintf(err, errlen, "%s: --nbce-pool must be 'min-entropy' or 'mean', got '%s'", source, val);
+            return -1;
+        }
         if (!strcmp(o->name, "log-format") && strcmp(val, "text") && strcmp(val, "json")) {
             snprintf(err, errlen, "%s: --log-format must be 'text' or 'json', got '%s'", source, val);
             return -1;
@@ -259,6 +284,28 @@ int serve_config_parse(serve_config *cfg, int argc, char **argv,
     if (cfg->config && cfg->config[0])
         if (config_load_file(cfg, cfg->config, from_flag, from_env, err, errlen)) return -1;
     return 0;
+}
+
+int serve_config_attention(const serve_config *cfg, attn_params *out) {
+    attn_params_default(out);
+    if (cfg->attention && attn_kind_parse(cfg->attention, &out->kind)) return -1;
+    out->window = cfg->attention_window;
+    out->sinks = cfg->attention_sinks;
+    out->leak = (float)cfg->attention_leak;
+    out->logn = cfg->attention_logn || out->kind == ATTN_LOGN;
+    if (cfg->rope_scaling && cfg->rope_scaling[0]) {
+        if (rope_scaling_parse(cfg->rope_scaling, &out->rope.type)) return -1;
+        out->rope_set = 1;
+        out->rope.factor = (float)cfg->rope_factor;
+        out->rope.orig_ctx = cfg->rope_orig_ctx;
+    } else if (cfg->rope_orig_ctx > 0) {
+        /* Only the trained length (for logn): keep RoPE plain. */
+        out->rope_set = 1;
+        out->rope.orig_ctx = cfg->rope_orig_ctx;
+    }
+    const char *param;
+    char err[128];
+    return attn_params_validate(out, &param, err, sizeof err) ? -1 : 0;
 }
 
 void serve_config_free(serve_config *cfg) {

@@ -44,6 +44,17 @@ typedef struct serve_config {
     char *kv_policy;         /* "full" or "window" */
     int kv_window, kv_sinks; /* window policy */
     int no_prefix_cache;     /* 1: no prefix reuse */
+    /* Default attention of every request (docs/attention.md); a request's
+     * "attention" object overrides it field by field. */
+    char *attention;         /* kind: softmax, window, rerope, leaky-rerope, logn, hwfa, linear */
+    int attention_window, attention_sinks;
+    double attention_leak;
+    int attention_logn;
+    char *rope_scaling;      /* "" = the model's own (rope.scaling.* metadata) */
+    double rope_factor;
+    int rope_orig_ctx;
+    double nbce_beta;        /* NBCE defaults (context_mode "nbce") */
+    char *nbce_pool;
 } serve_config;
 
 /* Parse defaults, config file, environment (envp-style getter: NULL uses
@@ -54,6 +65,11 @@ int serve_config_parse(serve_config *cfg, int argc, char **argv,
                        const char *(*get_env)(const char *name),
                        char *err, size_t errlen, FILE *out);
 void serve_config_free(serve_config *cfg); /* accepts a zeroed or half-built cfg */
+/* The attention defaults of cfg as engine parameters (names were checked
+ * when parsed, so this cannot fail on a parsed config; -1 otherwise). */
+#include "attn_kind.h"
+int serve_config_attention(const serve_config *cfg, attn_params *out);
+
 /* Print the option table (flag, env, default, help). */
 void serve_config_print_help(FILE *out);
 struct engine_params;

@@ -703,6 +703,7 @@ int request_parse_generation(enum gen_kind kind, const char *body, size_t len, i
     if (get_string(o, "user", &r->user, err) < 0) goto fail;
     if (structured_parse(o, kind, r, err)) goto fail;
     if (extensions_parse(o, kind, r, err)) goto fail;
+    if (request_attention_parse(o, r, err)) goto fail;
     /* Accepted, typed, and without effect here (see docs/api.md). */
     json_t *meta = json_object_get(o, "metadata");
     if (meta && !json_is_null(meta) && !json_is_object(meta)) { BAD(err, "metadata", "'metadata' must be an object"); goto fail; }
@@ -734,6 +735,7 @@ void gen_request_free(gen_request *r) {
     free(r->grammar);
     json_decref(r->tools);
     json_decref(r->template_kwargs);
+    request_attention_free(r);
     memset(r, 0, sizeof *r);
 }
 

@@ -10,6 +10,7 @@
 #include <stdint.h>
 #include "errors.h"
 #include "sampler.h"
+#include "attn_kind.h"
 
 #define GEN_MAX_STOP 4
 #define GEN_MAX_N 128
@@ -65,7 +66,38 @@ typedef struct gen_request {
     int add_generation_prompt;  /* chat: default 1 */
     int continue_final_message; /* chat: continue the last (assistant) message instead of closing it */
     json_t *template_kwargs;    /* chat_template_kwargs: extra template variables (own ref) or NULL */
+    /* qkvd extensions (docs/attention.md): "attention": {...} overrides the
+     * server's attention kind field by field (attn_given: GEN_ATTN_* bits of
+     * the fields given; attn holds them); "context_mode": "nbce" with
+     * "contexts" (or the prompt split automatically). */
+    uint32_t attn_given;
+    attn_params attn;
+    int nbce;
+    char **contexts; size_t *context_len; int32_t n_contexts; /* owned */
+    float nbce_beta; int nbce_beta_given;
+    int32_t nbce_pool; int nbce_pool_given; /* enum nbce_pool */
 } gen_request;
+
+#define GEN_ATTN_KIND 1u
+#define GEN_ATTN_WINDOW 2u
+#define GEN_ATTN_SINKS 4u
+#define GEN_ATTN_LEAK 8u
+#define GEN_ATTN_LOGN 16u
+#define GEN_ATTN_ROPE 32u       /* rope_scaling type given */
+#define GEN_ATTN_ROPE_FACTOR 64u
+#define GEN_ATTN_ROPE_ORIG 128u
+#define GEN_MAX_CONTEXTS 32
+
+/* The qkvd extension fields of a generation body (called by
+ * request_parse_generation): "attention", "context_mode", "contexts",
+ * "nbce_beta", "nbce_pool". 0 or -1 with err naming the bad field
+ * ("attention.window", ...). Allocations are freed by gen_request_free. */
+int request_attention_parse(const json_t *o, gen_request *r, api_error *err);
+/* The request's attention: the server default `def` with the given fields
+ * replaced; then validated (0, or -1 with a 400 naming the parameter). */
+int request_attention_resolve(const gen_request *r, const attn_params *def, attn_params *out, api_error *err);
+/* Frees what request_attention_parse allocated (called by gen_request_free). */
+void request_attention_free(gen_request *r);
 
 /* Parse a chat (kind GEN_CHAT) or completions body. n_vocab > 0 checks token
  * ids (prompt tokens, logit_bias keys) against it. 0 or -1 with err filled.

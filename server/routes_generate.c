@@ -10,6 +10,7 @@
 #include "log.h"
 #include "request.h"
 #include "serve.h"
+#include "nbce.h"
 #include "tool_calls.h"
 
 struct gen_ctx;
@@ -574,9 +575,49 @@ static void gen_start(serve_app *a, http_req *r, gen_request *req) {
             }
         }
     }
+    /* qkvd extensions: the attention kind (server default overridden by
+     * the request's "attention") and NBCE's extra sequences. */
+    attn_params attn, attn_def;
+    serve_config_attention(&a->cfg, &attn_def);
+    if (ok && request_attention_resolve(req, &attn_def, &attn, &e)) ok = 0;
+    if (ok && strcmp(a->info->kv_type, "f32") &&
+        !(attn.kind == ATTN_SOFTMAX && !attn.logn && !attn.rope_set)) {
+        api_error_set(&e, 400, NULL, "attention", "invalid_value",
+                      "attention kind %s needs an f32 KV cache; this server runs --kv-type %s",
+                      attn_kind_name(attn.kind), a->info->kv_type);
+        ok = 0;
+    }
+    int32_t sched_n = n_prompts; /* sequences' prompts (NBCE: contexts + question) */
+    if (ok && req->nbce) {
+        int32_t mt = req->max_tokens >= 0 ? req->max_tokens : req->kind == GEN_CHAT ? a->cfg.max_tokens : 16;
+        if (mt > a->cfg.max_tokens) mt = a->cfg.max_tokens;
+        if (mt > a->info->n_ctx / 2) mt = a->info->n_ctx / 2;
+        chat_render_opts ro = {.add_generation_prompt = req->add_generation_prompt,
+                               .continue_final_message = req->continue_final_message,
+                               .kwargs = req->template_kwargs};
+        int32_t **nt = NULL, *nl = NULL, nn = 0;
+        if (routes_nbce_prompts(a, req, &ro, mt, toks[0], lens[0], &nt, &nl, &nn, &e)) {
+            ok = 0;
+        } else if (req->n * nn > a->cfg.max_seqs) {
+            api_error_set(&e, 400, NULL, "contexts", "invalid_value",
+                          "NBCE needs %d sequences (contexts + 1) but the server runs at most %d (--max-seqs)", (int)nn,
+                          a->cfg.max_seqs);
+            for (int32_t i = 0; i < nn; i++) free(nt[i]);
+            free(nt);
+            free(nl);
+            ok = 0;
+        } else {
+            free(toks[0]);
+            free(toks);
+            free(lens);
+            toks = nt;
+            lens = nl;
+            sched_n = nn;
+        }
+    }
     int64_t prompt_total = 0;
     int32_t min_room = a->info->n_ctx;
-    for (int32_t i = 0; ok && i < n_prompts; i++) {
+    for (int32_t i = 0; ok && i < sched_n; i++) {
         if (lens[i] == 0) {
             api_error_set(&e, 400, NULL, req->kind == GEN_CHAT ? "messages" : "prompt", "invalid_value",
                           "the prompt is empty after tokenisation");
@@ -591,7 +632,7 @@ static void gen_start(serve_app *a, http_req *r, gen_request *req) {
         if (a->info->n_ctx - lens[i] < min_room) min_room = a->info->n_ctx - lens[i];
     }
     if (!ok) {
-        for (int32_t i = 0; i < n_prompts; i++) free(toks[i]);
+        for (int32_t i = 0; i < sched_n; i++) free(toks[i]);
         goto fail;
     }
     c->a = a;
@@ -665,13 +706,20 @@ static void gen_start(serve_app *a, http_req *r, gen_request *req) {
     if (max_tokens > a->cfg.max_tokens) max_tokens = a->cfg.max_tokens;
     if (max_tokens > min_room) max_tokens = min_room;
     sched_job_spec spec = {
-        .kind = SCHED_GENERATE, .n_prompts = n_prompts, .prompts = toks, .prompt_len = lens, .n = req->n,
+        .kind = SCHED_GENERATE, .n_prompts = sched_n, .prompts = toks, .prompt_len = lens, .n = req->n,
         .max_tokens = max_tokens, .sp = req->sp, .n_stop = req->n_stop, .stop = (const char *const *)req->stop,
         .stop_len = req->stop_len, .strip_leading_space = 0, .timeout_s = a->cfg.request_timeout,
         .grammar = gr, .lazy_grammar = lazy, .trigger = sx ? sx->trigger : NULL,
         .trigger_len = sx ? strlen(sx->trigger) : 0, .gvocab = a->gvocab,
         .include_stop_str = req->include_stop_str, .render_special = req->render_special,
+        .attn = &attn, .nbce = req->nbce, .nbce_beta = req->nbce_beta_given ? req->nbce_beta : (float)a->cfg.nbce_beta,
     };
+    if (req->nbce) {
+        enum nbce_pool pool = NBCE_POOL_MIN_ENTROPY;
+        if (req->nbce_pool_given) pool = (enum nbce_pool)req->nbce_pool;
+        else nbce_pool_parse(a->cfg.nbce_pool, &pool);
+        spec.nbce_pool = (int32_t)pool;
+    }
     /* ignore_eos: every end-of-generation token is banned (the sampler copies
      * the bias arrays at submit, so these live only until then). */
     int32_t *eog_ids = NULL;

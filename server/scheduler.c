@@ -9,8 +9,10 @@
 #include "grammar/grammar.h"
 #include "metrics.h"
 #include "tokenizer.h"
+#include "nbce.h"
 
 #define SCHED_TRIGGER_MAX 63
+#define SCHED_NBCE_MAX 64 /* sequences of one NBCE job (contexts + 1) */
 
 /* RECOMPUTE: a pre-empted choice rebuilding the KV of prompt + generated
  * tokens (all but `next`) before it decodes again. */
@@ -67,6 +69,12 @@ struct sched_job {
     char trigger[SCHED_TRIGGER_MAX + 1];
     size_t trigger_len;
     uint64_t t_submit_ns;    /* uv_hrtime() at submit: time-to-first-token starts here */
+    int has_attn;
+    attn_params attn;        /* kind of every sequence (has_attn) */
+    int nbce;                /* see sched_job_spec */
+    float nbce_beta;
+    int32_t nbce_pool, nbce_have; /* rows of this round in nbce_lp */
+    float *nbce_lp;          /* [n_slots][n_vocab] log-softmax rows; then [n_vocab] combined */
 };
 
 typedef struct job_list { sched_job *head, *tail; int32_t n; } job_list;
@@ -187,6 +195,7 @@ static void job_free(sched *s, sched_job *j) {
     free(j->prompt_len);
     for (int32_t i = 0; i < j->n_stop; i++) free(j->stop[i]);
     free(j->slots);
+    free(j->nbce_lp);
     free(j);
 }
 
@@ -238,8 +247,13 @@ static void slot_finish(sched *s, sched_job *j, int32_t idx, const char *reason,
         engine_seq_free(s->e, sl->seq);
         sl->seq = -1;
     }
-    if (j->ops.on_finish && !j->finished && !j->cancelled) j->ops.on_finish(j->user, idx, reason, sl->n_gen - sl->eog);
+    /* NBCE: only choice 0 is the owner's; the others are its shadows. */
+    if (j->ops.on_finish && !j->finished && !j->cancelled && !(j->nbce && idx > 0))
+        j->ops.on_finish(j->user, idx, reason, sl->n_gen - sl->eog);
     if (++j->n_done == j->n_slots) job_complete(j, NULL);
+    /* The output choice is done: its shadows have nothing left to do. */
+    if (j->nbce && idx == 0)
+        for (int32_t i = 1; i < j->n_slots; i++) slot_finish(s, j, i, reason, 0);
 }
 
 /* Look for stop strings in the held text. Emits what is certainly text and
@@ -357,8 +371,14 @@ static void slot_sample(sched *s, sched_job *j, int32_t idx, const float *logits
 
 /* A leader's prompt is in its KV: share it with the followers, then every
  * choice of that prompt samples its first token from the same logits. */
+static void nbce_collect(sched *s, sched_job *j, int32_t idx, const float *logits);
+
 static void prefill_done(sched *s, sched_job *j, int32_t leader, const float *logits) {
     sched_slot *ld = &j->slots[leader];
+    if (j->nbce && j->max_tokens > 0) {
+        nbce_collect(s, j, leader, logits);
+        return;
+    }
     int32_t len = j->prompt_len[ld->prompt];
     for (int32_t i = 0; i < j->n_slots; i++) {
         sched_slot *sl = &j->slots[i];
@@ -406,6 +426,9 @@ static int64_t job_start(sched *s, sched_job *j) {
         if (sl->state == SLOT_DONE) continue;
         sl->seq = engine_seq_create(s->e);
         if (sl->seq < 0) return -1;
+        char aerr[160];
+        /* Validated at submit: only OOM (a linear state) fails here. */
+        if (j->has_attn && engine_seq_set_attention(s->e, sl->seq, &j->attn, aerr, sizeof aerr)) return -1;
         if (sl->state == SLOT_DECODE || sl->state == SLOT_RECOMPUTE) {
             /* KV must hold hist[0 .. n_hist-1): `next` is fed by decode. */
             int32_t n = (int32_t)sl->n_hist;
@@ -420,6 +443,33 @@ static int64_t job_start(sched *s, sched_job *j) {
         }
     }
     return need;
+}
+
+/* NBCE: slot idx's next-token logits of this round. When every sequence
+ * has reported, combine (nbce.h), sample choice 0 from the combination and
+ * feed its token to every sequence. */
+static void nbce_collect(sched *s, sched_job *j, int32_t idx, const float *logits) {
+    const int32_t V = s->n_vocab, n = j->n_slots;
+    sampler_log_softmax(logits, j->nbce_lp + (size_t)idx * V, V);
+    j->slots[idx].state = SLOT_WAIT;
+    if (++j->nbce_have < n) return;
+    j->nbce_have = 0;
+    const float *rows[SCHED_NBCE_MAX];
+    for (int32_t k = 0; k + 1 < n; k++) rows[k] = j->nbce_lp + (size_t)k * V;
+    float *comb = j->nbce_lp + (size_t)n * V;
+    nbce_combine(rows, n - 1, j->nbce_lp + (size_t)(n - 1) * V, V, j->nbce_beta, (enum nbce_pool)j->nbce_pool, comb);
+    slot_sample(s, j, 0, comb);
+    sched_slot *out = &j->slots[0];
+    if (j->finished || out->state != SLOT_DECODE) return;
+    for (int32_t k = 1; k < n; k++) {
+        sched_slot *sl = &j->slots[k];
+        if (sl->state == SLOT_DONE) continue;
+        sl->next = out->next;
+        sl->state = SLOT_DECODE;
+        /* Its history too: a pre-empted shadow recomputes from it. */
+        if (sl->n_hist < sl->cap_hist) sl->hist[sl->n_hist++] = out->next;
+        sl->n_gen++;
+    }
 }
 
 /* Admit queued jobs in arrival order while sequences, the running limit and
@@ -590,7 +640,8 @@ static void sched_after_cb(uv_work_t *w, int status) {
                 sl->n_fed += s->item_chunk[i];
                 if (sl->n_fed == (int32_t)sl->n_hist - 1) sl->state = SLOT_DECODE;
             } else if (sl->state == SLOT_DECODE) {
-                slot_sample(s, j, idx, it->logits);
+                if (j->nbce) nbce_collect(s, j, idx, it->logits);
+                else slot_sample(s, j, idx, it->logits);
             }
         }
     }
@@ -634,6 +685,12 @@ restart:
     int64_t avail = engine_kv_blocks_available(s->e);
     for (sched_job *j = s->running.head; j && budget > 0; j = j->next) {
         if (j->kind != SCHED_GENERATE || j->finished || j->cancelled) continue;
+        if (j->nbce) {
+            /* All of an NBCE job's sequences decode in the same step, or none. */
+            int32_t nd = 0;
+            for (int32_t i = 0; i < j->n_slots; i++) nd += j->slots[i].state == SLOT_DECODE;
+            if (nd > budget || s->n_items + nd > s->cap_items) continue;
+        }
         for (int32_t i = 0; i < j->n_slots && budget > 0 && s->n_items < s->cap_items; i++) {
             sched_slot *sl = &j->slots[i];
             if (sl->state != SLOT_DECODE) continue;
@@ -741,6 +798,10 @@ int sched_submit(sched *s, const sched_job_spec *spec, const sched_job_ops *ops,
                       "this request needs %lld KV blocks of %d tokens for its prompt(s) but the KV cache holds %lld (--kv-memory)",
                       (long long)sched_kv_blocks_min(s, spec), (int)in->kv_block_tokens, (long long)in->kv_blocks);
         fail = "";
+    } else if (spec->nbce && (spec->n != 1 || spec->n_prompts < 2 || spec->n_prompts > SCHED_NBCE_MAX)) {
+        api_error_set(err, 400, NULL, "contexts", "invalid_value",
+                      "NBCE needs n = 1 and 1 to %d contexts", SCHED_NBCE_MAX - 1);
+        fail = "";
     } else if (s->free_seqs < queue_need + need && s->queued.n >= s->queue_len) {
         api_error_set(err, 503, NULL, NULL, "queue_full", "server busy: %d requests are waiting; retry later",
                       (int)s->queued.n);
@@ -762,6 +823,17 @@ int sched_submit(sched *s, const sched_job_spec *spec, const sched_job_ops *ops,
     memcpy(j->prompts, spec->prompts, (size_t)spec->n_prompts * sizeof *j->prompts);
     memcpy(j->prompt_len, spec->prompt_len, (size_t)spec->n_prompts * sizeof *j->prompt_len);
     j->n = spec->n;
+    if (spec->attn) {
+        j->has_attn = 1;
+        j->attn = *spec->attn;
+    }
+    if (spec->nbce) {
+        j->nbce = 1;
+        j->nbce_beta = spec->nbce_beta;
+        j->nbce_pool = spec->nbce_pool;
+        j->nbce_lp = malloc(((size_t)n_slots + 1) * (size_t)s->n_vocab * sizeof(float));
+        if (!j->nbce_lp) abort();
+    }
     j->n_slots = spec->kind == SCHED_EMBED ? 0 : n_slots;
     j->seqs_needed = need;
     j->max_tokens = spec->max_tokens;

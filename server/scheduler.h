@@ -97,6 +97,17 @@ typedef struct sched_job_spec {
     const char *trigger;      /* copied; at most 63 bytes */
     size_t trigger_len;
     const struct grammar_vocab *gvocab;
+    /* Attention kind of every sequence of the job (copied); NULL: the
+     * engine's default (softmax, the model's RoPE). */
+    const attn_params *attn;
+    /* NBCE (nbce.h; needs n == 1): prompts 0 .. n_prompts-2 are context +
+     * question, the last is the question alone. They prefill as separate
+     * sequences; every step combines their log-probs into ONE choice
+     * (index 0, the only one the owner sees), whose token is appended to
+     * all of them. */
+    int nbce;
+    float nbce_beta;
+    int32_t nbce_pool;        /* enum nbce_pool */
 } sched_job_spec;
 
 /* Create a scheduler on loop. Engine set later (sched_set_engine) once loaded.

@@ -84,5 +84,14 @@ int routes_tool_family(serve_app *a);
  * them, others the fallback messages of tool_messages_fallback. */
 char *routes_render_chat_tools(serve_app *a, const json_t *messages, const json_t *tools,
                                const chat_render_opts *ro, api_error *err);
+/* NBCE prompts (routes_nbce.c): one token array per context (context +
+ * question), then the question alone (q_toks copied; for automatic splits
+ * of a completion prompt, its last paragraph); reserve: tokens kept free
+ * for the answer. 0 with toks_out / lens_out set (malloc'd, owned by the
+ * caller) and n_out, or -1 with err. */
+struct gen_request;
+int routes_nbce_prompts(serve_app *a, const struct gen_request *req, const chat_render_opts *ro, int32_t reserve,
+                        const int32_t *q_toks, int32_t q_len, int32_t ***toks_out, int32_t **lens_out,
+                        int32_t *n_out, api_error *err);
 
 #endif

@@ -203,8 +203,11 @@ async function scrapeGauges(base, headers) {
     if (r.status !== 200) return null;
     const out = {};
     for (const line of (await r.text()).split('\n')) {
-      const m = /^(qkvd_kv_(?:allocated|needed)_bytes)(?:\{[^}]*\})? ([0-9.e+-]+)$/.exec(line);
-      if (m) out[m[1]] = (out[m[1]] || 0) + Number(m[2]);
+      const m = /^(qkvd_kv_(?:allocated_bytes|needed_bytes|block_bytes|blocks))(\{[^}]*\})? ([0-9.e+-]+)$/.exec(line);
+      if (!m) continue;
+      if (m[1] === 'qkvd_kv_blocks') {
+        if (/state="used"/.test(m[2] || '')) out.used_blocks = (out.used_blocks || 0) + Number(m[3]);
+      } else out[m[1]] = (out[m[1]] || 0) + Number(m[3]);
     }
     return out;
   } catch { return null; }
@@ -238,12 +241,15 @@ async function round(o, base, headers, prompts, startIndex) {
   const before = await scrapeMetrics(base, headers);
   const t1 = performance.now();
   // KV memory while the load runs: allocated vs what the live sequences need.
-  const kv = [];
+  const kv = [], kvUsed = [];
   let running = true;
   const sampler = (async () => {
     while (running) {
       const g = await scrapeGauges(base, headers);
-      if (g && g.qkvd_kv_needed_bytes > 0) kv.push(g.qkvd_kv_allocated_bytes / g.qkvd_kv_needed_bytes);
+      if (g && g.qkvd_kv_needed_bytes > 0) {
+        kv.push(g.qkvd_kv_allocated_bytes / g.qkvd_kv_needed_bytes);
+        if (g.qkvd_kv_block_bytes) kvUsed.push((g.used_blocks || 0) * g.qkvd_kv_block_bytes / g.qkvd_kv_needed_bytes);
+      }
       await new Promise((r) => setTimeout(r, 250));
     }
   })();
@@ -267,8 +273,12 @@ async function round(o, base, headers, prompts, startIndex) {
     ttft_p50_s: sec(pct(ttft, 50)), ttft_p99_s: sec(pct(ttft, 99)),
     itl_p50_s: sec(pct(gaps, 50)), itl_p99_s: sec(pct(gaps, 99)),
     e2e_p50_s: sec(pct(e2e, 50)), e2e_p99_s: sec(pct(e2e, 99)),
+    // pool memory (blocks of live sequences + prefix-cache blocks kept) / what live sequences' tokens need
     kv_alloc_over_needed_mean: kv.length ? kv.reduce((a, x) => a + x, 0) / kv.length : null,
     kv_alloc_over_needed_max: kv.length ? Math.max(...kv) : null,
+    // blocks held by live sequences / what their tokens need (partial last blocks; shared blocks count once)
+    kv_used_over_needed_mean: kvUsed.length ? kvUsed.reduce((a, x) => a + x, 0) / kvUsed.length : null,
+    kv_used_over_needed_max: kvUsed.length ? Math.max(...kvUsed) : null,
     kv_samples: kv.length,
     server,
   };
@@ -322,7 +332,10 @@ async function main() {
       console.log(`| TTFT p50 / p99 (ms) | ${ms(med.ttft_p50_s)} / ${ms(med.ttft_p99_s)} |`);
       console.log(`| inter-token p50 / p99 (ms) | ${ms(med.itl_p50_s)} / ${ms(med.itl_p99_s)} |`);
       console.log(`| request latency p50 / p99 (s) | ${f(med.e2e_p50_s, 2)} / ${f(med.e2e_p99_s, 2)} |`);
-      if (med.kv_samples) console.log(`| KV allocated / needed, mean (max) while loaded | ${f(med.kv_alloc_over_needed_mean, 3)} (${f(med.kv_alloc_over_needed_max, 3)}) |`);
+      if (med.kv_samples) {
+        console.log(`| KV held by live sequences / needed, mean (max) | ${f(med.kv_used_over_needed_mean, 3)} (${f(med.kv_used_over_needed_max, 3)}) |`);
+        console.log(`| KV pool allocated (incl. prefix cache) / needed, mean (max) | ${f(med.kv_alloc_over_needed_mean, 3)} (${f(med.kv_alloc_over_needed_max, 3)}) |`);
+      }
       const s0 = rounds.at(-1).server;
       if (s0) console.log(`| server, last round | prefix-cache hit tokens ${s0.prefix_cache_hit_tokens_total ?? '-'}, ` +
         `pre-emptions ${s0.preemptions_total ?? '-'}, step tokens ${s0.step_tokens_total ?? '-'} |`);

@@ -34,6 +34,7 @@ static void bench_usage(FILE *to) {
             "  -s SEQS   sequences decoded together in each tg step (default 1, max 64);\n"
             "            tg tok/s then counts the tokens of all of them\n"
             "  --batch N max tokens per forward step (default 512)\n"
+            "  --kv-type T, --kv-block N  KV cache element type (f32, f16, q8_0) and block size\n"
             "  --json    one JSON object instead of the table\n"
             "  --schema FILE  instead: -n greedy steps without and with FILE's JSON Schema mask;\n"
             "            compile time, tok/s both ways, mask time per token\n"
@@ -219,7 +220,8 @@ static void bench_stats(const double *tps, int n, double *mean, double *sd) {
 
 int cli_bench(int argc, char **argv) {
     const char *model = NULL, *schema = NULL;
-    long pp = 512, tg = 128, reps = 3, threads = 0, batch = 512, seqs = 1;
+    long pp = 512, tg = 128, reps = 3, threads = 0, batch = 512, seqs = 1, kv_block = 16;
+    int kv_type = ENGINE_KV_F32;
     int json = 0, membw_only = 0, membw_skip = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
@@ -242,6 +244,14 @@ int cli_bench(int argc, char **argv) {
         else if (!strcmp(a, "-s") || !strcmp(a, "--seqs")) seqs = strtol(val, &end, 10);
         else if (!strcmp(a, "-t") || !strcmp(a, "--threads")) threads = strtol(val, &end, 10);
         else if (!strcmp(a, "--batch") || !strcmp(a, "-b")) batch = strtol(val, &end, 10);
+        else if (!strcmp(a, "--kv-block")) kv_block = strtol(val, &end, 10);
+        else if (!strcmp(a, "--kv-type")) {
+            kv_type = engine_kv_type_from_name(val);
+            if (kv_type < 0) {
+                fprintf(stderr, "qkvd bench: --kv-type must be f32, f16 or q8_0, got '%s'\n", val);
+                return 2;
+            }
+        }
         else {
             fprintf(stderr, "qkvd bench: unknown option '%s'\n", a);
             bench_usage(stderr);
@@ -286,6 +296,12 @@ int cli_bench(int argc, char **argv) {
     ep.n_ctx = (int32_t)(pp > tg ? pp : tg) + 8;
     ep.max_seqs = (int32_t)seqs + 1;
     ep.max_batch_tokens = (int32_t)batch;
+    ep.kv_type = kv_type;
+    if (kv_block < 1 || kv_block > 256) {
+        fprintf(stderr, "qkvd bench: --kv-block must be 1..256, got %ld\n", kv_block);
+        return 2;
+    }
+    ep.kv_block_tokens = (int32_t)kv_block;
     char err[512];
     engine *e = NULL;
     if (engine_load(&ep, &e, err, sizeof err)) {

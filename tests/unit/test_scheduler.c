@@ -393,6 +393,69 @@ static void test_prompt_exceeds_pool(void **state) {
     engine_free(small);
 }
 
+/* Prompt log-probs recorded per position (each must come exactly once). */
+static float lp_val[2][128];
+static int lp_count[2][128];
+static int lp_which;
+static void on_prompt_token(void *u, int32_t prompt, int32_t pos, int32_t tok, const sampler_result *r) {
+    if (pos < 128) {
+        lp_val[lp_which][pos] = r->logprob;
+        lp_count[lp_which][pos]++;
+    }
+}
+
+/* Two long greedy jobs and a prompt-log-probs job arriving last on a pool
+ * too small for all three, prompts fed 8 tokens per step, at most 2
+ * running: the log-probs of every prompt position arrive exactly once and
+ * equal those of a roomy run; the texts too. */
+static void test_preemption_prompt_logprobs(void **state) {
+    if (!eng) skip();
+    int32_t longp[96];
+    for (int i = 0; i < 96; i++) longp[i] = i < ref_prompt_len ? ref_prompt[i] : ref2_prompt[1 + i % (ref2_prompt_len - 1)];
+    sched_job_ops lops = ops;
+    lops.on_prompt_token = on_prompt_token;
+    run want[3], got[3];
+    memset(lp_count, 0, sizeof lp_count);
+    for (int pass = 0; pass < 2; pass++) {
+        run *r = pass ? got : want;
+        memset(r, 0, 3 * sizeof *r);
+        lp_which = pass;
+        engine *e = load_budget(pass ? 14ull * 16 * 5 * 2 * 32 * 4 : 0, 1);
+        assert_non_null(e);
+        uv_loop_t loop;
+        uv_loop_init(&loop);
+        sched *s = sched_create(&loop, 8, 64, 8);
+        sched_set_limits(s, pass ? 2 : 0, 8);
+        sched_set_engine(s, e);
+        for (int k = 0; k < 3; k++) {
+            int32_t *slot, len;
+            sched_job_spec spec = greedy_spec(longp, k == 2 ? 96 : 60 + k, 1, k == 2 ? 20 : 100, &slot, &len);
+            spec.prompt_logprobs = k == 2;
+            sched_job *j;
+            api_error e2;
+            assert_int_equal(sched_submit(s, &spec, k == 2 ? &lops : &ops, &r[k], &j, &e2), 0);
+        }
+        uv_run(&loop, UV_RUN_DEFAULT);
+        assert_false(sched_busy(s));
+        if (pass) print_message("prompt log-probs under pressure: %llu pre-emptions\n", (unsigned long long)sched_n_preemptions(s));
+        sched_destroy(s);
+        assert_int_equal(uv_loop_close(&loop), 0);
+        engine_free(e);
+    }
+    for (int pos = 1; pos < 96; pos++) {
+        assert_int_equal(lp_count[0][pos], 1);
+        assert_int_equal(lp_count[1][pos], 1);
+        assert_true(fabsf(lp_val[0][pos] - lp_val[1][pos]) < 1e-4f);
+    }
+    for (int k = 0; k < 3; k++) {
+        assert_int_equal(got[k].n_done, 1);
+        assert_int_equal(got[k].text[0].len, want[k].text[0].len);
+        assert_memory_equal(got[k].text[0].data, want[k].text[0].data, want[k].text[0].len);
+        run_free(&got[k]);
+        run_free(&want[k]);
+    }
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_n_choices_greedy),
@@ -402,6 +465,7 @@ int main(void) {
         cmocka_unit_test(test_embeddings),
         cmocka_unit_test(test_preemption_same_output),
         cmocka_unit_test(test_prompt_exceeds_pool),
+        cmocka_unit_test(test_preemption_prompt_logprobs),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -7,13 +7,30 @@
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <sys/syscall.h>
+#include <time.h>
 #include <unistd.h>
 
-/* Pause iterations a worker spins for the next job before sleeping. A decode
- * step issues jobs every few microseconds; sleeping between them would add a
- * futex wake-up (~10-50 us) to each. ~0.3 ms of spinning covers the gaps of a
- * running step while an idle pool goes quiet quickly. */
-#define TP_SPIN_ITERS 20000
+/* How long a worker spins for the next job before sleeping on the futex.
+ * A decode step issues jobs a few microseconds apart, so on an idle machine
+ * a short spin catches the next one without a futex wake-up (~5-50 us in a
+ * VM). On an oversubscribed machine spinning is harmful: measured on the
+ * shared 2-core VM (load 6-8), workers spinning ~1 ms burnt the CPU share
+ * the scheduler then withheld from the thread doing the work: the caller
+ * ran 85-97% of all tasks, and 2 threads decoded 135m Q4_0 at 17-24 tok/s
+ * against 34-53 for 1 thread. So a worker stops spinning for a while once
+ * it sees it was descheduled in the middle of a spin (a gap of more than
+ * TP_PREEMPT_NS between two clock reads). QKVD_POOL_SPIN_US overrides the
+ * budget (0: always sleep at once). */
+#define TP_SPIN_US_DEFAULT 50
+/* Pause iterations between clock reads while spinning (~1-2 us). */
+#define TP_SPIN_CHECK 32
+/* A gap this long between two clock reads of a spin means the thread lost
+ * its CPU; it then sleeps at once between jobs for TP_CONTENDED_NS. */
+#define TP_PREEMPT_NS 40000
+#define TP_CONTENDED_NS 200000000
+/* Pause iterations the caller spins waiting for a straggling task before it
+ * yields its CPU (the straggler may be waiting for that very CPU). */
+#define TP_WAIT_SPINS 256
 
 struct threadpool {
     int32_t n_threads;
@@ -32,6 +49,7 @@ struct threadpool {
     _Atomic uint32_t gen;     /* job generation: workers wait for it to change */
     _Atomic int32_t sleepers; /* workers blocked in futex_wait */
     _Atomic int32_t stop;
+    int64_t spin_ns;          /* worker spin budget between jobs */
 };
 
 typedef struct tp_worker_arg {
@@ -43,6 +61,12 @@ static void tp_cpu_relax(void) {
 #if defined(__x86_64__) || defined(__i386__)
     __builtin_ia32_pause();
 #endif
+}
+
+static int64_t tp_now_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
 }
 
 static void tp_futex_wait(_Atomic uint32_t *addr, uint32_t val) {
@@ -85,17 +109,25 @@ static void *tp_worker_main(void *p) {
     int32_t index = arg->index;
     free(arg);
     uint32_t seen = 0; /* gen at creation: a job may be posted before this thread runs */
+    int64_t contended_until = 0;
     for (;;) {
         uint32_t g;
         int spins = 0;
+        int64_t t0 = 0, last = 0;
         while ((g = atomic_load_explicit(&tp->gen, memory_order_acquire)) == seen) {
-            if (++spins < TP_SPIN_ITERS) { tp_cpu_relax(); continue; }
+            if (++spins % TP_SPIN_CHECK != 0) { tp_cpu_relax(); continue; }
+            int64_t now = tp_now_ns();
+            if (t0 == 0) t0 = now;
+            if (last && now - last > TP_PREEMPT_NS) contended_until = now + TP_CONTENDED_NS;
+            last = now;
+            if (now - t0 < tp->spin_ns && now >= contended_until) continue;
             atomic_fetch_add(&tp->sleepers, 1);
             /* Re-check after announcing ourselves: a bump between the load
              * and the wait makes futex_wait return at once. */
             if (atomic_load(&tp->gen) == seen) tp_futex_wait(&tp->gen, seen);
             atomic_fetch_sub(&tp->sleepers, 1);
             spins = 0;
+            t0 = last = 0;
         }
         seen = g;
         if (atomic_load(&tp->stop)) break;
@@ -113,6 +145,12 @@ threadpool *threadpool_create(int32_t n_threads) {
     threadpool *tp = calloc(1, sizeof *tp);
     if (!tp) return NULL;
     tp->n_threads = 1;
+    tp->spin_ns = (int64_t)TP_SPIN_US_DEFAULT * 1000;
+    const char *env = getenv("QKVD_POOL_SPIN_US");
+    if (env && *env) {
+        long us = strtol(env, NULL, 10);
+        if (us >= 0 && us <= 1000000) tp->spin_ns = (int64_t)us * 1000;
+    }
     tp->threads = calloc((size_t)n_threads, sizeof *tp->threads);
     if (!tp->threads) { free(tp); return NULL; }
     for (int32_t i = 1; i < n_threads; i++) {
@@ -164,6 +202,6 @@ void threadpool_run(threadpool *tp, int32_t n_tasks, threadpool_fn fn, void *ctx
     while (atomic_load_explicit(&tp->tasks_done, memory_order_acquire) < n_tasks) {
         /* Only a task a worker is still running is waited for; if that
          * worker was descheduled, give it the core. */
-        if (++spins > 2048) sched_yield(); else tp_cpu_relax();
+        if (++spins > TP_WAIT_SPINS) sched_yield(); else tp_cpu_relax();
     }
 }

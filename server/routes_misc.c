@@ -131,6 +131,7 @@ static json_t *model_object(serve_app *a) {
         json_object_set_new(meta, "n_params", json_integer((json_int_t)a->info->n_params));
         json_object_set_new(meta, "arch", json_string(a->info->arch));
         json_object_set_new(meta, "weight_type", json_string(a->info->weight_type ? a->info->weight_type : ""));
+        json_object_set_new(meta, "attention", routes_attention_json(a));
         json_object_set_new(m, "meta", meta);
     }
     return m;

@@ -175,3 +175,32 @@ fail:
     free(ctx_toks);
     return -1;
 }
+
+json_t *routes_attention_json(serve_app *a) {
+    json_t *o = json_object(), *kinds = json_array(), *rs = json_array(), *def = json_object();
+    for (int k = 0; k < ATTN_KIND_COUNT; k++) json_array_append_new(kinds, json_string(attn_kind_name((enum attn_kind)k)));
+    for (int k = 0; k < ROPE_SCALING_COUNT; k++)
+        json_array_append_new(rs, json_string(rope_scaling_name((enum rope_scaling)k)));
+    attn_params p;
+    serve_config_attention(&a->cfg, &p);
+    json_object_set_new(def, "kind", json_string(attn_kind_name(p.kind)));
+    json_object_set_new(def, "window", json_integer(p.window));
+    json_object_set_new(def, "sinks", json_integer(p.sinks));
+    json_object_set_new(def, "leak", json_real(p.leak));
+    json_object_set_new(def, "logn", json_boolean(p.logn));
+    if (p.rope_set) {
+        json_object_set_new(def, "rope_scaling", json_string(rope_scaling_name(p.rope.type)));
+        json_object_set_new(def, "rope_factor", json_real(p.rope.factor));
+    } else if (a->info) {
+        json_object_set_new(def, "rope_scaling", json_string(rope_scaling_name((enum rope_scaling)a->info->rope_scaling)));
+        json_object_set_new(def, "rope_factor", json_real(a->info->rope_factor));
+    }
+    json_object_set_new(o, "kinds", kinds);
+    json_object_set_new(o, "rope_scaling", rs);
+    json_object_set_new(o, "default", def);
+    json_t *nb = json_object();
+    json_object_set_new(nb, "beta", json_real(a->cfg.nbce_beta));
+    json_object_set_new(nb, "pool", json_string(a->cfg.nbce_pool ? a->cfg.nbce_pool : "min-entropy"));
+    json_object_set_new(o, "nbce", nb);
+    return o;
+}

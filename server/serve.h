@@ -89,6 +89,10 @@ char *routes_render_chat_tools(serve_app *a, const json_t *messages, const json_
  * of a completion prompt, its last paragraph); reserve: tokens kept free
  * for the answer. 0 with toks_out / lens_out set (malloc'd, owned by the
  * caller) and n_out, or -1 with err. */
+/* {"kinds": [...], "rope_scaling": [...], "default": {...}, "nbce": {...}}
+ * for /v1/models (routes_nbce.c): available attention kinds and the
+ * server's defaults. New reference owned by the caller. */
+json_t *routes_attention_json(serve_app *a);
 struct gen_request;
 int routes_nbce_prompts(serve_app *a, const struct gen_request *req, const chat_render_opts *ro, int32_t reserve,
                         const int32_t *q_toks, int32_t q_len, int32_t ***toks_out, int32_t **lens_out,

@@ -794,7 +794,7 @@ int sched_submit(sched *s, const sched_job_spec *spec, const sched_job_ops *ops,
         fail = "";
     } else if (sched_kv_blocks_min(s, spec) > engine_get_info(s->e)->kv_blocks) {
         const engine_info *in = engine_get_info(s->e);
-        api_error_set(err, 400, NULL, "messages", "context_length_exceeded",
+        api_error_set(err, 400, NULL, NULL, "context_length_exceeded",
                       "this request needs %lld KV blocks of %d tokens for its prompt(s) but the KV cache holds %lld (--kv-memory)",
                       (long long)sched_kv_blocks_min(s, spec), (int)in->kv_block_tokens, (long long)in->kv_blocks);
         fail = "";

@@ -301,7 +301,7 @@ static uint64_t engine_attn_salt(const attn_params *p) {
  * cache drop the middle (window policy); other kinds keep everything, and
  * each kind's K/V get their own prefix-cache salt. Plain softmax keeps the
  * configured default policy. */
-static int engine_seq_kv_for_kind(engine *e, int32_t seq, const attn_params *p, char *err, size_t errlen) {
+int engine_attention_fits_kv(const engine *e, const attn_params *p, char *err, size_t errlen) {
     if (p->kind == ATTN_LINEAR) return 0; /* no KV at all */
     int plain = p->kind == ATTN_SOFTMAX && !p->logn && !p->rope_set;
     if (!plain && kv_cache_type(e->kv) != KV_F32) {
@@ -309,6 +309,19 @@ static int engine_seq_kv_for_kind(engine *e, int32_t seq, const attn_params *p, 
                  attn_kind_name(p->kind), kv_type_name(kv_cache_type(e->kv)));
         return -EINVAL;
     }
+    if (p->kind == ATTN_WINDOW && (int64_t)p->window + p->sinks > e->params.n_ctx) {
+        snprintf(err, errlen, "window %d + sinks %d do not fit the context %d", (int)p->window, (int)p->sinks,
+                 (int)e->params.n_ctx);
+        return -EINVAL;
+    }
+    return 0;
+}
+
+static int engine_seq_kv_for_kind(engine *e, int32_t seq, const attn_params *p, char *err, size_t errlen) {
+    if (p->kind == ATTN_LINEAR) return 0; /* no KV at all */
+    int plain = p->kind == ATTN_SOFTMAX && !p->logn && !p->rope_set;
+    int rc0 = engine_attention_fits_kv(e, p, err, errlen);
+    if (rc0) return rc0;
     kv_policy_cfg pc = {.kind = KV_POLICY_FULL};
     if (plain) {
         pc.kind = (enum kv_policy)e->params.kv_policy;

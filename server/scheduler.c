@@ -414,7 +414,8 @@ static void job_release_seqs(sched *s, sched_job *j) {
 /* Create the job's sequences and attach cached prefixes: a leader's prompt
  * (unless prompt log-probs need every row), a pre-empted choice's prompt +
  * generated tokens. Returns KV blocks the job still needs to catch up
- * (prefill / recompute), or -1 when sequences ran out. */
+ * (prefill / recompute), -1 when sequences ran out, -2 when the attention
+ * kind cannot be set (the job fails). */
 static int64_t job_start(sched *s, sched_job *j) {
     if (j->kind == SCHED_EMBED) {
         j->embd_seq = engine_seq_create(s->e);
@@ -427,8 +428,9 @@ static int64_t job_start(sched *s, sched_job *j) {
         sl->seq = engine_seq_create(s->e);
         if (sl->seq < 0) return -1;
         char aerr[160];
-        /* Validated at submit: only OOM (a linear state) fails here. */
-        if (j->has_attn && engine_seq_set_attention(s->e, sl->seq, &j->attn, aerr, sizeof aerr)) return -1;
+        /* Validated at submit (sched_submit, engine_attention_fits_kv): only
+         * OOM (a linear state) fails here, and fails the job. */
+        if (j->has_attn && engine_seq_set_attention(s->e, sl->seq, &j->attn, aerr, sizeof aerr)) return -2;
         if (sl->state == SLOT_DECODE || sl->state == SLOT_RECOMPUTE) {
             /* KV must hold hist[0 .. n_hist-1): `next` is fed by decode. */
             int32_t n = (int32_t)sl->n_hist;
@@ -489,6 +491,13 @@ static void sched_admit(sched *s) {
         if (j->seqs_needed > s->free_seqs) break;
         if (s->running.n && running_seqs + live > s->max_running) break;
         int64_t need = job_start(s, j);
+        if (need == -2) {
+            job_release_seqs(s, j);
+            list_remove(&s->queued, j);
+            job_fail(j, 503, "could not set up the request's attention (%s)", "out of memory");
+            job_free(s, j);
+            continue;
+        }
         int64_t avail = engine_kv_blocks_available(s->e);
         if (need < 0 || (s->running.n && need + decode_reserve + live > avail)) {
             /* Undo: attached prefix blocks go back to the cache. */
@@ -784,6 +793,7 @@ int sched_submit(sched *s, const sched_job_spec *spec, const sched_job_ops *ops,
     int32_t queue_need = 0;
     for (sched_job *q = s->queued.head; q; q = q->next) queue_need += q->seqs_needed;
     const char *fail = NULL;
+    char aerr[200];
     if (!s->e) {
         api_error_set(err, 503, NULL, NULL, "model_loading", "the model is still loading");
         fail = "";
@@ -801,6 +811,9 @@ int sched_submit(sched *s, const sched_job_spec *spec, const sched_job_ops *ops,
     } else if (spec->nbce && (spec->n != 1 || spec->n_prompts < 2 || spec->n_prompts > SCHED_NBCE_MAX)) {
         api_error_set(err, 400, NULL, "contexts", "invalid_value",
                       "NBCE needs n = 1 and 1 to %d contexts", SCHED_NBCE_MAX - 1);
+        fail = "";
+    } else if (spec->attn && engine_attention_fits_kv(s->e, spec->attn, aerr, sizeof aerr)) {
+        api_error_set(err, 400, NULL, "attention", "invalid_value", "%s", aerr);
         fail = "";
     } else if (s->free_seqs < queue_need + need && s->queued.n >= s->queue_len) {
         api_error_set(err, 503, NULL, NULL, "queue_full", "server busy: %d requests are waiting; retry later",

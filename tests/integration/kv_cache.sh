@@ -119,6 +119,11 @@ n = 12  # greedy paths may part later at near-ties
 sys.exit(0 if len(b) > 20 and a[:n] == b[:n] else 1)
 PY
   check "kv_type_${t}_serves" $? "$(head -c 200 "$TMP/$t") vs $(head -c 200 "$TMP/first")"
+  # Attention kinds other than softmax read the f32 cache: a clear 400, and the server goes on.
+  code=$(curl -s -o "$TMP/kind" -w '%{http_code}' "http://127.0.0.1:$PORT/v1/completions" \
+    -d "{\"prompt\":\"Lily\",\"max_tokens\":4,\"attention\":{\"kind\":\"window\",\"window\":64}}")
+  [ "$code" = 400 ] && grep -q '"param":"attention"' "$TMP/kind" && grep -q "f32" "$TMP/kind"
+  check "kv_type_${t}_kind_400" $? "$code $(cat "$TMP/kind")"
   stop
 done
 

@@ -595,6 +595,10 @@ void kv_cache_seq_truncate(kv_cache *kv, int32_t seq, int32_t n) {
     kv_seq *s = &kv->seqs[seq];
     if (n < 0) n = 0;
     if (n >= s->len) return;
+    /* WINDOW: a shorter sequence would see blocks already dropped again
+     * (its window reaches further back): those are gone, start over. */
+    for (int32_t b = 0; b < s->n_blocks && n > 0; b++)
+        if (s->table[b] < 0 && (int64_t)(b + 1) * kv->bt > (int64_t)n - s->pol.window + 1) n = 0;
     kv_seq_release(kv, s, (n + kv->bt - 1) / kv->bt);
     s->len = n;
     if (n == 0) {
@@ -618,7 +622,7 @@ void kv_cache_seq_truncate(kv_cache *kv, int32_t seq, int32_t n) {
 int kv_cache_seq_copy(kv_cache *kv, int32_t dst, int32_t src, int32_t n) {
     if (!kv_cache_seq_live(kv, dst) || !kv_cache_seq_live(kv, src)) return -EINVAL;
     kv_seq *s = &kv->seqs[src];
-    if (n < 0 || n > s->len || s->n_dropped) return -EINVAL;
+    if (n < 0 || n > s->len || (s->n_dropped && n != s->len)) return -EINVAL;
     if (dst == src) {
         kv_cache_seq_truncate(kv, dst, n);
         return 0;
@@ -631,8 +635,10 @@ int kv_cache_seq_copy(kv_cache *kv, int32_t dst, int32_t src, int32_t n) {
     d->drop_next = 0;
     for (int32_t b = 0; b < nb; b++) {
         d->table[b] = s->table[b];
-        kv_block_ref(kv, s->table[b]);
+        if (s->table[b] >= 0) kv_block_ref(kv, s->table[b]);
+        else d->n_dropped++;
     }
+    if (s->n_dropped) d->drop_next = s->drop_next;
     d->n_blocks = nb;
     d->len = n;
     d->pol = s->pol;

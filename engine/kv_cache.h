@@ -154,11 +154,14 @@ int kv_cache_seq_reserve(kv_cache *kv, int32_t seq, int32_t n);
 void kv_cache_seq_commit(kv_cache *kv, int32_t seq, const int32_t *tokens, int32_t n);
 /* Set the length to n (<= reserved) without tokens: as commit(NULL). */
 void kv_cache_seq_set_len(kv_cache *kv, int32_t seq, int32_t n);
-/* Drop positions >= n and the blocks no longer needed. */
+/* Drop positions >= n and the blocks no longer needed. A WINDOW sequence
+ * whose shorter window would reach blocks it already dropped is emptied
+ * (length 0) instead. */
 void kv_cache_seq_truncate(kv_cache *kv, int32_t seq, int32_t n);
 /* Make dst share src's first n positions (dst's old content is dropped):
  * blocks are shared, a partial last block is copied when either side writes
- * into it. 0 or -EINVAL (bad ids, n > len(src), a WINDOW src that dropped
+ * into it; a WINDOW src's dropped blocks stay dropped in dst. 0 or -EINVAL
+ * (bad ids, n > len(src), n < len(src) for a WINDOW src that dropped
  * blocks). */
 int kv_cache_seq_copy(kv_cache *kv, int32_t dst, int32_t src, int32_t n);
 

@@ -269,6 +269,23 @@ static void test_window(void **state) {
     assert_true(kv_cache_seq_held(kv, a) <= 16 + 40 + 16);
     check_range(kv, a, 0, 4, 0);
     check_range(kv, a, 1000 - 40, 1000, 0);
+    /* n > 1 on a window sequence: the copy shares what is held, dropped
+     * blocks stay dropped; a shorter copy cannot exist. */
+    int32_t b = kv_cache_seq_create(kv);
+    assert_int_equal(kv_cache_seq_copy(kv, b, a, 999), -EINVAL);
+    assert_int_equal(kv_cache_seq_copy(kv, b, a, 1000), 0);
+    assert_int_equal(kv_cache_seq_held(kv, b), kv_cache_seq_held(kv, a));
+    check_range(kv, b, 1000 - 40, 1000, 0);
+    kv_cache_stats st;
+    kv_cache_stats_get(kv, &st);
+    assert_true(st.blocks_used <= 5);
+    /* Truncating into the dropped middle empties the sequence. */
+    kv_cache_seq_truncate(kv, b, 500);
+    assert_int_equal(kv_cache_seq_len(kv, b), 0);
+    kv_cache_seq_truncate(kv, a, 999); /* every key query 999 sees is held */
+    assert_int_equal(kv_cache_seq_len(kv, a), 999);
+    check_range(kv, a, 999 - 39, 999, 0);
+    kv_cache_seq_free(kv, b);
     kv_policy_cfg bad = {.kind = KV_POLICY_WINDOW, .window = 0, .sinks = 0};
     assert_int_equal(kv_cache_seq_set_policy(kv, a, &bad, 0), -EINVAL);
     kv_policy_cfg ok = {.kind = KV_POLICY_FULL};

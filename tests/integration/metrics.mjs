@@ -191,7 +191,8 @@ const dir = mkdtempSync(path.join(os.tmpdir(), 'qkvd-metrics-'));
 try {
   symlinkSync(STORIES, path.join(dir, 'alpha.gguf'));
   symlinkSync(STORIES, path.join(dir, 'beta.gguf'));
-  s = await startServer(['--models-dir', dir, '-m', 'alpha', '--threads', '1', '--model-aliases', 'we"ird=beta']);
+  s = await startServer(['--models-dir', dir, '-m', 'alpha', '--threads', '1', '--model-aliases', 'we"ird=beta',
+    '--max-loaded-models', '1']);
   try {
     let r = await post(s.port, '/v1/completions', { model: 'alpha', prompt: 'Once', max_tokens: 5, temperature: 0 });
     ok(r.status === 200, 'models_dir_completion', r.body);
@@ -208,6 +209,16 @@ try {
     const { p: p2 } = await scrape(s.port);
     ok(r.status === 200 && val(p2, 'qkvd_model_loaded', { model: 'we"ird' }) === 1 &&
        val(p2, 'qkvd_generation_tokens_total', { model: 'we"ird' }) === r.json.usage.completion_tokens, 'models_dir_second_model_counted');
+    // --max-loaded-models 1: alpha was unloaded; its counters stay and keep growing after a reload.
+    ok(val(p2, 'qkvd_model_loaded', { model: 'alpha' }) === 0 && val(p2, 'qkvd_generation_tokens_total', { model: 'alpha' }) === gen,
+       'models_dir_counters_survive_unload');
+    r = await post(s.port, '/v1/completions', { model: 'alpha', prompt: 'Once', max_tokens: 4, temperature: 0 });
+    const { r: rm3, p: p3 } = await scrape(s.port);
+    ok(r.status === 200 && val(p3, 'qkvd_model_loaded', { model: 'alpha' }) === 1 &&
+       val(p3, 'qkvd_generation_tokens_total', { model: 'alpha' }) === gen + r.json.usage.completion_tokens &&
+       val(p3, 'qkvd_prompt_tokens_total', { model: 'alpha' }) === 2 * r.json.usage.prompt_tokens, 'models_dir_counters_grow_after_reload',
+       rm3.body.split('\n').filter((l) => /^qkvd_(generation|prompt)_tokens_total/.test(l)).join(' | '));
+    promtool(rm3.body, 'promtool_check_metrics_after_reload');
   } finally {
     await s.stop();
   }

@@ -85,8 +85,8 @@ static void calls_text(sbuf *b, const json_t *calls) {
         json_t *name = json_object_get(f, "name"), *args = json_object_get(f, "arguments");
         if (i) sb_str(b, ", ");
         sb_str(b, "{\"name\": ");
-        char *n = json_dumps(json_is_string(name) ? name : json_string(""), JSON_ENCODE_ANY);
-        if (n) sb_str(b, n);
+        char *n = json_is_string(name) ? json_dumps(name, JSON_ENCODE_ANY) : NULL;
+        sb_str(b, n ? n : "\"\"");
         free(n);
         sb_str(b, ", \"arguments\": ");
         if (json_is_string(args)) sb_add(b, json_string_value(args), json_string_length(args));

@@ -46,6 +46,16 @@ grep -q '^| generated tokens/s | [0-9]' "$TMP/b.txt" && grep -q '^| TTFT p50 / p
   grep -q '^| requests ok / failed | 8 / 0 |' "$TMP/b.txt"
 check bench_serve_url_table $(( rc | $? )) "$(cat "$TMP/b.txt")"
 
+# 2b. --duration: clients keep starting requests until the time is up
+"$BENCH" --url "http://127.0.0.1:$PORT" -c 2 -d 1 --max-tokens 4 --warmup 0 --json >"$TMP/e.json" 2>&1
+rc=$?
+python3 -c '
+import json, sys
+d = json.load(open(sys.argv[1])); r = d["rounds"][0]
+assert d["config"]["duration_s"] == 1 and r["requests"] > 0 and r["ok"] == r["requests"] and r["wall_s"] >= 1.0, r
+' "$TMP/e.json" >"$TMP/e.chk" 2>&1
+check bench_serve_duration $(( rc | $? )) "$(tail -3 "$TMP/e.chk" "$TMP/e.json")"
+
 # 3. bad options
 "$BENCH" --url http://127.0.0.1:1 --clients x >/dev/null 2>"$TMP/c.err"; rc=$?
 [ $rc -eq 2 ] && grep -q -- '--clients' "$TMP/c.err"; check bench_serve_bad_option_exit_2 $? "rc $rc $(cat "$TMP/c.err")"

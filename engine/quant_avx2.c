@@ -824,6 +824,86 @@ static void gemm_q4_0(const void *W, size_t rb, const void *act, size_t as, floa
     gemm_32(W, rb, act, as, y, ys, n, nrows, ntok, 1, gemv_q4_0);
 }
 
+/* Q4_K rows against four tokens' Q8_K blocks: each 64-element chunk's
+ * nibbles are unpacked once and dotted with the four tokens; per-sub-block
+ * scales go in through madd, the four tokens' sums fold into one vector
+ * with two hadds as above, and the min term (mins x the tokens' 32-element
+ * sums, precomputed per block) folds the same way in 128 bits. */
+#define GEMM_MAX_NB_K (GEMM_MAX_NB / 8)
+
+static void gemm_q4_K(const void *W, size_t rb, const void *act, size_t as, float *y, size_t ys,
+                      int64_t n, int64_t nrows, int32_t ntok)
+{
+    const int64_t nb = n / QK_K;
+    int32_t t = 0;
+    if (nb <= GEMM_MAX_NB_K) {
+        __m256 dq[GEMM_MAX_NB_K];
+        __m128i q8s[GEMM_MAX_NB_K][4];
+        const __m256i m4 = _mm256_set1_epi8(0xF);
+        for (; t + 4 <= ntok; t += 4) {
+            const block_q8_K *ya[4];
+            for (int j = 0; j < 4; j++) ya[j] = (const block_q8_K *)((const uint8_t *)act + (size_t)(t + j) * as);
+            for (int64_t i = 0; i < nb; i++) {
+                __m128 d = _mm_setr_ps(ya[0][i].d, ya[1][i].d, ya[2][i].d, ya[3][i].d);
+                dq[i] = _mm256_setr_m128(d, d);
+                for (int j = 0; j < 4; j++) {
+                    __m256i bs = _mm256_loadu_si256((const __m256i *)ya[j][i].bsums);
+                    q8s[i][j] = _mm_hadd_epi16(_mm256_castsi256_si128(bs), _mm256_extracti128_si256(bs, 1));
+                }
+            }
+            for (int64_t r = 0; r < nrows; r++) {
+                const block_q4_K *x = (const block_q4_K *)((const uint8_t *)W + (size_t)r * rb);
+                __m256 acc = _mm256_setzero_ps();
+                __m128 accm = _mm_setzero_ps();
+                for (int64_t i = 0; i < nb; i++) {
+                    __m256i ms = k4_scales_mins(x[i].scales);
+                    __m256i sc = _mm256_permute2x128_si256(ms, ms, 0x00);
+                    __m256i s0 = _mm256_setzero_si256(), s1 = s0, s2 = s0, s3 = s0;
+                    const uint8_t *q4 = x[i].qs;
+#pragma GCC unroll 4
+                    for (int j = 0; j < QK_K / 64; j++) {
+                        __m256i bits = _mm256_loadu_si256((const __m256i *)(q4 + 32 * j));
+                        __m256i lo = _mm256_and_si256(bits, m4);
+                        __m256i hi = _mm256_and_si256(_mm256_srli_epi16(bits, 4), m4);
+                        __m256i sl = bcast16(sc, 2 * j), sh = bcast16(sc, 2 * j + 1);
+#define Q4K_TOK(k, acc_)                                                                                  \
+                        do {                                                                              \
+                            const int8_t *q8 = ya[k][i].qs + 64 * j;                                      \
+                            __m256i pl = _mm256_maddubs_epi16(lo, _mm256_loadu_si256((const __m256i *)q8)); \
+                            __m256i ph = _mm256_maddubs_epi16(hi, _mm256_loadu_si256((const __m256i *)(q8 + 32))); \
+                            acc_ = _mm256_add_epi32(acc_, _mm256_add_epi32(_mm256_madd_epi16(sl, pl),      \
+                                                                           _mm256_madd_epi16(sh, ph)));  \
+                        } while (0)
+                        Q4K_TOK(0, s0);
+                        Q4K_TOK(1, s1);
+                        Q4K_TOK(2, s2);
+                        Q4K_TOK(3, s3);
+#undef Q4K_TOK
+                    }
+                    __m256i h = _mm256_hadd_epi32(_mm256_hadd_epi32(s0, s1), _mm256_hadd_epi32(s2, s3));
+                    acc = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_set1_ps(fp16_to_f32(x[i].d)), dq[i]),
+                                          _mm256_cvtepi32_ps(h), acc);
+                    __m128i mins = _mm256_extracti128_si256(ms, 1);
+                    __m128i m0 = _mm_madd_epi16(mins, q8s[i][0]), m1 = _mm_madd_epi16(mins, q8s[i][1]);
+                    __m128i m2 = _mm_madd_epi16(mins, q8s[i][2]), m3 = _mm_madd_epi16(mins, q8s[i][3]);
+                    __m128i mh = _mm_hadd_epi32(_mm_hadd_epi32(m0, m1), _mm_hadd_epi32(m2, m3));
+                    accm = _mm_fmadd_ps(_mm_mul_ps(_mm_set1_ps(fp16_to_f32(x[i].dmin)), _mm256_castps256_ps128(dq[i])),
+                                        _mm_cvtepi32_ps(mh), accm);
+                }
+                __m128 s = _mm_sub_ps(_mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1)), accm);
+                float o[4];
+                _mm_storeu_ps(o, s);
+                for (int j = 0; j < 4; j++) y[(size_t)(t + j) * ys + r] = o[j];
+            }
+        }
+    }
+    for (; t < ntok; t++) {
+        const uint8_t *a = (const uint8_t *)act + (size_t)t * as;
+        for (int64_t r = 0; r < nrows; r++)
+            y[(size_t)t * ys + r] = dot_q4_K((const uint8_t *)W + (size_t)r * rb, a, n);
+    }
+}
+
 /* ---- dequantisation (prompt processing feeds whole tiles to sgemm) ------ */
 
 /* y[0..31] = q * d for 32 signed bytes q */
@@ -1112,6 +1192,7 @@ void quant__avx2_fill(quant__kernels *k)
     k->gemv[QK_Q8_0] = gemv_q8_0;
     k->gemm[QK_Q8_0] = gemm_q8_0;
     k->gemm[QK_Q4_0] = gemm_q4_0;
+    k->gemm[QK_Q4_K] = gemm_q4_K;
     k->act[QK_Q8_1] = act_q8_1;
     k->act[QK_Q8_K] = act_q8_K;
 }

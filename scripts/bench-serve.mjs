@@ -227,8 +227,7 @@ const median = (xs) => {
 async function round(o, base, headers, prompts, startIndex) {
   let next = startIndex;
   const results = [];
-  const t0 = performance.now();
-  const deadline = o.duration !== undefined ? t0 + o.duration * 1000 : Infinity;
+  let deadline = Infinity;
   const limit = o.requests !== undefined ? startIndex + o.requests : Infinity;
   async function client(k) {
     const h = { ...headers };
@@ -240,6 +239,7 @@ async function round(o, base, headers, prompts, startIndex) {
   }
   const before = await scrapeMetrics(base, headers);
   const t1 = performance.now();
+  if (o.duration !== undefined) deadline = t1 + o.duration * 1000;
   // KV memory while the load runs: allocated vs what the live sequences need.
   const kv = [], kvUsed = [];
   let running = true;

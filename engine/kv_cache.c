@@ -403,9 +403,12 @@ int32_t kv_cache_seq_create(kv_cache *kv) {
     return -1;
 }
 
-/* Drop the table entries from logical block `keep` on. */
+/* Drop the table entries from logical block `keep` on. Last block first:
+ * cached blocks enter the LRU deepest first, so eviction takes the ends of
+ * chains before the prefixes they hang from (a chain's head evicted first
+ * would leave its tail unreachable). */
 static void kv_seq_release(kv_cache *kv, kv_seq *s, int32_t keep) {
-    for (int32_t b = keep; b < s->n_blocks; b++) {
+    for (int32_t b = s->n_blocks - 1; b >= keep; b--) {
         if (s->table[b] >= 0) kv_block_unref(kv, s->table[b]);
         else s->n_dropped--;
         s->table[b] = -1;

@@ -188,6 +188,16 @@ static void test_prefix_cache(void **state) {
     kv_cache_stats_get(kv, &st);
     assert_int_equal(st.prefix_hit_tokens, 32 + 31);
     assert_int_equal(st.prefix_lookup_tokens, 40 + 40 + 32 + 40 + 40);
+    /* Eviction takes a chain's tail before its head: with 7 of 8 blocks
+     * taken, the 2-block prefix loses its second block and keeps the first. */
+    b = kv_cache_seq_create(kv);
+    assert_int_equal(kv_cache_seq_reserve(kv, b, 7 * BT), 0);
+    kv_cache_seq_free(kv, b);
+    kv_cache_stats_get(kv, &st);
+    assert_int_equal(st.blocks_cached, 1);
+    b = kv_cache_seq_create(kv);
+    assert_int_equal(kv_cache_seq_attach_prefix(kv, b, toks, 40), 16);
+    kv_cache_seq_free(kv, b);
     /* Eviction: 8 blocks in the pool, 2 cached; a sequence needing all 8
      * evicts them (oldest first) instead of failing. */
     b = kv_cache_seq_create(kv);

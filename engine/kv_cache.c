@@ -725,17 +725,43 @@ void kv_cache_store(kv_cache *kv, int32_t seq, int32_t layer, int32_t pos, const
     kv_store_row(kv, kv_row(kv, seq, layer, pos, 1), v);
 }
 
+/* AVX2/F16C conversions (kv_cache_avx2.c), used after a CPU check. */
+void kv__f16_to_f32_avx2(const uint16_t *src, float *dst, int32_t n);
+void kv__q8_to_f32_avx2(const int8_t *q, const float *d, int32_t group, int32_t col0, int32_t n, float *dst);
+
+static int kv_has_avx2(void) {
+    static int cached = -1;
+    if (cached < 0) {
+#if defined(__x86_64__) || defined(__i386__)
+        __builtin_cpu_init();
+        cached = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("f16c");
+#else
+        cached = 0;
+#endif
+    }
+    return cached;
+}
+
 void kv_span_rows_f32(const kv_span *sp, const uint8_t *rows, int32_t n_rows, int32_t col0, int32_t n_cols,
                       float *dst) {
+    const int simd = kv_has_avx2();
     for (int32_t r = 0; r < n_rows; r++) {
         const uint8_t *row = rows + (size_t)r * sp->stride;
         float *o = dst + (size_t)r * n_cols;
         switch (sp->type) {
         case KV_F32: memcpy(o, (const float *)row + col0, (size_t)n_cols * sizeof(float)); break;
-        case KV_F16: quant_dequantize_row(QK_F16, (const uint16_t *)row + col0, o, n_cols); break;
+        case KV_F16:
+            if (simd) kv__f16_to_f32_avx2((const uint16_t *)row + col0, o, n_cols);
+            else
+                for (int32_t c = 0; c < n_cols; c++) o[c] = quant_fp16_to_fp32(((const uint16_t *)row)[col0 + c]);
+            break;
         case KV_Q8_0: {
             const int8_t *q = (const int8_t *)row;
             const float *d = (const float *)(row + sp->scale_off);
+            if (simd) {
+                kv__q8_to_f32_avx2(q, d, sp->group, col0, n_cols, o);
+                break;
+            }
             for (int32_t c = 0; c < n_cols; c++) o[c] = (float)q[col0 + c] * d[(col0 + c) / sp->group];
             break;
         }

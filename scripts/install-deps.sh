@@ -19,7 +19,7 @@ PKGS=(
   chromium            # tests/integration/webui.mjs: headless browser for the chat page
   python3-yaml        # tests/integration/deploy_config.sh: parses deploy/k8s/*.yaml
   prometheus          # tests/integration/metrics.mjs: `promtool check metrics` validates GET /metrics
-  gnuplot-nox         # scripts/bench-all: the PNG plot in docs/benchmarks.md (never linked)
+  gnuplot-nox         # scripts/bench-all, scripts/attention-eval: PNG plots in docs/benchmarks.md, docs/attention.md (never linked)
 )
 
 # Node.js drives the integration tests (official openai npm package). Some

@@ -216,3 +216,30 @@ void attention_kind_rows(const kv_cache *kv, int32_t seq, int32_t layer, const a
     }
     attention_causal(kv, seq, layer, s, head, q, q_stride, n_q, pos0, out, out_stride, scratch);
 }
+
+void attention_contig_rows(const float *kv, size_t row_stride, size_t v_off, const attn_shape *s, int logn,
+                           int32_t n_ctx_train, int32_t head, const float *q, size_t q_stride, int32_t n_q,
+                           int32_t pos0, float *out, size_t out_stride, float *scratch) {
+    const int32_t hd = s->head_dim, kvh = head / (s->n_head / s->n_head_kv), n = pos0 + n_q;
+    const float *K = kv + (size_t)kvh * hd, *V = kv + v_off + (size_t)kvh * hd;
+    float *S = scratch; /* [n_q][n] */
+    if (n_q == 1) vec_dot_rows(q, K, row_stride, (size_t)n, (size_t)hd, s->scale, S);
+    else
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n_q, n, hd, s->scale, q, (int)q_stride, K,
+                    (int)row_stride, 0.0f, S, n);
+    for (int32_t t = 0; t < n_q; t++) {
+        float *row = S + (size_t)t * n;
+        if (logn) {
+            float f = attention_logn_factor(pos0 + t, n_ctx_train);
+            if (f != 1.0f) for (int32_t c = 0; c <= pos0 + t; c++) row[c] *= f;
+        }
+        kind_softmax_segments(row, 0, 0, pos0 + t + 1, n);
+    }
+    if (n_q == 1) {
+        memset(out, 0, (size_t)hd * sizeof(float));
+        vec_axpy_rows(out, V, row_stride, (size_t)n, (size_t)hd, S);
+    } else {
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n_q, hd, n, 1.0f, S, n, V, (int)row_stride, 0.0f,
+                    out, (int)out_stride);
+    }
+}

@@ -31,6 +31,11 @@ typedef struct attn_seq_state {
     attn_params p;
     float *lin_state;   /* owned by the engine; NULL unless p.kind is linear */
     int32_t lin_len;    /* tokens fed into lin_state */
+    /* hwfa: the last layer's K and V of every position, [hw_cap][2][kv_dim]
+     * (f32, owned by the engine): the paged cache keeps only the window of
+     * every layer, so memory is (n_layer - 1) windows + one full layer. */
+    float *hw_kv;
+    int32_t hw_cap;
 } attn_seq_state;
 
 /* Largest n_rot the rerope kernels rotate (stack buffers). */
@@ -51,5 +56,13 @@ void attention_kind_rows(const kv_cache *kv, int32_t seq, int32_t layer, const a
                          const attn_model_info *mi, const attn_params *p, int32_t head,
                          const float *q, size_t q_stride, int32_t n_q, int32_t pos0, float *out,
                          size_t out_stride, float *scratch);
+
+/* Causal softmax attention of n_q query rows over contiguous K/V rows:
+ * key p at kv + p * row_stride, its value at kv + p * row_stride + v_off
+ * (head offsets are added here). Same layout of q/out/scratch as
+ * attention_kind_rows; logn: log-length scaling against n_ctx_train. */
+void attention_contig_rows(const float *kv, size_t row_stride, size_t v_off, const attn_shape *s, int logn,
+                           int32_t n_ctx_train, int32_t head, const float *q, size_t q_stride, int32_t n_q,
+                           int32_t pos0, float *out, size_t out_stride, float *scratch);
 
 #endif

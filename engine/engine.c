@@ -72,7 +72,10 @@ void engine_free(engine *e) {
     free(e->model_path);
     free(e->in_step);
     if (e->attn)
-        for (int32_t i = 0; i < e->params.max_seqs; i++) free(e->attn[i].lin_state);
+        for (int32_t i = 0; i < e->params.max_seqs; i++) {
+            free(e->attn[i].lin_state);
+            free(e->attn[i].hw_kv);
+        }
     free(e->attn);
     free(e);
 }
@@ -210,6 +213,10 @@ static int engine_seq_is_linear(const engine *e, int32_t seq) {
     return kv_cache_seq_live(e->kv, seq) && e->attn[seq].p.kind == ATTN_LINEAR;
 }
 
+static int32_t engine_kv_dim(const engine *e) { return e->m->hp.n_head_kv * e->m->hp.head_dim; }
+
+static int engine_hw_reserve(engine *e, int32_t seq, int32_t n);
+
 static size_t engine_lin_floats(const engine *e) {
     const model_hparams *hp = &e->m->hp;
     return (size_t)hp->n_layer * (size_t)hp->n_head_kv * linear_state_floats(hp->head_dim);
@@ -221,6 +228,9 @@ static void engine_seq_attn_reset(engine *e, int32_t seq) {
     free(e->attn[seq].lin_state);
     e->attn[seq].lin_state = NULL;
     e->attn[seq].lin_len = 0;
+    free(e->attn[seq].hw_kv);
+    e->attn[seq].hw_kv = NULL;
+    e->attn[seq].hw_cap = 0;
     e->attn[seq].p = e->attn_default;
 }
 
@@ -265,6 +275,11 @@ int engine_seq_copy(engine *e, int32_t dst, int32_t src, int32_t n) {
         e->attn[dst].lin_len = n;
         e->attn[dst].p = e->attn[src].p;
         return 0;
+    }
+    if (e->attn[src].p.kind == ATTN_HWFA) {
+        int hr = engine_hw_reserve(e, dst, n);
+        if (hr) return hr;
+        if (n > 0) memcpy(e->attn[dst].hw_kv, e->attn[src].hw_kv, (size_t)n * 2 * (size_t)engine_kv_dim(e) * sizeof(float));
     }
     int rc = kv_cache_seq_copy(e->kv, dst, src, n);
     if (rc) return rc;
@@ -327,7 +342,7 @@ static int engine_seq_kv_for_kind(engine *e, int32_t seq, const attn_params *p, 
         pc.kind = (enum kv_policy)e->params.kv_policy;
         pc.window = e->params.kv_window;
         pc.sinks = e->params.kv_sinks;
-    } else if (p->kind == ATTN_WINDOW && (int64_t)p->window + p->sinks < e->params.n_ctx) {
+    } else if ((p->kind == ATTN_WINDOW || p->kind == ATTN_HWFA) && (int64_t)p->window + p->sinks < e->params.n_ctx) {
         /* (A window covering the whole context needs no dropping.) */
         pc.kind = KV_POLICY_WINDOW;
         pc.window = p->window;
@@ -392,13 +407,31 @@ uint64_t engine_kv_bytes_allocated(const engine *e) {
 
 uint64_t engine_linear_state_bytes(const engine *e) {
     uint64_t n = 0;
-    for (int32_t i = 0; i < e->params.max_seqs; i++)
+    for (int32_t i = 0; i < e->params.max_seqs; i++) {
         if (e->attn[i].lin_state) n += engine_lin_floats(e) * sizeof(float);
+        n += (uint64_t)e->attn[i].hw_cap * 2 * (uint64_t)engine_kv_dim(e) * sizeof(float);
+    }
     return n;
+}
+
+/* hwfa: make the side store hold positions [0, n) (grows geometrically). */
+static int engine_hw_reserve(engine *e, int32_t seq, int32_t n) {
+    attn_seq_state *st = &e->attn[seq];
+    if (n <= st->hw_cap) return 0;
+    int64_t cap = st->hw_cap ? 2 * (int64_t)st->hw_cap : 256;
+    if (cap < n) cap = n;
+    if (cap > e->params.n_ctx) cap = e->params.n_ctx;
+    if (cap < n) return -ERANGE;
+    float *nb = realloc(st->hw_kv, (size_t)cap * 2 * (size_t)engine_kv_dim(e) * sizeof(float));
+    if (!nb) return -ENOMEM;
+    st->hw_kv = nb;
+    st->hw_cap = (int32_t)cap;
+    return 0;
 }
 
 int32_t engine_seq_attach_prefix(engine *e, int32_t seq, const int32_t *tokens, int32_t n) {
     if (engine_seq_is_linear(e, seq)) return 0; /* a recurrent state, no blocks to share */
+    if (kv_cache_seq_live(e->kv, seq) && e->attn[seq].p.kind == ATTN_HWFA) return 0; /* side store not cached */
     return kv_cache_seq_attach_prefix(e->kv, seq, tokens, n);
 }
 
@@ -442,6 +475,10 @@ int engine_step(engine *e, engine_item *items, int32_t n_items) {
         if (engine_seq_is_linear(e, it->seq)) continue; /* no KV blocks */
         rc = kv_cache_seq_reserve(e->kv, it->seq, kv_cache_seq_len(e->kv, it->seq) + it->n_tokens);
         if (rc) return rc;
+        if (e->attn[it->seq].p.kind == ATTN_HWFA) {
+            rc = engine_hw_reserve(e, it->seq, kv_cache_seq_len(e->kv, it->seq) + it->n_tokens);
+            if (rc) return rc;
+        }
     }
     rc = forward_step(e->fwd, e->kv, items, n_items);
     if (rc) return rc;

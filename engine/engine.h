@@ -120,7 +120,7 @@ const attn_params *engine_seq_attention(const engine *e, int32_t seq);
 /* Bytes of KV blocks live sequences hold now (cached prefix blocks nobody
  * uses are not counted: see engine_kv_stats), and of linear states. */
 uint64_t engine_kv_bytes_allocated(const engine *e);
-uint64_t engine_linear_state_bytes(const engine *e);
+uint64_t engine_linear_state_bytes(const engine *e); /* + hwfa's full last-layer store */
 
 enum engine_out {
     ENGINE_OUT_NONE = 0,   /* just extend the KV */

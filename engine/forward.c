@@ -35,6 +35,7 @@ enum fwd_op {
 /* Per-token flags of a step. */
 #define FWD_TOK_NOROT 1   /* rerope kinds: q and k stay unrotated */
 #define FWD_TOK_LINEAR 2  /* linear attention: K/V feed the state, not the cache */
+#define FWD_TOK_HWFA 4    /* hwfa: the last layer's K/V also go to the full side store */
 
 typedef struct fwd_chunk { /* ATTN_Q_CHUNK or fewer query rows of one item */
     int32_t seq, t0, n, pos0;
@@ -237,6 +238,11 @@ static void fwd_rows(forward *f, int32_t t0, int32_t t1) {
                 fwd_rope(k, hp->n_head_kv, hp->head_dim, hp->n_rot, m->arch->rope, c, s);
             }
             if (f->tok_flags[t] & FWD_TOK_LINEAR) continue; /* no KV: the state takes k, v */
+            if ((f->tok_flags[t] & FWD_TOK_HWFA) && f->layer == hp->n_layer - 1) {
+                float *row = f->seq_attn[f->tok_seq[t]].hw_kv + (size_t)f->tok_pos[t] * 2 * f->kd;
+                memcpy(row, k, (size_t)f->kd * sizeof(float));
+                memcpy(row + f->kd, v, (size_t)f->kd * sizeof(float));
+            }
             /* Converted to the cache's element type on store. */
             kv_cache_store(f->kv, f->tok_seq[t], f->layer, f->tok_pos[t], k, v);
         }
@@ -295,6 +301,15 @@ static void fwd_attn_task(void *ctx, int32_t task, int32_t thread) {
     }
     const fwd_chunk *c = &f->chunks[task / n_head];
     int32_t h = task % n_head;
+    const attn_params *ap = fwd_seq_params(f, c->seq);
+    if (ap->kind == ATTN_HWFA && f->seq_attn && f->layer == f->ami.n_layer - 1) {
+        /* hwfa's full last layer reads the side store (the cache holds windows). */
+        int32_t L = ap->rope_set && ap->rope.orig_ctx > 0 ? ap->rope.orig_ctx : f->ami.n_ctx_train;
+        attention_contig_rows(f->seq_attn[c->seq].hw_kv, 2 * (size_t)f->kd, (size_t)f->kd, &f->shape, ap->logn, L, h,
+                              f->q + (size_t)c->t0 * f->qd + (size_t)h * hd, (size_t)f->qd, c->n, c->pos0,
+                              f->att + (size_t)c->t0 * f->qd + (size_t)h * hd, (size_t)f->qd, scratch);
+        return;
+    }
     attention_kind_rows(f->kv, c->seq, f->layer, &f->shape, &f->ami, fwd_seq_params(f, c->seq), h,
                         f->q + (size_t)c->t0 * f->qd + (size_t)h * hd, (size_t)f->qd, c->n, c->pos0,
                         f->att + (size_t)c->t0 * f->qd + (size_t)h * hd, (size_t)f->qd, scratch);
@@ -347,6 +362,7 @@ int forward_step(forward *f, kv_cache *kv, engine_item *items, int32_t n_items) 
         int linear = ap->kind == ATTN_LINEAR && f->seq_attn;
         int32_t pos0 = linear ? f->seq_attn[it->seq].lin_len : kv_cache_seq_len(kv, it->seq);
         uint8_t flags = (uint8_t)((linear ? FWD_TOK_LINEAR : 0) |
+                                  (ap->kind == ATTN_HWFA && f->seq_attn ? FWD_TOK_HWFA : 0) |
                                   (attn_kv_need_of(ap) == ATTN_KV_UNROTATED ? FWD_TOK_NOROT : 0));
         for (int32_t j = 0; j < it->n_tokens; j++) {
             f->tok[T + j] = it->tokens[j];

@@ -274,7 +274,7 @@ int cli_ppl(int argc, char **argv) {
             done++;
         }
         fprintf(stderr,
-                "stats: {\"kind\": \"%s\", \"tokens\": %lld, \"kv_bytes\": %llu, \"linear_state_bytes\": %llu, "
+                "stats: {\"kind\": \"%s\", \"tokens\": %lld, \"kv_bytes\": %llu, \"state_bytes\": %llu, "
                 "\"kv_bytes_per_token\": %llu, \"prefill_tok_s\": %.2f, \"decode_tokens\": %d, \"decode_tok_s\": %.2f}\n",
                 attn_kind_name(ap.kind), (long long)engine_seq_len(e, seq),
                 (unsigned long long)engine_kv_bytes_allocated(e), (unsigned long long)engine_linear_state_bytes(e),

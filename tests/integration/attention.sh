@@ -3,7 +3,7 @@
 # request and by config, mixed-kind batches equal the same requests alone,
 # 400s naming bad parameters, /v1/models lists the kinds, NBCE over HTTP
 # (one context == plain decoding), qkvd ppl's JSON, and KV memory: window
-# bounded by sinks + window, linear holds no KV.
+# bounded by sinks + window, hwfa by windows + one full layer, linear holds no KV.
 set -u
 ROOT=${QKVD_ROOT:-$(cd "$(dirname "$0")/../.." && pwd)}
 BIN=${QKVD_BIN:-$ROOT/build/qkvd}
@@ -123,17 +123,19 @@ if (Object.keys(j).join()!=="tokens,ppl,buckets" || j.tokens!==1024 || !(j.ppl>1
 for (const b of j.buckets) if (Object.keys(b).join()!=="from,to,ppl" || !(b.ppl>0)) process.exit(1);
 if (j.buckets[0].from!==1 || j.buckets[3].to!==1024) process.exit(1)' "$TMP/ppl.soft"
 check ppl_json_format $?
-"$BIN" ppl -m "$MODEL" -f "$TMP/text" --ctx 1024 --json --buckets 4 --attention window --window 2048 >"$TMP/ppl.win"
+"$BIN" ppl -m "$MODEL" -f "$TMP/text" --ctx 1024 --json --buckets 4 --attention window --window 1024 --sinks 0 >"$TMP/ppl.win"
 node -e 'const a=JSON.parse(require("fs").readFileSync(process.argv[1],"utf8")), b=JSON.parse(require("fs").readFileSync(process.argv[2],"utf8"));
 if (Math.abs(a.ppl-b.ppl) > 1e-4*a.ppl) process.exit(1)' "$TMP/ppl.soft" "$TMP/ppl.win"
 check ppl_covering_window_equals_softmax $?
 # KV held at 4096 tokens: window 64 + 4 sinks keeps ~68 positions (+ partial blocks).
 "$BIN" ppl -m "$MODEL" -f "$TMP/text" --ctx 4096 --attention window --window 64 --sinks 4 --stats --json 2>"$TMP/st.win" >/dev/null
 "$BIN" ppl -m "$MODEL" -f "$TMP/text" --ctx 4096 --attention linear --stats --json 2>"$TMP/st.lin" >/dev/null
+"$BIN" ppl -m "$MODEL" -f "$TMP/text" --ctx 4096 --attention hwfa --window 64 --sinks 4 --stats --json 2>"$TMP/st.hw" >/dev/null
 "$BIN" ppl -m "$MODEL" -f "$TMP/text" --ctx 4096 --stats --json 2>"$TMP/st.soft" >/dev/null
 node -e 'const f=p=>JSON.parse(require("fs").readFileSync(p,"utf8").split("\n").find(l=>l.startsWith("stats: ")).slice(7));
-const w=f(process.argv[1]), l=f(process.argv[2]), s=f(process.argv[3]);
-console.log("# KV bytes at " + s.tokens + " tokens: softmax " + s.kv_bytes + ", window 64+4 " + w.kv_bytes + ", linear " + l.kv_bytes + " (+" + l.linear_state_bytes + " state)");
-const bound = (64 + 4 + 2 * 16 + 16) * w.kv_bytes_per_token;
-if (!(w.kv_bytes <= bound) || l.kv_bytes !== 0 || !(l.linear_state_bytes > 0) || !(s.kv_bytes >= 4096 * s.kv_bytes_per_token)) process.exit(1)' "$TMP/st.win" "$TMP/st.lin" "$TMP/st.soft"
+const w=f(process.argv[1]), l=f(process.argv[2]), s=f(process.argv[3]), h=f(process.argv[4]);
+console.log("# KV bytes at " + s.tokens + " tokens: softmax " + s.kv_bytes + ", window 64+4 " + w.kv_bytes + ", hwfa 64+4 " + h.kv_bytes + " (+" + h.state_bytes + " last layer), linear " + l.kv_bytes + " (+" + l.state_bytes + " state)");
+const bound = (64 + 4 + 2 * 16 + 16) * w.kv_bytes_per_token, layer = s.kv_bytes_per_token / 5; /* stories260K: 5 layers */
+if (!(w.kv_bytes <= bound) || l.kv_bytes !== 0 || !(l.state_bytes > 0) || !(s.kv_bytes >= 4096 * s.kv_bytes_per_token)) process.exit(1);
+if (!(h.kv_bytes <= bound) || !(h.state_bytes >= 4096 * layer) || !(h.state_bytes <= 2 * 4096 * layer)) process.exit(1)' "$TMP/st.win" "$TMP/st.lin" "$TMP/st.soft" "$TMP/st.hw"
 check kv_window_bounded_linear_none $?

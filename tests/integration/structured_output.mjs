@@ -7,6 +7,7 @@
 // the official OpenAI SDK for every tool-call syntax family.
 import { execSync } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
+import http from 'node:http';
 import path from 'node:path';
 import { ok, skip, failed, startServer, post, QWEN, SHARED } from './lib/server.mjs';
 
@@ -241,6 +242,36 @@ for (const [fam, tmpl] of families) {
     ok(false, `tools_${fam}`, e.stack);
   } finally {
     await ts.stop();
+  }
+}
+// ---- grammar state survives pre-emption: the same seeded outputs when the
+// KV pool is too small and the newest jobs are pre-empted and recomputed ----
+{
+  const STORIES = path.join(SHARED, 'models/stories260K.gguf');
+  const LONG = 'Once upon a time, there was a little girl named Lily. She loved to play outside in the park with her friends. One day, she saw a big red ball under a tree and she wanted to play with it.';
+  const schema = { type: 'array', items: { type: 'integer', minimum: 0, maximum: 999 }, minItems: 60 };
+  const bodies = [0, 1, 2, 3, 4, 5].map((i) => ({ prompt: `${LONG} ${i}`, max_tokens: 150, temperature: 0.8, seed: 7 + i, n: i === 3 ? 2 : 1,
+    response_format: { type: 'json_schema', json_schema: { name: 'a', schema } } }));
+  const texts = async (port) => (await Promise.all(bodies.map((b) => post(port, '/v1/completions', b))))
+    .map((r) => r.status === 200 ? JSON.stringify(r.json.choices.map((c) => c.text)) : `ERROR ${r.body}`);
+  const metric = async (port, name) => {
+    const r = await new Promise((res) => http.get({ host: '127.0.0.1', port, path: '/metrics' }, (m) => { let b = ''; m.on('data', (d) => b += d); m.on('end', () => res(b)); }));
+    return r.split('\n').filter((l) => l.startsWith(name)).reduce((a, l) => a + Number(l.split(' ').pop()), 0);
+  };
+  if (!existsSync(STORIES)) skip('preemption_keeps_grammar_state', `${STORIES} absent`);
+  else {
+    const ref = await startServer(['-m', STORIES, '--threads', '1', '--max-seqs', '8']);
+    let want;
+    try { want = await texts(ref.port); } finally { await ref.stop(); }
+    const small = await startServer(['-m', STORIES, '--threads', '1', '--max-seqs', '8', '--kv-memory', '1', '--prefill-chunk', '32']);
+    try {
+      const got = await texts(small.port);
+      const n = await metric(small.port, 'qkvd_preemptions_total');
+      const diff = got.map((g, i) => g === want[i] ? '' : `request ${i}: ${g.slice(0, 120)} vs ${want[i].slice(0, 120)}`).filter(Boolean);
+      ok(n > 0 && diff.length === 0 && !want.some((w) => w.startsWith('ERROR')), 'preemption_keeps_grammar_state', `pre-emptions ${n}; ${diff.join(' | ')}`);
+    } finally {
+      await small.stop();
+    }
   }
 }
 // bad tools: 400 naming the parameter path

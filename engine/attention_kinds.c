@@ -50,6 +50,7 @@ static void kind_softmax_segments(float *row, int32_t a1, int32_t b0, int32_t b1
  * by the log-n factor when asked. Columns: ns sink keys, then the body keys
  * lo .. hi of the union over the chunk. */
 static void kind_masked(const kv_cache *kv, int32_t seq, int32_t layer, const attn_shape *s,
+                        const attn_model_info *mi, const attn_params *p,
                         int32_t W, int32_t S, int logn, int32_t n_ctx_train, int32_t head,
                         const float *q, size_t q_stride, int32_t n_q, int32_t pos0, float *out,
                         size_t out_stride, float *scratch) {
@@ -74,6 +75,33 @@ static void kind_masked(const kv_cache *kv, int32_t seq, int32_t layer, const at
                 cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n_q, len, hd, s->scale, q,
                             (int)q_stride, kp + (size_t)kvh * hd, kv_dim, 0.0f, Sc + col, n_cols);
         });
+    }
+    /* Sinks at their cache position (as StreamingLLM): once the window has
+     * moved past them, the query sits at cache position S + W - 1 and sink
+     * j at j, so the sink scores use the query rotated to S + W - 1 instead
+     * of i (keys are stored rotated at j). Without this, sinks are scored at
+     * distances the model never saw in training. */
+    if (mi && ns > 0 && (int64_t)pos0 + n_q - 1 > (int64_t)S + W - 1) {
+        const rope_params *rp = p->rope_set ? &p->rope : &mi->rope;
+        double inv_freq[ATTN_MAX_ROT / 2];
+        float c[ATTN_MAX_ROT / 2], sn[ATTN_MAX_ROT / 2], qs[ATTN_MAX_ROT > 1024 ? ATTN_MAX_ROT : 1024];
+        for (int32_t t = 0; t < n_q && hd <= 1024; t++) {
+            int32_t i = pos0 + t;
+            int64_t a = (int64_t)S + W - 1;
+            if (i <= a) continue;
+            rope_freqs(rp, mi->n_rot, mi->rope_base, mi->freq_div, mi->n_ctx_train, i, inv_freq);
+            for (int32_t m = 0; m < mi->n_rot / 2; m++) {
+                double ang = (double)(a - i) * inv_freq[m];
+                c[m] = (float)cos(ang);
+                sn[m] = (float)sin(ang);
+            }
+            memcpy(qs, q + (size_t)t * q_stride, (size_t)hd * sizeof(float));
+            rope_rotate(qs, 1, hd, mi->n_rot, mi->neox, c, sn);
+            SPANS(kv, seq, layer, 0, ns, kp, vp, len, {
+                vec_dot_rows(qs, kp + (size_t)kvh * hd, (size_t)kv_dim, (size_t)len, (size_t)hd, s->scale,
+                             Sc + (size_t)t * n_cols + span_pos);
+            });
+        }
     }
     for (int32_t t = 0; t < n_q; t++) {
         int32_t i = pos0 + t;
@@ -201,7 +229,7 @@ void attention_kind_rows(const kv_cache *kv, int32_t seq, int32_t layer, const a
     case ATTN_WINDOW:
     case ATTN_HWFA:
         if (attn_layer_windowed(p, layer, mi->n_layer)) {
-            kind_masked(kv, seq, layer, s, p->window, p->sinks, p->logn, L, head, q, q_stride,
+            kind_masked(kv, seq, layer, s, mi, p, p->window, p->sinks, p->logn, L, head, q, q_stride,
                         n_q, pos0, out, out_stride, scratch);
             return;
         }
@@ -210,7 +238,7 @@ void attention_kind_rows(const kv_cache *kv, int32_t seq, int32_t layer, const a
         break;
     }
     if (p->logn || p->kind == ATTN_LOGN) {
-        kind_masked(kv, seq, layer, s, INT32_MAX, 0, 1, L, head, q, q_stride, n_q, pos0, out,
+        kind_masked(kv, seq, layer, s, NULL, p, INT32_MAX, 0, 1, L, head, q, q_stride, n_q, pos0, out,
                     out_stride, scratch);
         return;
     }

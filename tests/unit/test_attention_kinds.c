@@ -66,7 +66,10 @@ static void reference(const attn_params *p, int layer, int i, int h, double *out
             rot_d(qr, &Q[i][h * HD], rho);
             for (int d = 0; d < HD; d++) dot += qr[d] * K[j][kvh * HD + d];
         } else {
-            rot_d(qr, &Q[i][h * HD], i);
+            /* Window sinks sit at their cache position: the query at
+             * S + W - 1 once the window has moved past them. */
+            int sink_shift = windowed && j < p->sinks && i > p->sinks + p->window - 1;
+            rot_d(qr, &Q[i][h * HD], sink_shift ? p->sinks + p->window - 1 : i);
             rot_d(kr, &K[j][kvh * HD], j);
             for (int d = 0; d < HD; d++) dot += qr[d] * kr[d];
         }

@@ -26,6 +26,8 @@ typedef struct sched_slot {
     enum slot_state state;
     int32_t n_fed;           /* leader: prompt tokens already in the KV (RECOMPUTE: hist tokens) */
     int32_t n_lp;            /* prompt log-probs reported up to this position (re-runs skip them) */
+    int32_t n_attached;      /* leader: prompt tokens taken from the prefix cache */
+    int prefix_waited;       /* leader: held back for another job's identical prefix */
     int lp_done;             /* on_prompt_done sent */
     int32_t *hist;           /* prompt + generated tokens, cap_hist entries */
     int64_t n_hist, cap_hist;
@@ -440,6 +442,8 @@ static int64_t job_start(sched *s, sched_job *j) {
         } else if (sl->leader == i) {
             int32_t len = j->prompt_len[sl->prompt];
             sl->n_fed = j->prompt_logprobs ? 0 : engine_seq_attach_prefix(s->e, sl->seq, j->prompts[sl->prompt], len);
+            sl->n_attached = sl->n_fed;
+            sl->prefix_waited = 0;
             sl->state = SLOT_PREFILL;
             need += engine_seq_kv_blocks_needed(s->e, sl->seq, len - sl->n_fed);
         }
@@ -667,6 +671,36 @@ static void item_add(sched *s, sched_job *j, int32_t slot, int32_t seq, const in
     s->item_chunk[k] = n;
 }
 
+/* Jobs whose sequences store the same K/V for the same tokens. */
+static int same_kv(const sched_job *a, const sched_job *b) {
+    if (a->has_attn != b->has_attn) return 0;
+    return !a->has_attn || (a->attn.kind == b->attn.kind && a->attn.window == b->attn.window &&
+                            a->attn.sinks == b->attn.sinks && a->attn.logn == b->attn.logn &&
+                            a->attn.rope_set == b->attn.rope_set);
+}
+
+/* A leader that computed nothing of its own yet waits while an earlier
+ * job is still prefilling a longer run of the same prompt tokens (16 users
+ * arriving together with one system prompt compute it once, not 16 times):
+ * 1 to wait. Once the other job's blocks are cached it re-attaches. */
+static int slot_prefix_wait(const sched *s, const sched_job *j, const sched_slot *sl) {
+    const int32_t *p = j->prompts[sl->prompt];
+    int32_t len = j->prompt_len[sl->prompt], bt = engine_get_info(s->e)->kv_block_tokens;
+    for (const sched_job *y = s->running.head; y && y != j; y = y->next) {
+        if (y->kind != SCHED_GENERATE || y->finished || y->cancelled || y->prompt_logprobs || !same_kv(j, y)) continue;
+        for (int32_t i = 0; i < y->n_slots; i++) {
+            const sched_slot *ys = &y->slots[i];
+            if (ys->leader != i || ys->state != SLOT_PREFILL) continue;
+            const int32_t *q = y->prompts[ys->prompt];
+            int32_t m = y->prompt_len[ys->prompt] < len - 1 ? y->prompt_len[ys->prompt] : len - 1, c = 0;
+            while (c < m && p[c] == q[c]) c++;
+            int32_t usable = c / bt * bt; /* full blocks this prompt could take from y's */
+            if (usable > sl->n_fed && ys->n_fed < usable) return 1;
+        }
+    }
+    return 0;
+}
+
 /* Largest n <= want whose KV blocks fit in avail. */
 static int32_t fit_tokens(sched *s, int32_t seq, int32_t want, int64_t avail) {
     if (engine_seq_kv_blocks_needed(s->e, seq, want) <= avail) return want;
@@ -734,6 +768,19 @@ restart:
             sched_slot *sl = &j->slots[i];
             if (sl->state != SLOT_PREFILL && sl->state != SLOT_RECOMPUTE) continue;
             int recompute = sl->state == SLOT_RECOMPUTE;
+            if (!recompute && !j->prompt_logprobs && sl->n_fed == sl->n_attached) {
+                if (slot_prefix_wait(s, j, sl)) {
+                    sl->prefix_waited = 1;
+                    continue;
+                }
+                if (sl->prefix_waited) {
+                    /* Take what the job waited for from the cache. */
+                    sl->prefix_waited = 0;
+                    engine_seq_truncate(s->e, sl->seq, 0);
+                    sl->n_fed = sl->n_attached =
+                        engine_seq_attach_prefix(s->e, sl->seq, j->prompts[sl->prompt], j->prompt_len[sl->prompt]);
+                }
+            }
             int32_t len = recompute ? (int32_t)sl->n_hist - 1 : j->prompt_len[sl->prompt], left = len - sl->n_fed;
             int32_t chunk = left < budget ? left : budget;
             if (chunk > s->prefill_chunk) chunk = s->prefill_chunk;

@@ -456,6 +456,52 @@ static void test_preemption_prompt_logprobs(void **state) {
     }
 }
 
+/* Four requests arriving together with one 80-token prompt: the first
+ * computes it, the others wait and take its blocks from the prefix cache
+ * (hits >= 3 x 64 tokens), and every output equals a run without the cache. */
+static void test_concurrent_shared_prefix(void **state) {
+    if (!eng) skip();
+    int32_t longp[80];
+    for (int i = 0; i < 80; i++) longp[i] = i < ref_prompt_len ? ref_prompt[i] : ref2_prompt[1 + i % (ref2_prompt_len - 1)];
+    run r[2][4];
+    uint64_t hits[2];
+    for (int pc = 0; pc < 2; pc++) {
+        memset(r[pc], 0, sizeof r[pc]);
+        engine *e = load_budget(0, pc);
+        assert_non_null(e);
+        uv_loop_t loop;
+        uv_loop_init(&loop);
+        sched *s = sched_create(&loop, 8, 64, 8);
+        sched_set_limits(s, 0, 16);
+        sched_set_engine(s, e);
+        for (int k = 0; k < 4; k++) {
+            int32_t *slot, len;
+            sched_job_spec spec = greedy_spec(longp, 80, 1, 20, &slot, &len);
+            sched_job *j;
+            api_error e2;
+            assert_int_equal(sched_submit(s, &spec, &ops, &r[pc][k], &j, &e2), 0);
+        }
+        uv_run(&loop, UV_RUN_DEFAULT);
+        sched_destroy(s);
+        assert_int_equal(uv_loop_close(&loop), 0);
+        engine_kv_stats st;
+        engine_kv_stats_get(e, &st);
+        hits[pc] = st.prefix_hit_tokens;
+        engine_free(e);
+    }
+    print_message("prefix hits: cache off %llu, on %llu\n", (unsigned long long)hits[0], (unsigned long long)hits[1]);
+    assert_int_equal(hits[0], 0);
+    assert_true(hits[1] >= 3 * 64);
+    for (int k = 0; k < 4; k++) {
+        assert_int_equal(r[1][k].n_done, 1);
+        assert_int_equal(r[1][k].text[0].len, r[0][k].text[0].len);
+        assert_memory_equal(r[1][k].text[0].data, r[0][k].text[0].data, r[0][k].text[0].len);
+        assert_memory_equal(r[1][k].text[0].data, r[1][0].text[0].data, r[1][0].text[0].len);
+        run_free(&r[0][k]);
+        run_free(&r[1][k]);
+    }
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_n_choices_greedy),
@@ -466,6 +512,7 @@ int main(void) {
         cmocka_unit_test(test_preemption_same_output),
         cmocka_unit_test(test_prompt_exceeds_pool),
         cmocka_unit_test(test_preemption_prompt_logprobs),
+        cmocka_unit_test(test_concurrent_shared_prefix),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

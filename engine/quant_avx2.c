@@ -698,13 +698,13 @@ static void gemv_q8_0(const void *W, size_t rb, const void *act, float *y, int64
 /* ---- batched decode: several tokens per weight pass --------------------- */
 
 /* A tile of R rows x 4 tokens (R <= 4) of a 32-element block type against
- * Q8_0 activations. Each weight block is loaded (and for Q4_0 unpacked)
- * once and dotted with the four tokens' blocks; the four 8-lane integer
- * sums fold into one vector with two hadds (lanes t0..t3 of the low and of
- * the high 16 elements), so a single convert and FMA per row and block
- * serve all four tokens. dq[i] holds the four tokens' scales of block i
- * twice over; for Q4_0, cq[i] holds 8 * sum(qy) per token (the zero-point
- * term) in the low four lanes. */
+ * Q8_0 activations. Each weight block is loaded (and for Q4_0/Q5_0
+ * unpacked) once and dotted with the four tokens' blocks; the four 8-lane
+ * integer sums fold into one vector with two hadds (lanes t0..t3 of the low
+ * and of the high 16 elements), so a single convert and FMA per row and
+ * block serve all four tokens. dq[i] holds the four tokens' scales of block
+ * i twice over; for Q4_0 (Q5_0), cq[i] holds 8 (16) * sum(qy) per token (the
+ * zero-point term) in the low four lanes. is_q4: 0 Q8_0, 1 Q4_0, 2 Q5_0. */
 #define GEMM_MAX_NB 1024
 
 /* One row of a tile: its block i against the four tokens' blocks a0..a3. */
@@ -715,7 +715,11 @@ gemm_row_32(const uint8_t *b, __m256i a0, __m256i a1, __m256i a2, __m256i a3, __
     const __m256i ones = _mm256_set1_epi16(1);
     __m256i p0, p1, p2, p3;
     if (is_q4) {
-        __m256i w = nibbles_32(b + offsetof(block_q4_0, qs)); /* 0..15: unsigned as is */
+        /* 0..15 (Q4_0) or 0..31 (Q5_0): unsigned as is, the zero point is in cq */
+        __m256i w = is_q4 == 2 ? _mm256_or_si256(nibbles_32(b + offsetof(block_q5_0, qs)),
+                                                 _mm256_and_si256(bits_32(b + offsetof(block_q5_0, qh)),
+                                                                  _mm256_set1_epi8(0x10)))
+                               : nibbles_32(b + offsetof(block_q4_0, qs));
         p0 = _mm256_madd_epi16(_mm256_maddubs_epi16(w, a0), ones);
         p1 = _mm256_madd_epi16(_mm256_maddubs_epi16(w, a1), ones);
         p2 = _mm256_madd_epi16(_mm256_maddubs_epi16(w, a2), ones);
@@ -747,7 +751,7 @@ static inline __attribute__((always_inline)) void
 gemm_tile_32(const uint8_t *W, size_t rb, const uint8_t *const *ya, const __m256 *dq, const __m256i *cq,
              float *y, size_t ys, int64_t nb, const int R, const int is_q4)
 {
-    const size_t bs = is_q4 ? sizeof(block_q4_0) : sizeof(block_q8_0);
+    const size_t bs = is_q4 == 2 ? sizeof(block_q5_0) : is_q4 ? sizeof(block_q4_0) : sizeof(block_q8_0);
     __m256 c0 = _mm256_setzero_ps(), c1 = c0, c2 = c0, c3 = c0;
     const uint8_t *y0 = ya[0] + offsetof(block_q8_0, qs), *y1 = ya[1] + offsetof(block_q8_0, qs);
     const uint8_t *y2 = ya[2] + offsetof(block_q8_0, qs), *y3 = ya[3] + offsetof(block_q8_0, qs);
@@ -790,7 +794,7 @@ gemm_32(const void *W, size_t rb, const void *act, size_t as, float *y, size_t y
                     d4[j] = fp16_to_f32(b->d);
                     if (is_q4) {
                         __m256i q = _mm256_loadu_si256((const __m256i *)b->qs);
-                        c4[j] = 8 * hsum_epi32(_mm256_madd_epi16(
+                        c4[j] = (is_q4 == 2 ? 16 : 8) * hsum_epi32(_mm256_madd_epi16(
                                         _mm256_maddubs_epi16(_mm256_set1_epi8(1), q), _mm256_set1_epi16(1)));
                     }
                 }
@@ -822,6 +826,12 @@ static void gemm_q4_0(const void *W, size_t rb, const void *act, size_t as, floa
                       int64_t n, int64_t nrows, int32_t ntok)
 {
     gemm_32(W, rb, act, as, y, ys, n, nrows, ntok, 1, gemv_q4_0);
+}
+
+static void gemm_q5_0(const void *W, size_t rb, const void *act, size_t as, float *y, size_t ys,
+                      int64_t n, int64_t nrows, int32_t ntok)
+{
+    gemm_32(W, rb, act, as, y, ys, n, nrows, ntok, 2, gemv_q5_0);
 }
 
 /* Q4_K rows against four tokens' Q8_K blocks: each 64-element chunk's
@@ -901,6 +911,85 @@ static void gemm_q4_K(const void *W, size_t rb, const void *act, size_t as, floa
         const uint8_t *a = (const uint8_t *)act + (size_t)t * as;
         for (int64_t r = 0; r < nrows; r++)
             y[(size_t)t * ys + r] = dot_q4_K((const uint8_t *)W + (size_t)r * rb, a, n);
+    }
+}
+
+/* Q6_K rows against four tokens' Q8_K blocks: the 6-bit quants are unpacked
+ * once per 128 elements and used unsigned (0..63); the -32 offset becomes
+ * -32 * sum(scale x 16-element activation sum), from the Q8_K bsums. */
+static void gemm_q6_K(const void *W, size_t rb, const void *act, size_t as, float *y, size_t ys,
+                      int64_t n, int64_t nrows, int32_t ntok)
+{
+    const int64_t nb = n / QK_K;
+    int32_t t = 0;
+    if (nb <= GEMM_MAX_NB_K) {
+        __m256 dq[GEMM_MAX_NB_K];
+        const __m256i m4 = _mm256_set1_epi8(0xF), m2 = _mm256_set1_epi8(3);
+        for (; t + 4 <= ntok; t += 4) {
+            const block_q8_K *ya[4];
+            for (int j = 0; j < 4; j++) ya[j] = (const block_q8_K *)((const uint8_t *)act + (size_t)(t + j) * as);
+            for (int64_t i = 0; i < nb; i++) {
+                __m128 d = _mm_setr_ps(ya[0][i].d, ya[1][i].d, ya[2][i].d, ya[3][i].d);
+                dq[i] = _mm256_setr_m128(d, d);
+            }
+            for (int64_t r = 0; r < nrows; r++) {
+                const block_q6_K *x = (const block_q6_K *)((const uint8_t *)W + (size_t)r * rb);
+                __m256 acc = _mm256_setzero_ps();
+                for (int64_t i = 0; i < nb; i++) {
+                    const __m128i scales = _mm_loadu_si128((const __m128i *)x[i].scales);
+                    const __m256i sc16 = _mm256_cvtepi8_epi16(scales);
+                    __m256i s0 = _mm256_setzero_si256(), s1 = s0, s2 = s0, s3 = s0;
+                    const uint8_t *ql = x[i].ql, *qh = x[i].qh;
+#pragma GCC unroll 2
+                    for (int j = 0; j < 2; j++, ql += 64, qh += 32) {
+                        __m256i b1 = _mm256_loadu_si256((const __m256i *)ql);
+                        __m256i b2 = _mm256_loadu_si256((const __m256i *)(ql + 32));
+                        __m256i bh = _mm256_loadu_si256((const __m256i *)qh);
+                        __m256i q[4];
+                        q[0] = _mm256_or_si256(_mm256_and_si256(b1, m4), _mm256_slli_epi16(_mm256_and_si256(bh, m2), 4));
+                        q[1] = _mm256_or_si256(_mm256_and_si256(b2, m4),
+                                               _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(bh, 2), m2), 4));
+                        q[2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(b1, 4), m4),
+                                               _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(bh, 4), m2), 4));
+                        q[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(b2, 4), m4),
+                                               _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(bh, 6), m2), 4));
+#pragma GCC unroll 4
+                        for (int k = 0; k < 4; k++) {
+                            const __m256i sp = q6_scale_pair(scales, 4 * j + k);
+                            const size_t o = (size_t)(128 * j + 32 * k);
+#define Q6K_TOK(tk, acc_)                                                                                 \
+                            acc_ = _mm256_add_epi32(acc_, _mm256_madd_epi16(sp, _mm256_maddubs_epi16(     \
+                                       q[k], _mm256_loadu_si256((const __m256i *)(ya[tk][i].qs + o)))))
+                            Q6K_TOK(0, s0);
+                            Q6K_TOK(1, s1);
+                            Q6K_TOK(2, s2);
+                            Q6K_TOK(3, s3);
+#undef Q6K_TOK
+                        }
+                    }
+#define Q6K_OFF(tk, acc_)                                                                                 \
+                    acc_ = _mm256_sub_epi32(acc_, _mm256_slli_epi32(_mm256_madd_epi16(sc16,              \
+                               _mm256_loadu_si256((const __m256i *)ya[tk][i].bsums)), 5))
+                    Q6K_OFF(0, s0);
+                    Q6K_OFF(1, s1);
+                    Q6K_OFF(2, s2);
+                    Q6K_OFF(3, s3);
+#undef Q6K_OFF
+                    __m256i h = _mm256_hadd_epi32(_mm256_hadd_epi32(s0, s1), _mm256_hadd_epi32(s2, s3));
+                    acc = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_set1_ps(fp16_to_f32(x[i].d)), dq[i]),
+                                          _mm256_cvtepi32_ps(h), acc);
+                }
+                __m128 s = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
+                float o[4];
+                _mm_storeu_ps(o, s);
+                for (int j = 0; j < 4; j++) y[(size_t)(t + j) * ys + r] = o[j];
+            }
+        }
+    }
+    for (; t < ntok; t++) {
+        const uint8_t *a = (const uint8_t *)act + (size_t)t * as;
+        for (int64_t r = 0; r < nrows; r++)
+            y[(size_t)t * ys + r] = dot_q6_K((const uint8_t *)W + (size_t)r * rb, a, n);
     }
 }
 
@@ -1192,7 +1281,9 @@ void quant__avx2_fill(quant__kernels *k)
     k->gemv[QK_Q8_0] = gemv_q8_0;
     k->gemm[QK_Q8_0] = gemm_q8_0;
     k->gemm[QK_Q4_0] = gemm_q4_0;
+    k->gemm[QK_Q5_0] = gemm_q5_0;
     k->gemm[QK_Q4_K] = gemm_q4_K;
+    k->gemm[QK_Q6_K] = gemm_q6_K;
     k->act[QK_Q8_1] = act_q8_1;
     k->act[QK_Q8_K] = act_q8_K;
 }

@@ -329,11 +329,120 @@ static void test_types(void **state) {
     assert_non_null(strstr(err, "budget"));
 }
 
+/* Randomised: sequences grow from a few shared token stems (prefix hits),
+ * are truncated, shared (n > 1) and freed on a 40-block pool (eviction);
+ * every stored value is a function of the whole token prefix, so every
+ * live sequence must read back exactly what its own tokens imply, and the
+ * block counts must always add up. */
+enum { RB = 4, RSEQ = 6, RMAX = 64 };
+static float rval(const int32_t *toks, int32_t p, int layer, int i, int kv) {
+    uint64_t h = 1469598103934665603ULL;
+    for (int32_t j = 0; j <= p; j++) h = (h ^ (uint64_t)(uint32_t)toks[j]) * 1099511628211ULL;
+    return (float)((h >> 40) % 100000) + (float)(layer * 10 + kv) * 0.5f + (float)i * 0.001f;
+}
+
+static void test_randomised(void **state) {
+    (void)state;
+    kv_cache_params p;
+    kv_cache_params_default(&p, 2, 8, RMAX, RSEQ);
+    p.block_tokens = RB;
+    p.memory_bytes = 40ull * 2 * 2 * RB * 8 * 4;
+    kv_cache *kv = kv_cache_create_params(&p, NULL, 0);
+    assert_non_null(kv);
+    int32_t toks[RSEQ][RMAX], len[RSEQ], live[RSEQ] = {0};
+    uint64_t rng = 12345;
+#define RND(n) ((int32_t)((rng = rng * 6364136223846793005ULL + 1442695040888963407ULL) >> 33) % (n))
+    float k[8], v[8], row[8];
+    for (int step = 0; step < 4000; step++) {
+        int op = RND(10);
+        int32_t id = RND(RSEQ);
+        int32_t sid = -1;
+        for (int32_t q = 0; q < RSEQ; q++) if (live[q] && q == id) sid = q;
+        if (op < 2 && sid < 0) {
+            /* New sequence: a stem (0..2) then random tokens; attach. */
+            int32_t s = kv_cache_seq_create(kv);
+            if (s < 0) continue;
+            int32_t stem = RND(3), n = 1 + RND(RMAX - 1);
+            for (int32_t j = 0; j < n; j++) toks[s][j] = j < 20 ? stem * 100 + j : RND(5);
+            int32_t got = kv_cache_seq_attach_prefix(kv, s, toks[s], n);
+            assert_true(got >= 0 && got <= n - 1 && (got % RB == 0 || got == n - 1));
+            len[s] = got;
+            live[s] = 1;
+        } else if (op < 6 && sid >= 0) {
+            /* Append up to 8 tokens (continuing the stem pattern or random). */
+            int32_t n = 1 + RND(8);
+            if (len[sid] + n > RMAX) n = RMAX - len[sid];
+            if (n <= 0) continue;
+            for (int32_t j = len[sid]; j < len[sid] + n; j++)
+                if (j >= kv_cache_seq_len(kv, sid)) toks[sid][j] = RND(2) ? toks[sid][j > 0 ? j - 1 : 0] + 1 : RND(5);
+            int64_t need = kv_cache_seq_blocks_needed(kv, sid, n);
+            int64_t avail = kv_cache_blocks_available(kv);
+            int rc = kv_cache_seq_reserve(kv, sid, len[sid] + n);
+            if (need > avail) { assert_int_equal(rc, -ENOMEM); continue; }
+            assert_int_equal(rc, 0);
+            for (int32_t pos = len[sid]; pos < len[sid] + n; pos++)
+                for (int l = 0; l < 2; l++) {
+                    for (int i = 0; i < 8; i++) { k[i] = rval(toks[sid], pos, l, i, 0); v[i] = rval(toks[sid], pos, l, i, 1); }
+                    kv_cache_store(kv, sid, l, pos, k, v);
+                }
+            kv_cache_seq_commit(kv, sid, toks[sid] + len[sid], n);
+            len[sid] += n;
+        } else if (op == 6 && sid >= 0) {
+            int32_t n = RND(len[sid] + 1);
+            kv_cache_seq_truncate(kv, sid, n);
+            len[sid] = n;
+        } else if (op == 7 && sid >= 0) {
+            int32_t d = kv_cache_seq_create(kv);
+            if (d < 0) continue;
+            int32_t n = RND(len[sid] + 1);
+            assert_int_equal(kv_cache_seq_copy(kv, d, sid, n), 0);
+            memcpy(toks[d], toks[sid], sizeof toks[d]);
+            len[d] = n;
+            live[d] = 1;
+        } else if (op >= 8 && sid >= 0) {
+            kv_cache_seq_free(kv, sid);
+            live[sid] = 0;
+        }
+        /* Invariants. */
+        kv_cache_stats st;
+        kv_cache_stats_get(kv, &st);
+        assert_true(st.blocks_used >= 0 && st.blocks_cached >= 0 && st.blocks_used + st.blocks_cached <= st.blocks_total);
+        uint64_t needed = 0;
+        for (int32_t q = 0; q < RSEQ; q++) {
+            if (!live[q]) continue;
+            assert_int_equal(kv_cache_seq_len(kv, q), len[q]);
+            needed += (uint64_t)len[q] * kv_cache_bytes_per_token(kv);
+            if (step % 7) continue; /* full read-back every 7th step */
+            for (int32_t pos = 0; pos < len[q]; pos++)
+                for (int l = 0; l < 2; l++) {
+                    kv_span sp;
+                    kv_cache_span_get(kv, q, l, pos, &sp);
+                    kv_span_rows_f32(&sp, sp.k, 1, 0, 8, row);
+                    for (int i = 0; i < 8; i++) assert_true(row[i] == rval(toks[q], pos, l, i, 0));
+                    kv_span_rows_f32(&sp, sp.v, 1, 0, 8, row);
+                    for (int i = 0; i < 8; i++) assert_true(row[i] == rval(toks[q], pos, l, i, 1));
+                }
+        }
+        assert_int_equal(st.bytes_needed, needed);
+    }
+#undef RND
+    kv_cache_stats st;
+    kv_cache_stats_get(kv, &st);
+    print_message("randomised: %llu of %llu looked-up tokens were prefix hits\n", (unsigned long long)st.prefix_hit_tokens,
+                  (unsigned long long)st.prefix_lookup_tokens);
+    assert_true(st.prefix_hit_tokens > 0);
+    for (int32_t q = 0; q < RSEQ; q++) kv_cache_seq_free(kv, q);
+    kv_cache_stats_get(kv, &st);
+    assert_int_equal(st.blocks_used, 0);
+    kv_cache_free(kv);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_lifecycle),     cmocka_unit_test(test_copy_on_write),
         cmocka_unit_test(test_prefix_cache),  cmocka_unit_test(test_lru_order),
         cmocka_unit_test(test_window),        cmocka_unit_test(test_types),
+        cmocka_unit_test(test_randomised),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

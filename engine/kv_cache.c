@@ -469,6 +469,8 @@ static int kv_seq_grow_table(kv_seq *s, int32_t need) {
     return 0;
 }
 
+static void kv_seq_drop_window(kv_cache *kv, kv_seq *s);
+
 int32_t kv_cache_seq_attach_prefix(kv_cache *kv, int32_t seq, const int32_t *tokens, int32_t n) {
     if (!kv_cache_seq_live(kv, seq) || !tokens || n <= 0) return 0;
     kv_seq *s = &kv->seqs[seq];
@@ -501,6 +503,7 @@ int32_t kv_cache_seq_attach_prefix(kv_cache *kv, int32_t seq, const int32_t *tok
     }
     s->len = reused;
     kv->hit_tokens += (uint64_t)reused;
+    kv_seq_drop_window(kv, s); /* WINDOW: the attached middle is not needed */
     return reused;
 }
 

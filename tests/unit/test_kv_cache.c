@@ -341,16 +341,20 @@ static float rval(const int32_t *toks, int32_t p, int layer, int i, int kv) {
     return (float)((h >> 40) % 100000) + (float)(layer * 10 + kv) * 0.5f + (float)i * 0.001f;
 }
 
-static void test_randomised(void **state) {
-    (void)state;
+static void randomised(int window, uint64_t seed) {
     kv_cache_params p;
     kv_cache_params_default(&p, 2, 8, RMAX, RSEQ);
     p.block_tokens = RB;
+    if (window) {
+        p.policy.kind = KV_POLICY_WINDOW;
+        p.policy.window = 10;
+        p.policy.sinks = 3;
+    }
     p.memory_bytes = 40ull * 2 * 2 * RB * 8 * 4;
     kv_cache *kv = kv_cache_create_params(&p, NULL, 0);
     assert_non_null(kv);
     int32_t toks[RSEQ][RMAX], len[RSEQ], live[RSEQ] = {0};
-    uint64_t rng = 12345;
+    uint64_t rng = seed;
 #define RND(n) ((int32_t)((rng = rng * 6364136223846793005ULL + 1442695040888963407ULL) >> 33) % (n))
     float k[8], v[8], row[8];
     for (int step = 0; step < 4000; step++) {
@@ -371,7 +375,8 @@ static void test_randomised(void **state) {
         } else if (op < 6 && sid >= 0) {
             /* Append up to 8 tokens (continuing the stem pattern or random). */
             int32_t n = 1 + RND(8);
-            if (len[sid] + n > RMAX) n = RMAX - len[sid];
+            if (!window && len[sid] + n > RMAX) n = RMAX - len[sid];
+            if (len[sid] + n > RMAX) continue; /* window: the token arrays end here */
             if (n <= 0) continue;
             for (int32_t j = len[sid]; j < len[sid] + n; j++)
                 if (j >= kv_cache_seq_len(kv, sid)) toks[sid][j] = RND(2) ? toks[sid][j > 0 ? j - 1 : 0] + 1 : RND(5);
@@ -390,11 +395,12 @@ static void test_randomised(void **state) {
         } else if (op == 6 && sid >= 0) {
             int32_t n = RND(len[sid] + 1);
             kv_cache_seq_truncate(kv, sid, n);
-            len[sid] = n;
+            len[sid] = kv_cache_seq_len(kv, sid); /* window: 0 when the middle is gone */
+            assert_true(len[sid] == n || (window && len[sid] == 0));
         } else if (op == 7 && sid >= 0) {
             int32_t d = kv_cache_seq_create(kv);
             if (d < 0) continue;
-            int32_t n = RND(len[sid] + 1);
+            int32_t n = window ? len[sid] : RND(len[sid] + 1);
             assert_int_equal(kv_cache_seq_copy(kv, d, sid, n), 0);
             memcpy(toks[d], toks[sid], sizeof toks[d]);
             len[d] = n;
@@ -411,10 +417,13 @@ static void test_randomised(void **state) {
         for (int32_t q = 0; q < RSEQ; q++) {
             if (!live[q]) continue;
             assert_int_equal(kv_cache_seq_len(kv, q), len[q]);
-            needed += (uint64_t)len[q] * kv_cache_bytes_per_token(kv);
+            needed += (uint64_t)kv_cache_seq_held(kv, q) * kv_cache_bytes_per_token(kv);
+            if (window) assert_true(kv_cache_seq_held(kv, q) <= 3 + 10 + 2 * RB);
             if (step % 7) continue; /* full read-back every 7th step */
             for (int32_t pos = 0; pos < len[q]; pos++)
                 for (int l = 0; l < 2; l++) {
+                    /* Held for sure: the sinks and what the next query sees (j > len - window). */
+                    if (window && pos >= 3 && pos < len[q] - 10 + 1) continue;
                     kv_span sp;
                     kv_cache_span_get(kv, q, l, pos, &sp);
                     kv_span_rows_f32(&sp, sp.k, 1, 0, 8, row);
@@ -428,13 +437,22 @@ static void test_randomised(void **state) {
 #undef RND
     kv_cache_stats st;
     kv_cache_stats_get(kv, &st);
-    print_message("randomised: %llu of %llu looked-up tokens were prefix hits\n", (unsigned long long)st.prefix_hit_tokens,
+    print_message("randomised (%s): %llu of %llu looked-up tokens were prefix hits\n", window ? "window" : "full",
+                  (unsigned long long)st.prefix_hit_tokens,
                   (unsigned long long)st.prefix_lookup_tokens);
     assert_true(st.prefix_hit_tokens > 0);
     for (int32_t q = 0; q < RSEQ; q++) kv_cache_seq_free(kv, q);
     kv_cache_stats_get(kv, &st);
     assert_int_equal(st.blocks_used, 0);
     kv_cache_free(kv);
+}
+
+static void test_randomised(void **state) {
+    (void)state;
+    for (uint64_t seed = 1; seed <= 4; seed++) {
+        randomised(0, seed * 12345);
+        randomised(1, seed * 12345);
+    }
 }
 
 int main(void) {

@@ -502,6 +502,88 @@ static void test_concurrent_shared_prefix(void **state) {
     }
 }
 
+/* Randomised load on a pool too small for it: 8 jobs with varied prompts
+ * (shared stems), n = 1 or 2, 10-60 tokens, two of them cancelled mid-run
+ * by the "client"; every other output equals a roomy run, and the pool
+ * ends with no block in use (ASan: nothing leaks). */
+typedef struct cancel_ctx { sched *s; sched_job *j[8]; run *r; int cancel[8], done[8]; } cancel_ctx;
+static void cancel_tick(uv_timer_t *t) {
+    cancel_ctx *c = t->data;
+    int busy = sched_busy(c->s);
+    for (int k = 0; k < 8; k++)
+        if (c->cancel[k] && !c->done[k] && c->r[k].n_done == 0 && c->r[k].n_text_calls >= 5) {
+            sched_job_cancel(c->s, c->j[k]);
+            c->done[k] = 1;
+        }
+    if (!busy) uv_timer_stop(t);
+}
+
+static void test_randomised_load(void **state) {
+    if (!eng) skip();
+    int32_t base[128];
+    for (int i = 0; i < 128; i++) base[i] = i < ref_prompt_len ? ref_prompt[i] : ref2_prompt[1 + (i * 7) % (ref2_prompt_len - 1)];
+    uint64_t rng = 99;
+#define RND(n) ((int32_t)((rng = rng * 6364136223846793005ULL + 1442695040888963407ULL) >> 33) % (n))
+    int32_t plen[8], pn[8], pmax[8], pstart[8];
+    for (int k = 0; k < 8; k++) {
+        plen[k] = 20 + RND(90);
+        pn[k] = 1 + RND(2);
+        pmax[k] = 10 + RND(50);
+        pstart[k] = RND(3) ? 0 : 1 + RND(10);
+    }
+#undef RND
+    run r[2][8];
+    for (int pass = 0; pass < 2; pass++) {
+        memset(r[pass], 0, sizeof r[pass]);
+        engine *e = load_budget(pass ? 16ull * 16 * 5 * 2 * 32 * 4 : 0, 1);
+        assert_non_null(e);
+        uv_loop_t loop;
+        uv_loop_init(&loop);
+        sched *s = sched_create(&loop, 8, 64, 8);
+        sched_set_limits(s, 0, 16);
+        sched_set_engine(s, e);
+        cancel_ctx c;
+        memset(&c, 0, sizeof c);
+        c.s = s;
+        c.r = r[pass];
+        for (int k = 0; k < 8; k++) {
+            int32_t *slot, len;
+            sched_job_spec spec = greedy_spec(base + pstart[k], plen[k], pn[k], pmax[k], &slot, &len);
+            api_error e2;
+            assert_int_equal(sched_submit(s, &spec, &ops, &r[pass][k], &c.j[k], &e2), 0);
+            c.cancel[k] = pass && (k == 2 || k == 6);
+        }
+        uv_timer_t t;
+        uv_timer_init(&loop, &t);
+        t.data = &c;
+        uv_timer_start(&t, cancel_tick, 1, 1);
+        uv_run(&loop, UV_RUN_DEFAULT);
+        uv_close((uv_handle_t *)&t, NULL);
+        uv_run(&loop, UV_RUN_DEFAULT);
+        assert_false(sched_busy(s));
+        if (pass) print_message("randomised load: %llu pre-emptions, %d jobs cancelled mid-run\n",
+                                (unsigned long long)sched_n_preemptions(s), c.done[2] + c.done[6]);
+        sched_destroy(s);
+        assert_int_equal(uv_loop_close(&loop), 0);
+        engine_kv_stats st;
+        engine_kv_stats_get(e, &st);
+        assert_int_equal(st.blocks_used, 0);
+        engine_free(e);
+    }
+    for (int k = 0; k < 8; k++) {
+        if (k != 2 && k != 6) {
+            assert_int_equal(r[1][k].n_done, 1);
+            assert_int_equal(r[1][k].err_status, 0);
+            for (int ch = 0; ch < pn[k]; ch++) {
+                assert_int_equal(r[1][k].text[ch].len, r[0][k].text[ch].len);
+                assert_memory_equal(r[1][k].text[ch].data, r[0][k].text[ch].data, r[0][k].text[ch].len);
+            }
+        }
+        run_free(&r[0][k]);
+        run_free(&r[1][k]);
+    }
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_n_choices_greedy),
@@ -513,6 +595,7 @@ int main(void) {
         cmocka_unit_test(test_prompt_exceeds_pool),
         cmocka_unit_test(test_preemption_prompt_logprobs),
         cmocka_unit_test(test_concurrent_shared_prefix),
+        cmocka_unit_test(test_randomised_load),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

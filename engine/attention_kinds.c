@@ -163,7 +163,6 @@ static void kind_rerope_row(const kv_cache *kv, int32_t seq, int32_t layer, cons
     if (p->logn) scale *= attention_logn_factor(i, rp->orig_ctx > 0 ? rp->orig_ctx : mi->n_ctx_train);
     float *sc = scratch;            /* [n] scores */
     float *qr = scratch + n;        /* [hd] rotated query */
-    float *tmp = qr + hd;           /* [hd] */
     float c1[ATTN_MAX_ROT / 2], s1[ATTN_MAX_ROT / 2], ck[ATTN_MAX_ROT / 2], sk[ATTN_MAX_ROT / 2];
     for (int32_t m = 0; m < half; m++) {
         c1[m] = (float)cos(inv_freq[m]);
@@ -202,7 +201,6 @@ static void kind_rerope_row(const kv_cache *kv, int32_t seq, int32_t layer, cons
             }
         }
     }
-    (void)tmp;
     kind_softmax_segments(sc, n, n, n, n);
     memset(out, 0, (size_t)hd * sizeof(float));
     SPANS(kv, seq, layer, 0, n, kp, vp, len, {

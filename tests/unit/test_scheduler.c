@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include "grammar/grammar.h"
 #include "scheduler.h"
 #include "sse.h"
 
@@ -213,6 +214,59 @@ static void test_stop_string(void **state) {
     assert_memory_equal(r.text[0].data, want, strlen(want));
     assert_string_equal(r.finish[0], "stop");
     run_free(&r);
+}
+
+/* Grammar hooks: a whole-output grammar (n = 2, every choice its own
+ * matcher) ends with "stop" as soon as nothing more is allowed; a lazy
+ * grammar takes over after its trigger appears in the free output. */
+static void test_grammar_hooks(void **state) {
+    if (!eng) skip();
+    grammar_vocab *gv = grammar_vocab_create(engine_tokenizer(eng));
+    assert_non_null(gv);
+    grammar *g = NULL, *lazy = NULL;
+    char err[256];
+    const char *full = "root ::= (\"yes\" | \"no\") \"!\"";
+    const char *rest = "root ::= \" BIG\" [a-z ]{0,12} \".\"";
+    assert_int_equal(grammar_compile_gbnf(full, strlen(full), &g, err, sizeof err), 0);
+    assert_int_equal(grammar_compile_gbnf(rest, strlen(rest), &lazy, err, sizeof err), 0);
+
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    sched *s = sched_create(&loop, 4, 64, 4);
+    sched_set_engine(s, eng);
+    run r1 = {0}, r2 = {0};
+    int32_t *slot1, len1, *slot2, len2;
+    sched_job_spec a = greedy_spec(ref_prompt, ref_prompt_len, 2, 30, &slot1, &len1);
+    a.sp.temperature = 1;
+    a.sp.seed = 3;
+    a.grammar = g;
+    a.gvocab = gv;
+    sched_job_spec b = greedy_spec(ref_prompt, ref_prompt_len, 1, 40, &slot2, &len2);
+    b.lazy_grammar = lazy;
+    b.trigger = "was";
+    b.trigger_len = 3;
+    b.gvocab = gv;
+    sched_job *j;
+    api_error e;
+    assert_int_equal(sched_submit(s, &a, &ops, &r1, &j, &e), 0);
+    assert_int_equal(sched_submit(s, &b, &ops, &r2, &j, &e), 0);
+    grammar_release(g); /* the jobs hold their own references */
+    grammar_release(lazy);
+    loop_finish(&loop, s);
+    for (int c = 0; c < 2; c++) {
+        sse_buf_append(&r1.text[c], "", 1);
+        assert_true(!strcmp(r1.text[c].data, "yes!") || !strcmp(r1.text[c].data, "no!"));
+        assert_string_equal(r1.finish[c], "stop");
+    }
+    sse_buf_append(&r2.text[0], "", 1);
+    const char *t = r2.text[0].data;
+    /* greedy free text up to the trigger (the reference story), then the grammar */
+    assert_memory_equal(t, ", there was BIG", strlen(", there was BIG"));
+    assert_int_equal(t[strlen(t) - 1], '.');
+    assert_string_equal(r2.finish[0], "stop");
+    run_free(&r1);
+    run_free(&r2);
+    grammar_vocab_free(gv);
 }
 
 /* FIFO queue: jobs wait for sequences; beyond queue_len a 503; a cancelled
@@ -589,6 +643,7 @@ int main(void) {
         cmocka_unit_test(test_n_choices_greedy),
         cmocka_unit_test(test_chunked_prefill_and_batching),
         cmocka_unit_test(test_stop_string),
+        cmocka_unit_test(test_grammar_hooks),
         cmocka_unit_test(test_queue_and_cancel),
         cmocka_unit_test(test_embeddings),
         cmocka_unit_test(test_preemption_same_output),

@@ -18,7 +18,9 @@
 #include <string.h>
 #include "attention_kinds.h"
 #include "engine.h"
+#include "gguf.h"
 #include "linear_attention.h"
+#include <unistd.h>
 
 enum { NL = 2, NH = 4, NKV = 2, HD = 16, NROT = 16, N = 40, LTRAIN = 16, QD = NH * HD, KD = NKV * HD };
 static const double BASE = 10000.0;
@@ -458,6 +460,92 @@ static void test_engine_kinds(void **state) {
     engine_free(e);
 }
 
+/* stories260K with {arch}.rope.scaling.* keys added (type NULL: none). */
+static int write_scaled(const char *src_path, const char *out, const char *type) {
+    gguf_file *src = NULL;
+    char err[256];
+    if (gguf_open(src_path, &src, err, sizeof err)) return -1;
+    gguf_writer *w = gguf_writer_create();
+    for (uint64_t i = 0; i < src->n_kv; i++) gguf_writer_copy_kv(w, &src->kv[i]);
+    if (type) {
+        gguf_writer_set_str(w, "llama.rope.scaling.type", type);
+        gguf_writer_set_f32(w, "llama.rope.scaling.factor", 4.0f);
+        gguf_writer_set_u32(w, "llama.rope.scaling.original_context_length", 512);
+    }
+    for (uint64_t i = 0; i < src->n_tensors; i++) {
+        const gguf_tensor *t = &src->tensors[i];
+        char name[128];
+        snprintf(name, sizeof name, "%.*s", (int)t->name.len, t->name.ptr);
+        gguf_writer_add_tensor(w, name, t->type, t->n_dims, t->ne, t->data);
+    }
+    int rc = gguf_writer_write(w, out, err, sizeof err);
+    gguf_writer_free(w);
+    gguf_close(src);
+    return rc;
+}
+
+/* rope.scaling.* metadata is read and applied: a yarn model's default
+ * attention equals the plain model with yarn asked per sequence. */
+static void test_rope_metadata(void **state) {
+    (void)state;
+    const char *sh = getenv("QKVD_SHARED");
+    char src[512], out[256], err[256];
+    snprintf(src, sizeof src, "%s/models/stories260K.gguf", sh && *sh ? sh : "../shared");
+    if (access(src, R_OK)) { printf("skip: stories260K.gguf not found (QKVD_SHARED)\n"); skip(); }
+    snprintf(out, sizeof out, "/tmp/qkvd-test-rope-%d.gguf", (int)getpid());
+    assert_int_equal(write_scaled(src, out, "yarn"), 0);
+    engine_params ep;
+    engine_params_default(&ep);
+    ep.model_path = out;
+    ep.n_ctx = 1024;
+    ep.max_seqs = 2;
+    ep.n_threads = 1;
+    engine *ey = NULL, *e = open_stories(1024, 2);
+    assert_int_equal(engine_load(&ep, &ey, err, sizeof err), 0);
+    const engine_info *in = engine_get_info(ey);
+    assert_int_equal(in->rope_scaling, ROPE_SCALING_YARN);
+    assert_true(in->rope_factor == 4.0f);
+    assert_int_equal(in->rope_orig_ctx, 512);
+    int32_t toks[700];
+    for (int i = 0; i < 700; i++) toks[i] = 1 + (i * 37) % 500;
+    attn_params yarn = kind(ATTN_SOFTMAX, 1, 0, 16), plain = kind(ATTN_SOFTMAX, 1, 0, 16);
+    yarn.rope_set = 1;
+    yarn.rope.type = ROPE_SCALING_YARN;
+    yarn.rope.factor = 4.0f;
+    yarn.rope.orig_ctx = 512;
+    int32_t a = engine_seq_create(ey), b = engine_seq_create(e), c = engine_seq_create(e);
+    assert_int_equal(engine_seq_set_attention(e, b, &yarn, err, sizeof err), 0);
+    assert_int_equal(engine_seq_set_attention(e, c, &plain, err, sizeof err), 0);
+    int32_t V = in->n_vocab;
+    float *la = malloc((size_t)V * sizeof(float)), *lb = malloc((size_t)V * sizeof(float));
+    for (int off = 0; off < 700; off += 350) {
+        engine_item ia = {a, toks + off, 350, ENGINE_OUT_LAST, NULL}, ib = {b, toks + off, 350, ENGINE_OUT_LAST, NULL};
+        assert_int_equal(engine_step(ey, &ia, 1), 0);
+        memcpy(la, ia.logits, (size_t)V * sizeof(float));
+        assert_int_equal(engine_step(e, &ib, 1), 0);
+        memcpy(lb, ib.logits, (size_t)V * sizeof(float));
+    }
+    engine_item ic = {c, toks, 350, ENGINE_OUT_NONE, NULL};
+    assert_int_equal(engine_step(e, &ic, 1), 0);
+    ic.tokens = toks + 350;
+    ic.out = ENGINE_OUT_LAST;
+    assert_int_equal(engine_step(e, &ic, 1), 0);
+    double d = max_diff(la, lb, (size_t)V), dp = max_diff(la, ic.logits, (size_t)V);
+    printf("yarn from metadata vs per-sequence yarn: %.2e (vs no scaling %.2e)\n", d, dp);
+    assert_true(d < 1e-4);
+    assert_true(dp > 1e-3);
+    free(la);
+    free(lb);
+    engine_free(ey);
+    engine_free(e);
+    /* An unknown type is a load error naming the key. */
+    assert_int_equal(write_scaled(src, out, "su-scaled"), 0);
+    ey = NULL;
+    assert_true(engine_load(&ep, &ey, err, sizeof err) < 0);
+    assert_non_null(strstr(err, "rope.scaling.type"));
+    unlink(out);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_softmax_reference),
@@ -467,6 +555,7 @@ int main(void) {
         cmocka_unit_test(test_linear_forms),
         cmocka_unit_test(test_params),
         cmocka_unit_test(test_engine_kinds),
+        cmocka_unit_test(test_rope_metadata),
     };
     return cmocka_run_group_tests(tests, setup, NULL);
 }

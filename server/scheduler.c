@@ -341,7 +341,10 @@ static void slot_sample(sched *s, sched_job *j, int32_t idx, const float *logits
         return;
     }
     if (j->logprobs && j->ops.on_token && !j->finished) j->ops.on_token(j->user, idx, tok, &r);
-    int64_t n = tok_stream_push(&sl->ts, s->tok, tok, j->render_special, s->text, (int64_t)sizeof s->text);
+    /* While a lazy grammar waits for its trigger, control tokens are text:
+     * a trigger may be one (Mistral's [TOOL_CALLS]), and the owner parses it too. */
+    int render = j->render_special || (sl->gm && !sl->gm_on);
+    int64_t n = tok_stream_push(&sl->ts, s->tok, tok, render, s->text, (int64_t)sizeof s->text);
     if (n > (int64_t)sizeof s->text) n = (int64_t)sizeof s->text;
     if (sl->gm && !sl->gm_on && n > 0) slot_trigger_scan(s, j, sl, (size_t)n);
     if (sl->held) {

@@ -8,6 +8,11 @@
 #include <math.h>
 #include <string.h>
 
+int attn_dynamic_exact(const attn_params *p, const rope_params *model_rope) {
+    const rope_params *rp = p->rope_set ? &p->rope : model_rope;
+    return rp->type == ROPE_SCALING_DYNAMIC_NTK && (p->kind == ATTN_SOFTMAX || p->kind == ATTN_LOGN);
+}
+
 size_t attention_kind_scratch_floats(int32_t n_q, int32_t n_keys, int32_t head_dim) {
     return (size_t)n_q * (size_t)n_keys + 8 * (size_t)head_dim + 64;
 }
@@ -217,6 +222,20 @@ void attention_kind_rows(const kv_cache *kv, int32_t seq, int32_t layer, const a
      * when one is given (GGUF context_length is sometimes not the length
      * the model was trained at). */
     const int32_t L = p->rope_set && p->rope.orig_ctx > 0 ? p->rope.orig_ctx : mi->n_ctx_train;
+    if (attn_dynamic_exact(p, &mi->rope)) {
+        /* dynamic-ntk, exactly: keys are cached unrotated and every score
+         * uses the query's current base (rerope with an unbounded window). */
+        attn_params full = *p;
+        full.kind = ATTN_REROPE;
+        full.window = INT32_MAX;
+        full.rope = p->rope_set ? p->rope : mi->rope;
+        full.rope_set = 1;
+        full.logn = p->logn || p->kind == ATTN_LOGN;
+        for (int32_t t = 0; t < n_q; t++)
+            kind_rerope_row(kv, seq, layer, s, mi, &full, kvh, q + (size_t)t * q_stride, pos0 + t,
+                            out + (size_t)t * out_stride, scratch);
+        return;
+    }
     switch (p->kind) {
     case ATTN_REROPE:
     case ATTN_LEAKY_REROPE:

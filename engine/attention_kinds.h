@@ -41,6 +41,13 @@ typedef struct attn_seq_state {
 /* Largest n_rot the rerope kernels rotate (stack buffers). */
 #define ATTN_MAX_ROT 1024
 
+/* 1 when kind p runs dynamic-ntk exactly: full attention (softmax or logn)
+ * under dynamic-ntk scaling (p's, or the model's when p does not set one).
+ * Its keys are then cached UNROTATED and every query re-rotates against
+ * them with the base of its own position (the rerope kernel with an
+ * unbounded window): rotating keys once at write time would mix bases. */
+int attn_dynamic_exact(const attn_params *p, const rope_params *model_rope);
+
 /* Floats of scratch attention_kind_rows needs for n_q rows over n_keys keys. */
 size_t attention_kind_scratch_floats(int32_t n_q, int32_t n_keys, int32_t head_dim);
 

@@ -363,7 +363,8 @@ int forward_step(forward *f, kv_cache *kv, engine_item *items, int32_t n_items) 
         int32_t pos0 = linear ? f->seq_attn[it->seq].lin_len : kv_cache_seq_len(kv, it->seq);
         uint8_t flags = (uint8_t)((linear ? FWD_TOK_LINEAR : 0) |
                                   (ap->kind == ATTN_HWFA && f->seq_attn ? FWD_TOK_HWFA : 0) |
-                                  (attn_kv_need_of(ap) == ATTN_KV_UNROTATED ? FWD_TOK_NOROT : 0));
+                                  (attn_kv_need_of(ap) == ATTN_KV_UNROTATED || attn_dynamic_exact(ap, &f->ami.rope)
+                                       ? FWD_TOK_NOROT : 0));
         for (int32_t j = 0; j < it->n_tokens; j++) {
             f->tok[T + j] = it->tokens[j];
             f->tok_seq[T + j] = it->seq;

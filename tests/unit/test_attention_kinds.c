@@ -33,11 +33,14 @@ static float frand(void) {
     return (float)((rng >> 11) * (1.0 / 9007199254740992.0)) * 2.0f - 1.0f;
 }
 
+/* Base of the rotations below (dynamic-ntk raises it per query). */
+static double rot_base = 10000.0;
+
 /* x (one head, adjacent pairs) rotated by position pos, in double. */
 static void rot_d(double *out, const float *x, double pos) {
     for (int d = 0; d < HD; d++) out[d] = x[d];
     for (int m = 0; m < NROT / 2; m++) {
-        double a = pos * pow(BASE, -2.0 * m / NROT), c = cos(a), s = sin(a);
+        double a = pos * pow(rot_base, -2.0 * m / NROT), c = cos(a), s = sin(a);
         double x0 = x[2 * m], x1 = x[2 * m + 1];
         out[2 * m] = x0 * c - x1 * s;
         out[2 * m + 1] = x0 * s + x1 * c;
@@ -54,7 +57,10 @@ static void reference(const attn_params *p, int layer, int i, int h, double *out
         if (f > 1) scale *= f;
     }
     int windowed = p->kind == ATTN_WINDOW || (p->kind == ATTN_HWFA && layer < NL - 1);
-    int rr = p->kind == ATTN_REROPE || p->kind == ATTN_LEAKY_REROPE;
+    int dyn = p->rope_set && p->rope.type == ROPE_SCALING_DYNAMIC_NTK;
+    int rr = p->kind == ATTN_REROPE || p->kind == ATTN_LEAKY_REROPE || dyn;
+    rot_base = BASE;
+    if (dyn && i + 1 > LTRAIN) rot_base = BASE * pow((i + 1.0) / LTRAIN, (double)NROT / (NROT - 2));
     double mx = -INFINITY;
     for (int j = 0; j <= i; j++) {
         sc[j] = -INFINITY;
@@ -62,7 +68,7 @@ static void reference(const attn_params *p, int layer, int i, int h, double *out
         int r = i - j;
         double dot = 0;
         if (rr) {
-            double rho = r < p->window ? r
+            double rho = dyn || r < p->window ? r
                          : p->kind == ATTN_REROPE ? p->window
                                                   : p->window + (double)(r - p->window) / p->leak;
             rot_d(qr, &Q[i][h * HD], rho);
@@ -88,7 +94,9 @@ static void reference(const attn_params *p, int layer, int i, int h, double *out
 /* Run the kernels over the whole sequence (as prefill chunks of 32 and as
  * decode rows) and return the largest difference to the reference. */
 static double run_kind(const attn_params *p) {
-    int rr = p->kind == ATTN_REROPE || p->kind == ATTN_LEAKY_REROPE;
+    int rr = p->kind == ATTN_REROPE || p->kind == ATTN_LEAKY_REROPE ||
+             (p->rope_set && p->rope.type == ROPE_SCALING_DYNAMIC_NTK);
+    rot_base = BASE;
     kv_cache *kv = kv_cache_create(NL, KD, N, 1);
     assert_non_null(kv);
     int32_t seq = kv_cache_seq_create(kv);
@@ -229,6 +237,13 @@ static void test_logn_hwfa(void **state) {
     p = kind(ATTN_REROPE, 9, 0, 16);
     p.logn = 1;
     assert_true(run_kind(&p) < TOL);
+    /* dynamic-ntk runs exactly: every score with the query's own base. */
+    p = kind(ATTN_SOFTMAX, 8, 0, 16);
+    p.rope_set = 1;
+    p.rope.type = ROPE_SCALING_DYNAMIC_NTK;
+    e = run_kind(&p);
+    printf("dynamic-ntk (exact) vs reference: %.2e\n", e);
+    assert_true(e < TOL);
     assert_true(attention_logn_factor(LTRAIN - 1, LTRAIN) == 1.0f);
     assert_true(attention_logn_factor(LTRAIN * LTRAIN - 1, LTRAIN) > 1.99f);
 }

@@ -318,7 +318,9 @@ static uint64_t engine_attn_salt(const attn_params *p) {
  * configured default policy. */
 int engine_attention_fits_kv(const engine *e, const attn_params *p, char *err, size_t errlen) {
     if (p->kind == ATTN_LINEAR) return 0; /* no KV at all */
-    int plain = p->kind == ATTN_SOFTMAX && !p->logn && !p->rope_set;
+    /* (A model whose own scaling is dynamic-ntk caches keys unrotated.) */
+    int plain = p->kind == ATTN_SOFTMAX && !p->logn && !p->rope_set &&
+                e->m->hp.rope_scaling != MODEL_ROPE_SCALING_DYNAMIC_NTK;
     if (!plain && kv_cache_type(e->kv) != KV_F32) {
         snprintf(err, errlen, "attention kind %s needs an f32 KV cache (the server runs --kv-type %s)",
                  attn_kind_name(p->kind), kv_type_name(kv_cache_type(e->kv)));
@@ -334,7 +336,9 @@ int engine_attention_fits_kv(const engine *e, const attn_params *p, char *err, s
 
 static int engine_seq_kv_for_kind(engine *e, int32_t seq, const attn_params *p, char *err, size_t errlen) {
     if (p->kind == ATTN_LINEAR) return 0; /* no KV at all */
-    int plain = p->kind == ATTN_SOFTMAX && !p->logn && !p->rope_set;
+    /* (A model whose own scaling is dynamic-ntk caches keys unrotated.) */
+    int plain = p->kind == ATTN_SOFTMAX && !p->logn && !p->rope_set &&
+                e->m->hp.rope_scaling != MODEL_ROPE_SCALING_DYNAMIC_NTK;
     int rc0 = engine_attention_fits_kv(e, p, err, errlen);
     if (rc0) return rc0;
     kv_policy_cfg pc = {.kind = KV_POLICY_FULL};

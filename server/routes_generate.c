@@ -581,7 +581,8 @@ static void gen_start(serve_app *a, http_req *r, gen_request *req) {
     serve_config_attention(&a->cfg, &attn_def);
     if (ok && request_attention_resolve(req, &attn_def, &attn, &e)) ok = 0;
     if (ok && strcmp(a->info->kv_type, "f32") &&
-        !(attn.kind == ATTN_SOFTMAX && !attn.logn && !attn.rope_set)) {
+        !(attn.kind == ATTN_SOFTMAX && !attn.logn && !attn.rope_set &&
+          a->info->rope_scaling != ROPE_SCALING_DYNAMIC_NTK)) {
         api_error_set(&e, 400, NULL, "attention", "invalid_value",
                       "attention kind %s needs an f32 KV cache; this server runs --kv-type %s",
                       attn_kind_name(attn.kind), a->info->kv_type);

@@ -96,7 +96,20 @@ grep -q '"index":0' "$TMP/sse" && ! grep -q '"index":1' "$TMP/sse" && grep -q 'd
 check nbce_stream_one_choice $?
 stop
 
-# By config: the server default kind applies to requests without "attention".
+# By config: the server default kind applies to requests without "attention"
+# (each kind of KINDS above, set by flags / environment).
+CFGS=("" "--attention window --attention-window 12 --attention-sinks 2" "--attention rerope --attention-window 8"
+      "--attention leaky-rerope --attention-window 8 --attention-leak 4" "--attention logn"
+      "--attention hwfa --attention-window 10" "--attention linear" "--rope-scaling yarn --rope-factor 4")
+ok=0
+for i in "${!CFGS[@]}"; do
+  # shellcheck disable=SC2086
+  start ${CFGS[$i]}
+  post "{\"prompt\":\"$PROMPT\",\"max_tokens\":40,\"temperature\":0}" | text >"$TMP/cfg.$i"
+  if ! cmp -s "$TMP/cfg.$i" "$TMP/alone.$i" || grep -q ERROR "$TMP/cfg.$i"; then ok=1; echo "# config ${CFGS[$i]}: $(cat "$TMP/cfg.$i")"; fi
+  stop
+done
+check every_kind_by_config_flags $ok
 QKVD_ATTENTION=window QKVD_ATTENTION_WINDOW=12 QKVD_ATTENTION_SINKS=2 start
 post "{\"prompt\":\"$PROMPT\",\"max_tokens\":40,\"temperature\":0}" | text >"$TMP/cfg.window"
 cmp -s "$TMP/cfg.window" "$TMP/alone.1" && ! grep -q ERROR "$TMP/cfg.window"

@@ -176,27 +176,6 @@ static void fwd_rmsnorm(float *out, const float *x, const float *w, int32_t n, f
     for (int32_t i = 0; i < n; i++) out[i] = x[i] * scale * w[i];
 }
 
-static void fwd_rope(float *x, int32_t n_heads, int32_t hd, int32_t n_rot,
-                     enum model_rope_style style, const float *c, const float *s) {
-    int32_t half = n_rot / 2;
-    for (int32_t h = 0; h < n_heads; h++) {
-        float *v = x + (size_t)h * hd;
-        if (style == MODEL_ROPE_NEOX) {
-            for (int32_t i = 0; i < half; i++) {
-                float a = v[i], b = v[i + half];
-                v[i] = a * c[i] - b * s[i];
-                v[i + half] = a * s[i] + b * c[i];
-            }
-        } else {
-            for (int32_t i = 0; i < half; i++) {
-                float a = v[2 * i], b = v[2 * i + 1];
-                v[2 * i] = a * c[i] - b * s[i];
-                v[2 * i + 1] = a * s[i] + b * c[i];
-            }
-        }
-    }
-}
-
 static void fwd_rows(forward *f, int32_t t0, int32_t t1) {
     const model *m = f->m;
     const model_hparams *hp = &m->hp;
@@ -234,8 +213,8 @@ static void fwd_rows(forward *f, int32_t t0, int32_t t1) {
             if (L->bv) for (int32_t i = 0; i < f->kd; i++) v[i] += L->bv[i];
             const float *c = f->rope_cos + (size_t)t * half, *s = f->rope_sin + (size_t)t * half;
             if (!(f->tok_flags[t] & FWD_TOK_NOROT)) {
-                fwd_rope(q, hp->n_head, hp->head_dim, hp->n_rot, m->arch->rope, c, s);
-                fwd_rope(k, hp->n_head_kv, hp->head_dim, hp->n_rot, m->arch->rope, c, s);
+                rope_rotate(q, hp->n_head, hp->head_dim, hp->n_rot, m->arch->rope == MODEL_ROPE_NEOX, c, s);
+                rope_rotate(k, hp->n_head_kv, hp->head_dim, hp->n_rot, m->arch->rope == MODEL_ROPE_NEOX, c, s);
             }
             if (f->tok_flags[t] & FWD_TOK_LINEAR) continue; /* no KV: the state takes k, v */
             if ((f->tok_flags[t] & FWD_TOK_HWFA) && f->layer == hp->n_layer - 1) {

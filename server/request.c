@@ -281,7 +281,7 @@ static int reject_unsupported(const json_t *o, enum gen_kind kind, api_error *er
 }
 
 /* Vendor extensions (llama-server, vLLM). Those we implement are parsed into
- * r; those that would change the output but are not implemented are rejected,
+ * r; those that would change the output but that this server lacks are rejected,
  * so that nobody believes they were applied (a value equal to the sampler's
  * neutral setting is accepted). Fields without any effect on output (slot
  * ids, timing hints) stay ignored, as docs/api.md lists. */

@@ -87,8 +87,9 @@ static void tp_work(threadpool *tp, uint32_t g, int32_t thread) {
          * c >= n_tasks, the job may end and the caller post the next one
          * (new n_tasks) -- reading it after the claim could then run a task
          * of the new job under the old claim, twice, and count it done
-         * early. A successful claim proves g was still current when n was
-         * read (n_tasks is written before claim is published). */
+         * early. The caller changes the claim word before it rewrites
+         * n_tasks (threadpool_run), so a successful CAS on c proves n
+         * belongs to generation g. */
         int32_t n = tp->n_tasks;
         if (!atomic_compare_exchange_weak_explicit(&tp->claim, &c, c + 1, memory_order_acq_rel,
                                                    memory_order_acquire))
@@ -189,11 +190,20 @@ void threadpool_run(threadpool *tp, int32_t n_tasks, threadpool_fn fn, void *ctx
         for (int32_t i = 0; i < n_tasks; i++) fn(ctx, i, 0);
         return;
     }
+    uint32_t g = atomic_load_explicit(&tp->gen, memory_order_relaxed) + 1;
+    /* Close the previous job's claim word BEFORE rewriting the job: a worker
+     * that has just finished its last task may be between loading the old
+     * claim and its CAS; it may read the new n_tasks, and without this its
+     * CAS on the old word would still succeed and run task n_old of the new
+     * job (twice, counted done early). With the word changed its CAS fails
+     * and the generation check sends it away. Index UINT32_MAX is never
+     * claimable: only workers of generation g could try, and they see g
+     * only after the open word below is published. */
+    atomic_store_explicit(&tp->claim, ((uint64_t)g << 32) | UINT32_MAX, memory_order_seq_cst);
     tp->fn = fn;
     tp->ctx = ctx;
     tp->n_tasks = n_tasks;
     atomic_store_explicit(&tp->tasks_done, 0, memory_order_relaxed);
-    uint32_t g = atomic_load_explicit(&tp->gen, memory_order_relaxed) + 1;
     atomic_store_explicit(&tp->claim, (uint64_t)g << 32, memory_order_release);
     atomic_store_explicit(&tp->gen, g, memory_order_seq_cst);
     if (atomic_load(&tp->sleepers) > 0) tp_futex_wake_all(&tp->gen);

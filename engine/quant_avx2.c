@@ -414,6 +414,23 @@ static inline __m256i q6_scale_pair(__m128i scales, int k)
     return _mm256_cvtepi8_epi16(_mm_shuffle_epi8(scales, shuf));
 }
 
+/* The 128 six-bit quants of one half of a Q6_K block (64 bytes of low
+ * nibbles at ql, 32 bytes of high bit pairs at qh) as 4 x 32 unsigned bytes
+ * 0..63, in the order the block's scales run. Shared by every Q6_K kernel
+ * in this file. m4 = 0x0f bytes, m2 = 0x03 bytes. */
+static inline void q6k_unpack(const uint8_t *ql, const uint8_t *qh, __m256i m4, __m256i m2, __m256i q[4]) {
+    __m256i b1 = _mm256_loadu_si256((const __m256i *)ql);
+    __m256i b2 = _mm256_loadu_si256((const __m256i *)(ql + 32));
+    __m256i bh = _mm256_loadu_si256((const __m256i *)qh);
+    q[0] = _mm256_or_si256(_mm256_and_si256(b1, m4), _mm256_slli_epi16(_mm256_and_si256(bh, m2), 4));
+    q[1] = _mm256_or_si256(_mm256_and_si256(b2, m4),
+                           _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(bh, 2), m2), 4));
+    q[2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(b1, 4), m4),
+                           _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(bh, 4), m2), 4));
+    q[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(b2, 4), m4),
+                           _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(bh, 6), m2), 4));
+}
+
 static float dot_q6_K(const void *w, const void *act, int64_t n)
 {
     const block_q6_K *x = w;
@@ -429,17 +446,8 @@ static float dot_q6_K(const void *w, const void *act, int64_t n)
         __m256i sumi = _mm256_setzero_si256();
 #pragma GCC unroll 2
         for (int j = 0; j < 2; j++, ql += 64, qh += 32, q8 += 128) {
-            __m256i b1 = _mm256_loadu_si256((const __m256i *)ql);
-            __m256i b2 = _mm256_loadu_si256((const __m256i *)(ql + 32));
-            __m256i bh = _mm256_loadu_si256((const __m256i *)qh);
             __m256i q[4];
-            q[0] = _mm256_or_si256(_mm256_and_si256(b1, m4), _mm256_slli_epi16(_mm256_and_si256(bh, m2), 4));
-            q[1] = _mm256_or_si256(_mm256_and_si256(b2, m4),
-                                   _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(bh, 2), m2), 4));
-            q[2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(b1, 4), m4),
-                                   _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(bh, 4), m2), 4));
-            q[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(b2, 4), m4),
-                                   _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(bh, 6), m2), 4));
+            q6k_unpack(ql, qh, m4, m2, q);
 #pragma GCC unroll 4
             for (int k = 0; k < 4; k++) {
                 __m256i a = _mm256_loadu_si256((const __m256i *)(q8 + 32 * k));
@@ -942,17 +950,8 @@ static void gemm_q6_K(const void *W, size_t rb, const void *act, size_t as, floa
                     const uint8_t *ql = x[i].ql, *qh = x[i].qh;
 #pragma GCC unroll 2
                     for (int j = 0; j < 2; j++, ql += 64, qh += 32) {
-                        __m256i b1 = _mm256_loadu_si256((const __m256i *)ql);
-                        __m256i b2 = _mm256_loadu_si256((const __m256i *)(ql + 32));
-                        __m256i bh = _mm256_loadu_si256((const __m256i *)qh);
                         __m256i q[4];
-                        q[0] = _mm256_or_si256(_mm256_and_si256(b1, m4), _mm256_slli_epi16(_mm256_and_si256(bh, m2), 4));
-                        q[1] = _mm256_or_si256(_mm256_and_si256(b2, m4),
-                                               _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(bh, 2), m2), 4));
-                        q[2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(b1, 4), m4),
-                                               _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(bh, 4), m2), 4));
-                        q[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(b2, 4), m4),
-                                               _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(bh, 6), m2), 4));
+                        q6k_unpack(ql, qh, m4, m2, q);
 #pragma GCC unroll 4
                         for (int k = 0; k < 4; k++) {
                             const __m256i sp = q6_scale_pair(scales, 4 * j + k);
@@ -1124,17 +1123,8 @@ static void dequant_q6_K(const void *src, float *y, int64_t n)
         const float d = fp16_to_f32(x[i].d);
         for (int h = 0; h < 2; h++, y += 128) {
             const uint8_t *ql = x[i].ql + 64 * h, *qh = x[i].qh + 32 * h;
-            __m256i b1 = _mm256_loadu_si256((const __m256i *)ql);
-            __m256i b2 = _mm256_loadu_si256((const __m256i *)(ql + 32));
-            __m256i bh = _mm256_loadu_si256((const __m256i *)qh);
             __m256i q[4];
-            q[0] = _mm256_or_si256(_mm256_and_si256(b1, m4), _mm256_slli_epi16(_mm256_and_si256(bh, m2), 4));
-            q[1] = _mm256_or_si256(_mm256_and_si256(b2, m4),
-                                   _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(bh, 2), m2), 4));
-            q[2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(b1, 4), m4),
-                                   _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(bh, 4), m2), 4));
-            q[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(b2, 4), m4),
-                                   _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(bh, 6), m2), 4));
+            q6k_unpack(ql, qh, m4, m2, q);
             for (int k = 0; k < 4; k++) {
                 /* 32 elements = two 16-element sub-blocks with their own scale */
                 const int8_t *sc = x[i].scales + 8 * h + 2 * k;

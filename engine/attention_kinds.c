@@ -14,7 +14,8 @@ int attn_dynamic_exact(const attn_params *p, const rope_params *model_rope) {
 }
 
 size_t attention_kind_scratch_floats(int32_t n_q, int32_t n_keys, int32_t head_dim) {
-    return (size_t)n_q * (size_t)n_keys + 8 * (size_t)head_dim + 64;
+    /* scores, a rotated query, and one block's rows of a head as floats */
+    return (size_t)n_q * (size_t)n_keys + 8 * (size_t)head_dim + 64 + (size_t)KV_BLOCK_MAX * (size_t)head_dim;
 }
 
 float attention_logn_factor(int32_t pos, int32_t n_ctx_train) {
@@ -23,11 +24,31 @@ float attention_logn_factor(int32_t pos, int32_t n_ctx_train) {
     return f > 1.0 ? (float)f : 1.0f;
 }
 
-/* The positions [a, b) of the cache in runs: fn per contiguous span. */
-#define SPANS(kv, seq, layer, a, b, kp, vp, len, BODY)                         \
+/* Rows of head kvh in a span (K when !v, else V): f32 rows in place, other
+ * element types converted into buf (block_tokens x head_dim floats).
+ * Returns the first row; *ld its stride in floats. */
+static const float *kind_rows(const kv_span *sp, int v, int32_t kvh, int32_t hd, int32_t n, float *buf,
+                              size_t *ld) {
+    const uint8_t *rows = v ? sp->v : sp->k;
+    if (sp->type == KV_F32) {
+        *ld = sp->stride / sizeof(float);
+        return (const float *)rows + (size_t)kvh * hd;
+    }
+    kv_span_rows_f32(sp, rows, n, kvh * hd, hd, buf);
+    *ld = (size_t)hd;
+    return buf;
+}
+
+/* The positions [a, b) of the cache in runs: BODY per contiguous span, with
+ * rp the span's first row of head kvh (K when !v, else V), ld its stride in
+ * floats, len the rows and span_pos the first position. */
+#define SPANS(kv, seq, layer, a, b, v, kvh, hd, buf, rp, ld, len, BODY)         \
     for (int32_t _p = (a); _p < (b);) {                                        \
-        int32_t len = kv_cache_span((kv), (seq), (layer), _p, &(kp), &(vp));   \
+        kv_span _sp;                                                           \
+        int32_t len = kv_cache_span_get((kv), (seq), (layer), _p, &_sp);       \
         if (len > (b) - _p) len = (b) - _p;                                    \
+        size_t ld;                                                             \
+        const float *rp = kind_rows(&_sp, (v), (kvh), (hd), len, (buf), &ld);  \
         int32_t span_pos = _p;                                                 \
         (void)span_pos;                                                        \
         BODY;                                                                  \
@@ -59,7 +80,7 @@ static void kind_masked(const kv_cache *kv, int32_t seq, int32_t layer, const at
                         int32_t W, int32_t S, int logn, int32_t n_ctx_train, int32_t head,
                         const float *q, size_t q_stride, int32_t n_q, int32_t pos0, float *out,
                         size_t out_stride, float *scratch) {
-    const int32_t hd = s->head_dim, kv_dim = s->n_head_kv * hd;
+    const int32_t hd = s->head_dim;
     const int32_t kvh = head / (s->n_head / s->n_head_kv);
     const int32_t hi = pos0 + n_q; /* exclusive */
     int32_t ns = S < hi ? S : hi;
@@ -67,18 +88,17 @@ static void kind_masked(const kv_cache *kv, int32_t seq, int32_t layer, const at
     int32_t lo = lo64 < ns ? ns : (int32_t)lo64;
     const int32_t n_cols = ns + (hi - lo);
     float *Sc = scratch; /* [n_q][n_cols] */
-    float *kp, *vp;
+    float *buf = Sc + (size_t)n_q * n_cols; /* one block's rows of the head, converted */
     /* Key segment [a, b) lands in columns starting at col. */
     int32_t seg_a[2] = {0, lo}, seg_b[2] = {ns, hi}, seg_c[2] = {0, ns};
     for (int g = 0; g < 2; g++) {
-        SPANS(kv, seq, layer, seg_a[g], seg_b[g], kp, vp, len, {
+        SPANS(kv, seq, layer, seg_a[g], seg_b[g], 0, kvh, hd, buf, kp, ld, len, {
             int32_t col = seg_c[g] + (span_pos - seg_a[g]);
             if (n_q == 1)
-                vec_dot_rows(q, kp + (size_t)kvh * hd, (size_t)kv_dim, (size_t)len, (size_t)hd, s->scale,
-                             Sc + col);
+                vec_dot_rows(q, kp, ld, (size_t)len, (size_t)hd, s->scale, Sc + col);
             else
                 cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n_q, len, hd, s->scale, q,
-                            (int)q_stride, kp + (size_t)kvh * hd, kv_dim, 0.0f, Sc + col, n_cols);
+                            (int)q_stride, kp, (int)ld, 0.0f, Sc + col, n_cols);
         });
     }
     /* Sinks at their cache position (as StreamingLLM): once the window has
@@ -102,8 +122,8 @@ static void kind_masked(const kv_cache *kv, int32_t seq, int32_t layer, const at
             }
             memcpy(qs, q + (size_t)t * q_stride, (size_t)hd * sizeof(float));
             rope_rotate(qs, 1, hd, mi->n_rot, mi->neox, c, sn);
-            SPANS(kv, seq, layer, 0, ns, kp, vp, len, {
-                vec_dot_rows(qs, kp + (size_t)kvh * hd, (size_t)kv_dim, (size_t)len, (size_t)hd, s->scale,
+            SPANS(kv, seq, layer, 0, ns, 0, kvh, hd, buf, kp, ld, len, {
+                vec_dot_rows(qs, kp, ld, (size_t)len, (size_t)hd, s->scale,
                              Sc + (size_t)t * n_cols + span_pos);
             });
         }
@@ -124,13 +144,13 @@ static void kind_masked(const kv_cache *kv, int32_t seq, int32_t layer, const at
     }
     for (int32_t t = 0; t < n_q; t++) memset(out + (size_t)t * out_stride, 0, (size_t)hd * sizeof(float));
     for (int g = 0; g < 2; g++) {
-        SPANS(kv, seq, layer, seg_a[g], seg_b[g], kp, vp, len, {
+        SPANS(kv, seq, layer, seg_a[g], seg_b[g], 1, kvh, hd, buf, vp, ld, len, {
             int32_t col = seg_c[g] + (span_pos - seg_a[g]);
             if (n_q == 1)
-                vec_axpy_rows(out, vp + (size_t)kvh * hd, (size_t)kv_dim, (size_t)len, (size_t)hd, Sc + col);
+                vec_axpy_rows(out, vp, ld, (size_t)len, (size_t)hd, Sc + col);
             else
                 cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n_q, hd, len, 1.0f, Sc + col, n_cols,
-                            vp + (size_t)kvh * hd, kv_dim, 1.0f, out, (int)out_stride);
+                            vp, (int)ld, 1.0f, out, (int)out_stride);
         });
     }
 }
@@ -158,7 +178,7 @@ static void kind_rotate_exact(float *dst, const float *src, int32_t hd, int32_t 
 static void kind_rerope_row(const kv_cache *kv, int32_t seq, int32_t layer, const attn_shape *s,
                             const attn_model_info *mi, const attn_params *p, int32_t kvh,
                             const float *q, int32_t i, float *out, float *scratch) {
-    const int32_t hd = s->head_dim, kv_dim = s->n_head_kv * hd, half = mi->n_rot / 2;
+    const int32_t hd = s->head_dim, half = mi->n_rot / 2;
     const int32_t n = i + 1, w = p->window;
     const int leaky = p->kind == ATTN_LEAKY_REROPE;
     const rope_params *rp = p->rope_set ? &p->rope : &mi->rope;
@@ -168,6 +188,7 @@ static void kind_rerope_row(const kv_cache *kv, int32_t seq, int32_t layer, cons
     if (p->logn) scale *= attention_logn_factor(i, rp->orig_ctx > 0 ? rp->orig_ctx : mi->n_ctx_train);
     float *sc = scratch;            /* [n] scores */
     float *qr = scratch + n;        /* [hd] rotated query */
+    float *buf = qr + hd;           /* one block's rows of the head, converted */
     float c1[ATTN_MAX_ROT / 2], s1[ATTN_MAX_ROT / 2], ck[ATTN_MAX_ROT / 2], sk[ATTN_MAX_ROT / 2];
     for (int32_t m = 0; m < half; m++) {
         c1[m] = (float)cos(inv_freq[m]);
@@ -176,22 +197,22 @@ static void kind_rerope_row(const kv_cache *kv, int32_t seq, int32_t layer, cons
         ck[m] = (float)cos(a);
         sk[m] = (float)sin(a);
     }
-    float *kp, *vp;
     /* Near keys j in [near0, i]: rho = r = i - j, one step of R_1 per key. */
     int32_t near0 = i - w + 1 > 0 ? i - w + 1 : 0;
     for (int32_t j = i, step = 0; j >= near0; j--, step++) {
         int32_t r = i - j;
         if (step % REROPE_ANCHOR == 0) kind_rotate_exact(qr, q, hd, mi->n_rot, mi->neox, inv_freq, (double)r);
         else rope_rotate(qr, 1, hd, mi->n_rot, mi->neox, c1, s1);
-        kv_cache_span(kv, seq, layer, j, &kp, &vp);
-        vec_dot_rows(qr, kp + (size_t)kvh * hd, (size_t)kv_dim, 1, (size_t)hd, scale, sc + j);
+        SPANS(kv, seq, layer, j, j + 1, 0, kvh, hd, buf, kp, ld, len, {
+            vec_dot_rows(qr, kp, ld, 1, (size_t)hd, scale, sc + j);
+        });
     }
     /* Far keys j in [0, near0): r >= w. */
     if (near0 > 0) {
         if (!leaky) {
             kind_rotate_exact(qr, q, hd, mi->n_rot, mi->neox, inv_freq, (double)w);
-            SPANS(kv, seq, layer, 0, near0, kp, vp, len, {
-                vec_dot_rows(qr, kp + (size_t)kvh * hd, (size_t)kv_dim, (size_t)len, (size_t)hd, scale,
+            SPANS(kv, seq, layer, 0, near0, 0, kvh, hd, buf, kp, ld, len, {
+                vec_dot_rows(qr, kp, ld, (size_t)len, (size_t)hd, scale,
                              sc + span_pos);
             });
         } else {
@@ -201,15 +222,16 @@ static void kind_rerope_row(const kv_cache *kv, int32_t seq, int32_t layer, cons
                     kind_rotate_exact(qr, q, hd, mi->n_rot, mi->neox, inv_freq,
                                       (double)w + (double)(r - w) / p->leak);
                 else rope_rotate(qr, 1, hd, mi->n_rot, mi->neox, ck, sk);
-                kv_cache_span(kv, seq, layer, j, &kp, &vp);
-                vec_dot_rows(qr, kp + (size_t)kvh * hd, (size_t)kv_dim, 1, (size_t)hd, scale, sc + j);
+                SPANS(kv, seq, layer, j, j + 1, 0, kvh, hd, buf, kp, ld, len, {
+                    vec_dot_rows(qr, kp, ld, 1, (size_t)hd, scale, sc + j);
+                });
             }
         }
     }
     kind_softmax_segments(sc, n, n, n, n);
     memset(out, 0, (size_t)hd * sizeof(float));
-    SPANS(kv, seq, layer, 0, n, kp, vp, len, {
-        vec_axpy_rows(out, vp + (size_t)kvh * hd, (size_t)kv_dim, (size_t)len, (size_t)hd, sc + span_pos);
+    SPANS(kv, seq, layer, 0, n, 1, kvh, hd, buf, vp, ld, len, {
+        vec_axpy_rows(out, vp, ld, (size_t)len, (size_t)hd, sc + span_pos);
     });
 }
 

@@ -3,9 +3,10 @@
  * dispatch that sends plain softmax to attention_causal (attention.h).
  * Linear attention has no KV and lives in linear_attention.h.
  *
- * Keys are read only through kv_cache_span() and only at the positions the
- * kind attends (window kinds never touch positions outside sinks + window,
- * so a cache may drop them). */
+ * Keys are read only through kv_cache_span_get() (any element type: f32
+ * rows in place, f16 / q8_0 rows converted a block at a time into scratch)
+ * and only at the positions the kind attends (window kinds never touch
+ * positions outside sinks + window, so a cache may drop them). */
 #ifndef QKVD_ATTENTION_KINDS_H
 #define QKVD_ATTENTION_KINDS_H
 

@@ -312,20 +312,13 @@ static uint64_t engine_attn_salt(const attn_params *p) {
 }
 
 /* What kind p needs from the KV cache, for an empty sequence: the attention
- * kernels of the kinds read f32 rows; a window kind in every layer lets the
- * cache drop the middle (window policy); other kinds keep everything, and
+ * kernels of the kinds read every element type; a window kind in every
+ * layer lets the cache drop the middle (window policy); other kinds keep
+ * everything, and
  * each kind's K/V get their own prefix-cache salt. Plain softmax keeps the
  * configured default policy. */
 int engine_attention_fits_kv(const engine *e, const attn_params *p, char *err, size_t errlen) {
     if (p->kind == ATTN_LINEAR) return 0; /* no KV at all */
-    /* (A model whose own scaling is dynamic-ntk caches keys unrotated.) */
-    int plain = p->kind == ATTN_SOFTMAX && !p->logn && !p->rope_set &&
-                e->m->hp.rope_scaling != MODEL_ROPE_SCALING_DYNAMIC_NTK;
-    if (!plain && kv_cache_type(e->kv) != KV_F32) {
-        snprintf(err, errlen, "attention kind %s needs an f32 KV cache (the server runs --kv-type %s)",
-                 attn_kind_name(p->kind), kv_type_name(kv_cache_type(e->kv)));
-        return -EINVAL;
-    }
     if (p->kind == ATTN_WINDOW && (int64_t)p->window + p->sinks > e->params.n_ctx) {
         snprintf(err, errlen, "window %d + sinks %d do not fit the context %d", (int)p->window, (int)p->sinks,
                  (int)e->params.n_ctx);

@@ -110,10 +110,10 @@ int64_t engine_kv_blocks_available(const engine *e);
  * parameters: err names them), -EBUSY (not empty), -ENOMEM (linear state).
  * p is copied. A linear sequence holds no KV blocks: a state per head. */
 int engine_seq_set_attention(engine *e, int32_t seq, const attn_params *p, char *err, size_t errlen);
-/* Whether kind p can run on this engine's KV cache (kinds other than plain
- * softmax read the f32 cache; a window kind's window + sinks must fit the
- * context): 0, or -EINVAL with a sentence in err. engine_seq_set_attention
- * fails the same way. */
+/* Whether kind p can run on this engine's KV cache (every kind reads every
+ * element type; a window kind's window + sinks must fit the context): 0, or
+ * -EINVAL with a sentence in err. engine_seq_set_attention fails the same
+ * way. */
 int engine_attention_fits_kv(const engine *e, const attn_params *p, char *err, size_t errlen);
 /* The kind of a live sequence (softmax defaults for other ids). */
 const attn_params *engine_seq_attention(const engine *e, int32_t seq);

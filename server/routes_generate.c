@@ -580,14 +580,6 @@ static void gen_start(serve_app *a, http_req *r, gen_request *req) {
     attn_params attn, attn_def;
     serve_config_attention(&a->cfg, &attn_def);
     if (ok && request_attention_resolve(req, &attn_def, &attn, &e)) ok = 0;
-    if (ok && strcmp(a->info->kv_type, "f32") &&
-        !(attn.kind == ATTN_SOFTMAX && !attn.logn && !attn.rope_set &&
-          a->info->rope_scaling != ROPE_SCALING_DYNAMIC_NTK)) {
-        api_error_set(&e, 400, NULL, "attention", "invalid_value",
-                      "attention kind %s needs an f32 KV cache; this server runs --kv-type %s",
-                      attn_kind_name(attn.kind), a->info->kv_type);
-        ok = 0;
-    }
     int32_t sched_n = n_prompts; /* sequences' prompts (NBCE: contexts + question) */
     if (ok && req->nbce) {
         int32_t mt = req->max_tokens >= 0 ? req->max_tokens : req->kind == GEN_CHAT ? a->cfg.max_tokens : 16;

@@ -3,8 +3,9 @@
 # is served from the prefix cache with the same output; a KV pool too small
 # for the concurrent requests pre-empts and recomputes, and every output
 # (greedy, sampled with a seed, n = 2) equals a server with plenty of memory;
-# the window policy runs past its window; f16 / q8_0 caches serve; the
-# start-up memory plan is logged; a prompt larger than the pool is a 400.
+# the window policy runs past its window; f16 / q8_0 caches serve (plain
+# softmax and other attention kinds); the start-up memory plan is logged; a
+# prompt larger than the pool is a 400.
 set -u
 ROOT=${QKVD_ROOT:-$(cd "$(dirname "$0")/../.." && pwd)}
 BIN=${QKVD_BIN:-$ROOT/build/qkvd}
@@ -119,11 +120,14 @@ n = 12  # greedy paths may part later at near-ties
 sys.exit(0 if len(b) > 20 and a[:n] == b[:n] else 1)
 PY
   check "kv_type_${t}_serves" $? "$(head -c 200 "$TMP/$t") vs $(head -c 200 "$TMP/first")"
-  # Attention kinds other than softmax read the f32 cache: a clear 400, and the server goes on.
-  code=$(curl -s -o "$TMP/kind" -w '%{http_code}' "http://127.0.0.1:$PORT/v1/completions" \
-    -d "{\"prompt\":\"Lily\",\"max_tokens\":4,\"attention\":{\"kind\":\"window\",\"window\":64}}")
-  [ "$code" = 400 ] && grep -q '"param":"attention"' "$TMP/kind" && grep -q "f32" "$TMP/kind"
-  check "kv_type_${t}_kind_400" $? "$code $(cat "$TMP/kind")"
+  # The other attention kinds read this cache type too (rows converted a
+  # block at a time): a window kind and a rerope kind answer with text.
+  for kind in '"kind":"window","window":64' '"kind":"rerope","window":16'; do
+    code=$(curl -s -o "$TMP/kind" -w '%{http_code}' "http://127.0.0.1:$PORT/v1/completions" \
+      -d "{\"prompt\":\"Lily\",\"max_tokens\":8,\"temperature\":0,\"attention\":{$kind}}")
+    [ "$code" = 200 ] && python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); sys.exit(0 if len(d["choices"][0]["text"]) > 0 else 1)' "$TMP/kind"
+    check "kv_type_${t}_kind_${kind:8:6}" $? "$code $(head -c 300 "$TMP/kind")"
+  done
   stop
 done
 

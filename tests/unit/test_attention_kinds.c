@@ -92,26 +92,30 @@ static void reference(const attn_params *p, int layer, int i, int h, double *out
 }
 
 /* Run the kernels over the whole sequence (as prefill chunks of 32 and as
- * decode rows) and return the largest difference to the reference. */
-static double run_kind(const attn_params *p) {
+ * decode rows) on a cache of element type `type` and return the largest
+ * difference to the reference. */
+static double run_kind_type(const attn_params *p, enum kv_type type) {
     int rr = p->kind == ATTN_REROPE || p->kind == ATTN_LEAKY_REROPE ||
              (p->rope_set && p->rope.type == ROPE_SCALING_DYNAMIC_NTK);
     rot_base = BASE;
-    kv_cache *kv = kv_cache_create(NL, KD, N, 1);
+    kv_cache_params kp;
+    kv_cache_params_default(&kp, NL, KD, N, 1);
+    kp.type = type;
+    kp.head_dim = HD;
+    kv_cache *kv = kv_cache_create_params(&kp, NULL, 0);
     assert_non_null(kv);
     int32_t seq = kv_cache_seq_create(kv);
     assert_int_equal(kv_cache_seq_reserve(kv, seq, N), 0);
     static float q_in[N][QD];
     for (int l = 0; l < NL; l++)
         for (int j = 0; j < N; j++) {
-            float *kp, *vp;
-            kv_cache_span(kv, seq, l, j, &kp, &vp);
+            float krow[KD];
             for (int h = 0; h < NKV; h++) {
                 double kr[HD];
                 rot_d(kr, &K[j][h * HD], rr ? 0 : j);
-                for (int d = 0; d < HD; d++) kp[h * HD + d] = (float)kr[d];
+                for (int d = 0; d < HD; d++) krow[h * HD + d] = (float)kr[d];
             }
-            memcpy(vp, V[j], sizeof V[j]);
+            kv_cache_store(kv, seq, l, j, krow, V[j]);
         }
     for (int i = 0; i < N; i++)
         for (int h = 0; h < NH; h++) {
@@ -153,6 +157,8 @@ static double run_kind(const attn_params *p) {
     kv_cache_free(kv);
     return worst;
 }
+
+static double run_kind(const attn_params *p) { return run_kind_type(p, KV_F32); }
 
 static attn_params kind(enum attn_kind k, int32_t w, int32_t s, float leak) {
     attn_params p;
@@ -246,6 +252,25 @@ static void test_logn_hwfa(void **state) {
     assert_true(e < TOL);
     assert_true(attention_logn_factor(LTRAIN - 1, LTRAIN) == 1.0f);
     assert_true(attention_logn_factor(LTRAIN * LTRAIN - 1, LTRAIN) > 1.99f);
+}
+
+/* Every kind reads f16 and q8_0 caches too: the same kernels over rows
+ * converted a block at a time, within the element type's precision of the
+ * reference (a wrong row, column or scale would be off by ~1). */
+static void test_kinds_typed_cache(void **state) {
+    (void)state;
+    attn_params ps[7] = {kind(ATTN_SOFTMAX, 8, 0, 16), kind(ATTN_WINDOW, 5, 2, 16), kind(ATTN_REROPE, 6, 0, 16),
+                         kind(ATTN_LEAKY_REROPE, 6, 0, 3.5f), kind(ATTN_LOGN, 8, 0, 16), kind(ATTN_HWFA, 5, 1, 16),
+                         kind(ATTN_SOFTMAX, 8, 0, 16)};
+    ps[6].rope_set = 1;
+    ps[6].rope.type = ROPE_SCALING_DYNAMIC_NTK;
+    for (int i = 0; i < 7; i++) {
+        double e16 = run_kind_type(&ps[i], KV_F16), e8 = run_kind_type(&ps[i], KV_Q8_0);
+        printf("%s%s: f16 cache %.2e, q8_0 cache %.2e vs reference\n", attn_kind_name(ps[i].kind),
+               i == 6 ? " (dynamic-ntk)" : "", e16, e8);
+        assert_true(e16 < 5e-3);
+        assert_true(e8 < 5e-2);
+    }
 }
 
 static void test_linear_forms(void **state) {
@@ -567,6 +592,7 @@ int main(void) {
         cmocka_unit_test(test_window),
         cmocka_unit_test(test_rerope),
         cmocka_unit_test(test_logn_hwfa),
+        cmocka_unit_test(test_kinds_typed_cache),
         cmocka_unit_test(test_linear_forms),
         cmocka_unit_test(test_params),
         cmocka_unit_test(test_engine_kinds),

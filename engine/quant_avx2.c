@@ -422,13 +422,16 @@ static inline void q6k_unpack(const uint8_t *ql, const uint8_t *qh, __m256i m4, 
     __m256i b1 = _mm256_loadu_si256((const __m256i *)ql);
     __m256i b2 = _mm256_loadu_si256((const __m256i *)(ql + 32));
     __m256i bh = _mm256_loadu_si256((const __m256i *)qh);
-    q[0] = _mm256_or_si256(_mm256_and_si256(b1, m4), _mm256_slli_epi16(_mm256_and_si256(bh, m2), 4));
-    q[1] = _mm256_or_si256(_mm256_and_si256(b2, m4),
-                           _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(bh, 2), m2), 4));
-    q[2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(b1, 4), m4),
-                           _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(bh, 4), m2), 4));
+    /* Bit pair p of each qh byte lands in bits 4-5 with one shift and one
+     * AND by 0x30 (bits a 16-bit shift carries in from the neighbouring
+     * byte fall outside the mask): 4 fewer operations than shifting the
+     * pair down, masking by 3 and shifting it up. */
+    const __m256i m30 = _mm256_slli_epi16(m2, 4);
+    q[0] = _mm256_or_si256(_mm256_and_si256(b1, m4), _mm256_and_si256(_mm256_slli_epi16(bh, 4), m30));
+    q[1] = _mm256_or_si256(_mm256_and_si256(b2, m4), _mm256_and_si256(_mm256_slli_epi16(bh, 2), m30));
+    q[2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(b1, 4), m4), _mm256_and_si256(bh, m30));
     q[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(b2, 4), m4),
-                           _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(bh, 6), m2), 4));
+                           _mm256_and_si256(_mm256_srli_epi16(bh, 2), m30));
 }
 
 static float dot_q6_K(const void *w, const void *act, int64_t n)
@@ -702,6 +705,160 @@ static void gemv_q8_0(const void *W, size_t rb, const void *act, float *y, int64
 }
 
 
+
+/* Q4_K scales[12] unpacked in vector registers: bytes 0..7 the eight 6-bit
+ * scales, bytes 8..15 the eight mins (what quant__get_scale_min_k4 gives
+ * for j = 0..7). s points at the 12 scale bytes; 16 are read, which stays
+ * inside the block (the quants follow). */
+static inline __m128i k4_scales_mins_v(const uint8_t *s)
+{
+    const __m128i v = _mm_loadu_si128((const __m128i *)s);
+    /* low bits: sc0-3 = s0-3 & 63, sc4-7 = s8-11 & 15, m0-3 = s4-7 & 63, m4-7 = s8-11 >> 4 */
+    const __m128i a = _mm_shuffle_epi8(v, _mm_setr_epi8(0, 1, 2, 3, 8, 9, 10, 11, 4, 5, 6, 7, 8, 9, 10, 11));
+    const __m128i lo = _mm_or_si128(
+        _mm_and_si128(a, _mm_setr_epi8(63, 63, 63, 63, 15, 15, 15, 15, 63, 63, 63, 63, 0, 0, 0, 0)),
+        _mm_and_si128(_mm_srli_epi16(a, 4), _mm_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 15, 15, 15, 15)));
+    /* high bits 4-5 of sc4-7 / m4-7: the top two bits of s0-3 / s4-7 */
+    const __m128i c = _mm_shuffle_epi8(v, _mm_setr_epi8(-1, -1, -1, -1, 0, 1, 2, 3, -1, -1, -1, -1, 4, 5, 6, 7));
+    return _mm_or_si128(lo, _mm_and_si128(_mm_srli_epi16(c, 2), _mm_set1_epi8(0x30)));
+}
+
+/* Four Q4_K rows against one Q8_K activation row, one 256-element block per
+ * step. The activation side (the 32-element sums for the min term, the
+ * scale) is prepared once for the four rows; each row's integer sums and
+ * min sums are folded into one vector with two hadds, so one convert and
+ * one FMA per block serve all four rows (against two per row in dot_q4_K),
+ * the rows' d/dmin are converted together and the scales are unpacked in
+ * vector registers. The next group of rows is prefetched at the rate this
+ * one is consumed (see prefetch_run). */
+static void gemv4_q4_K(const uint8_t *W, size_t rb, const block_q8_K *y, float *out, int64_t nb)
+{
+    const __m256i m4 = _mm256_set1_epi8(0xF);
+    const __m256i even = _mm256_setr_epi32(0, 2, 4, 6, 0, 2, 4, 6), odd = _mm256_setr_epi32(1, 3, 5, 7, 1, 3, 5, 7);
+    const size_t bs = sizeof(block_q4_K);
+    __m256 acc = _mm256_setzero_ps();
+    __m128 accm = _mm_setzero_ps();
+    const uint8_t *next = W + 4 * rb;
+    for (int64_t i = 0; i < nb; i++) {
+        prefetch_run(next + 4 * bs * (size_t)i, 4 * (int)bs);
+        const int8_t *q8 = y[i].qs;
+        const __m256i bsum = _mm256_loadu_si256((const __m256i *)y[i].bsums);
+        const __m128i q8s = _mm_hadd_epi16(_mm256_castsi256_si128(bsum), _mm256_extracti128_si256(bsum, 1));
+        __m256i s[4];
+        __m128i mm[4];
+        uint32_t dms[4];
+#pragma GCC unroll 4
+        for (int r = 0; r < 4; r++) {
+            const block_q4_K *x = (const block_q4_K *)(W + (size_t)r * rb) + i;
+            dms[r] = ld32((const uint8_t *)&x->d);
+            const __m128i ms8 = k4_scales_mins_v(x->scales);
+            mm[r] = _mm_madd_epi16(_mm_cvtepu8_epi16(_mm_srli_si128(ms8, 8)), q8s);
+            const __m256i sc = _mm256_cvtepu8_epi16(_mm_unpacklo_epi64(ms8, ms8)); /* scales in both halves */
+            __m256i sumi = _mm256_setzero_si256();
+#pragma GCC unroll 4
+            for (int j = 0; j < QK_K / 64; j++) {
+                __m256i bits = _mm256_loadu_si256((const __m256i *)(x->qs + 32 * j));
+                __m256i lo = _mm256_and_si256(bits, m4);
+                __m256i hi = _mm256_and_si256(_mm256_srli_epi16(bits, 4), m4);
+                __m256i pl = _mm256_maddubs_epi16(lo, _mm256_loadu_si256((const __m256i *)(q8 + 64 * j)));
+                __m256i ph = _mm256_maddubs_epi16(hi, _mm256_loadu_si256((const __m256i *)(q8 + 64 * j + 32)));
+                sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(bcast16(sc, 2 * j), pl));
+                sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(bcast16(sc, 2 * j + 1), ph));
+                /* Keep the sum a chain: GCC otherwise builds a tree of all
+                 * eight products per row and spills it. */
+                __asm__("" : "+x"(sumi));
+            }
+            s[r] = sumi;
+        }
+        /* lanes r (low half) and 4 + r (high half): row r's partial sums */
+        __m256i h = _mm256_hadd_epi32(_mm256_hadd_epi32(s[0], s[1]), _mm256_hadd_epi32(s[2], s[3]));
+        __m128i mh = _mm_hadd_epi32(_mm_hadd_epi32(mm[0], mm[1]), _mm_hadd_epi32(mm[2], mm[3]));
+        /* d and dmin are adjacent fp16s: [d0 m0 d1 m1 d2 m2 d3 m3] */
+        __m256 dm = _mm256_cvtph_ps(_mm_setr_epi32((int)dms[0], (int)dms[1], (int)dms[2], (int)dms[3]));
+        dm = _mm256_mul_ps(dm, _mm256_set1_ps(y[i].d));
+        acc = _mm256_fmadd_ps(_mm256_permutevar8x32_ps(dm, even), _mm256_cvtepi32_ps(h), acc);
+        accm = _mm_fmadd_ps(_mm256_castps256_ps128(_mm256_permutevar8x32_ps(dm, odd)), _mm_cvtepi32_ps(mh), accm);
+    }
+    __m128 t = _mm_sub_ps(_mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1)), accm);
+    _mm_storeu_ps(out, t);
+}
+
+static void gemv_q4_K(const void *W, size_t rb, const void *act, float *y, int64_t n, int64_t nrows)
+{
+    const uint8_t *w = W;
+    int64_t r = 0;
+    for (; r + 4 <= nrows; r += 4)
+        gemv4_q4_K(w + (size_t)r * rb, rb, act, y + r, n / QK_K);
+    for (; r < nrows; r++)
+        y[r] = dot_q4_K(w + (size_t)r * rb, act, n);
+}
+
+/* Four Q6_K rows against one Q8_K activation row. The quants are used
+ * unsigned (0..63) and the -32 offset becomes -32 * sum(scale x 16-element
+ * activation sum) from the Q8_K bsums: one madd per row and block instead
+ * of a second maddubs per 32 elements. The 16 scales are widened to int16
+ * once per row and block; each 32-element pair is then one in-lane
+ * shuffle (q6_scale_pair needs two). Rows fold into one vector as in
+ * gemv4_q4_K. */
+static void gemv4_q6_K(const uint8_t *W, size_t rb, const block_q8_K *y, float *out, int64_t nb)
+{
+    const __m256i m4 = _mm256_set1_epi8(0xF), m2 = _mm256_set1_epi8(3);
+    const size_t bs = sizeof(block_q6_K);
+    __m256 acc = _mm256_setzero_ps();
+    const uint8_t *next = W + 4 * rb;
+    for (int64_t i = 0; i < nb; i++) {
+        prefetch_run(next + 4 * bs * (size_t)i, 4 * (int)bs);
+        const block_q6_K *x[4];
+        for (int r = 0; r < 4; r++) x[r] = (const block_q6_K *)(W + (size_t)r * rb) + i;
+        const int8_t *q8 = y[i].qs;
+        const __m256i bsum = _mm256_loadu_si256((const __m256i *)y[i].bsums);
+        __m256i s[4];
+#pragma GCC unroll 4
+        for (int r = 0; r < 4; r++) {
+            const __m256i sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)x[r]->scales));
+            /* [s0..s7 | s0..s7] and [s8..s15 | s8..s15] */
+            const __m256i scl = _mm256_permute2x128_si256(sc16, sc16, 0x00);
+            const __m256i sch = _mm256_permute2x128_si256(sc16, sc16, 0x11);
+            __m256i sumi = _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32(_mm256_madd_epi16(sc16, bsum), 5));
+            const uint8_t *ql = x[r]->ql, *qh = x[r]->qh;
+#pragma GCC unroll 2
+            for (int j = 0; j < 2; j++) {
+                __m256i q[4];
+                q6k_unpack(ql + 64 * j, qh + 32 * j, m4, m2, q);
+#pragma GCC unroll 4
+                for (int k = 0; k < 4; k++) {
+                    /* sub-blocks 2k' and 2k'+1 (k' = 4j + k): int16 words
+                     * 2k (low half) and 2k + 1 (high half) of scl/sch */
+                    const __m256i ctl = _mm256_setr_epi8(
+                        4 * k, 4 * k + 1, 4 * k, 4 * k + 1, 4 * k, 4 * k + 1, 4 * k, 4 * k + 1,
+                        4 * k, 4 * k + 1, 4 * k, 4 * k + 1, 4 * k, 4 * k + 1, 4 * k, 4 * k + 1,
+                        4 * k + 2, 4 * k + 3, 4 * k + 2, 4 * k + 3, 4 * k + 2, 4 * k + 3, 4 * k + 2, 4 * k + 3,
+                        4 * k + 2, 4 * k + 3, 4 * k + 2, 4 * k + 3, 4 * k + 2, 4 * k + 3, 4 * k + 2, 4 * k + 3);
+                    const __m256i sp = _mm256_shuffle_epi8(j ? sch : scl, ctl);
+                    __m256i a = _mm256_loadu_si256((const __m256i *)(q8 + 128 * j + 32 * k));
+                    sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(sp, _mm256_maddubs_epi16(q[k], a)));
+                    __asm__("" : "+x"(sumi)); /* a chain, not a spilled tree (see gemv4_q4_K) */
+                }
+            }
+            s[r] = sumi;
+        }
+        __m256i h = _mm256_hadd_epi32(_mm256_hadd_epi32(s[0], s[1]), _mm256_hadd_epi32(s[2], s[3]));
+        __m128 d = _mm_cvtph_ps(_mm_setr_epi16((short)x[0]->d, (short)x[1]->d, (short)x[2]->d, (short)x[3]->d, 0, 0, 0, 0));
+        d = _mm_mul_ps(d, _mm_set1_ps(y[i].d));
+        acc = _mm256_fmadd_ps(_mm256_setr_m128(d, d), _mm256_cvtepi32_ps(h), acc);
+    }
+    _mm_storeu_ps(out, _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1)));
+}
+
+static void gemv_q6_K(const void *W, size_t rb, const void *act, float *y, int64_t n, int64_t nrows)
+{
+    const uint8_t *w = W;
+    int64_t r = 0;
+    for (; r + 4 <= nrows; r += 4)
+        gemv4_q6_K(w + (size_t)r * rb, rb, act, y + r, n / QK_K);
+    for (; r < nrows; r++)
+        y[r] = dot_q6_K(w + (size_t)r * rb, act, n);
+}
 
 /* ---- batched decode: several tokens per weight pass --------------------- */
 
@@ -1269,6 +1426,8 @@ void quant__avx2_fill(quant__kernels *k)
     k->gemv[QK_Q5_0] = gemv_q5_0;
     k->gemv[QK_Q5_1] = gemv_q5_1;
     k->gemv[QK_Q8_0] = gemv_q8_0;
+    k->gemv[QK_Q4_K] = gemv_q4_K;
+    k->gemv[QK_Q6_K] = gemv_q6_K;
     k->gemm[QK_Q8_0] = gemm_q8_0;
     k->gemm[QK_Q4_0] = gemm_q4_0;
     k->gemm[QK_Q5_0] = gemm_q5_0;

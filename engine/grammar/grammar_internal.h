@@ -63,6 +63,7 @@ struct grammar {
     gpos_mask **pm;     /* per element index; NULL until computed */
     struct gprecomp *pre; /* scratch for the precomputation (under lock) */
     struct gdeep_map *deep; /* tables keyed by several stack positions (token_mask.c) */
+    struct gdfa *dfa;   /* sets of stacks met by the trie walks (grammar_dfa.c), under lock */
 };
 
 /* Free g's mask tables and precomputation scratch (token_mask.c). */
@@ -128,5 +129,45 @@ int grammar__machine_consume(gmachine *m, const gset *in, unsigned b, gset *out,
 /* Compact: copy the stacks of in into m2 (cleared first), writing the new
  * ids to out. */
 int grammar__machine_copy(gmachine *dst, const gmachine *src, const gset *in, gset *out);
+
+/* ---- lazy DFA over sets of stacks (grammar_dfa.c) ---- */
+
+#define GDFA_DEAD (-1)    /* the empty set: every stack died */
+#define GDFA_UNKNOWN (-2) /* transition not computed yet */
+#define GDFA_OOM (-3)
+#define GDFA_HAS_BOTTOM 1u   /* the set holds BOTTOM: a next byte would read past the known frames */
+#define GDFA_HAS_COMPLETE 2u
+
+typedef struct gdfa {
+    gmachine m;              /* persistent arena (never rolled back): node ids are stable */
+    uint8_t bclass[256];     /* byte -> class (bytes no byte set tells apart share one) */
+    uint8_t brep[256];       /* class -> a byte of it */
+    int32_t n_bclass;
+    int32_t *trans;          /* [state * n_bclass + class] -> state, GDFA_DEAD or GDFA_UNKNOWN */
+    uint32_t *set_off;       /* state s's sorted node ids: pool[set_off[s] .. set_off[s+1]) */
+    uint32_t *pool; uint32_t cap_pool;
+    uint8_t *flags;          /* per state: GDFA_HAS_* */
+    int32_t n_states, cap_states;
+    int32_t *htab; uint32_t hcap; /* interning: open addressing over state ids, -1 empty */
+    gset tmp, out;           /* scratch for computing a transition */
+} gdfa;
+
+/* A new, empty DFA for g (NULL on OOM). Owned by the caller. */
+gdfa *grammar__dfa_create(const grammar *g);
+/* Free d (NULL accepted). */
+void grammar__dfa_free(gdfa *d);
+/* Replace *pd by a fresh DFA when it is missing or past its size bound
+ * (state ids of the old one become invalid). 0, or -1 on OOM. */
+int grammar__dfa_trim(gdfa **pd, const grammar *g);
+/* The state {node} (node built in d->m); GDFA_OOM on OOM. */
+int32_t grammar__dfa_state(gdfa *d, uint32_t node);
+/* Compute, record and return the successor of state s on byte b. */
+int32_t grammar__dfa_step_slow(gdfa *d, int32_t s, unsigned b);
+
+/* The successor of state s on byte b: a state, GDFA_DEAD or GDFA_OOM. */
+static inline int32_t grammar__dfa_step(gdfa *d, int32_t s, unsigned b) {
+    int32_t t = d->trans[(size_t)s * (size_t)d->n_bclass + d->bclass[b]];
+    return t != GDFA_UNKNOWN ? t : grammar__dfa_step_slow(d, s, b);
+}
 
 #endif

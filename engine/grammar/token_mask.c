@@ -166,9 +166,7 @@ fail:
 /* ---- per-position precomputation ---- */
 
 typedef struct gprecomp {
-    gmachine m;
-    gset *sets;       /* per depth */
-    uint32_t *mark;   /* arena size after computing sets[d] */
+    int32_t *state;   /* per depth: the DFA state after the trie path */
     uint8_t *ctx;     /* per depth: some path read past BOTTOM */
     int32_t depth_cap;
     int32_t *ubuf; int32_t ucap;
@@ -178,9 +176,7 @@ static void free_pm(gpos_mask *pm);
 
 static void precomp_free(gprecomp *pc) {
     if (!pc) return;
-    grammar__machine_free(&pc->m);
-    for (int32_t d = 0; d < pc->depth_cap; d++) free(pc->sets[d].v);
-    free(pc->sets); free(pc->mark); free(pc->ctx); free(pc->ubuf);
+    free(pc->state); free(pc->ctx); free(pc->ubuf);
     free(pc);
 }
 
@@ -195,6 +191,8 @@ void grammar__mask_free(grammar *g) {
     }
     precomp_free(g->pre);
     g->pre = NULL;
+    grammar__dfa_free(g->dfa);
+    g->dfa = NULL;
 }
 
 static int push_uncertain(gprecomp *pc, int32_t *n, int32_t id) {
@@ -246,36 +244,31 @@ static gpos_mask *precompute(grammar *g, const grammar_vocab *v, const uint32_t 
         pc = calloc(1, sizeof *pc);
         if (!pc) return NULL;
         pc->depth_cap = v->max_len + 1;
-        pc->sets = calloc((size_t)pc->depth_cap, sizeof *pc->sets);
-        pc->mark = calloc((size_t)pc->depth_cap, sizeof *pc->mark);
+        pc->state = calloc((size_t)pc->depth_cap, sizeof *pc->state);
         pc->ctx = calloc((size_t)pc->depth_cap, 1);
-        if (!pc->sets || !pc->mark || !pc->ctx || grammar__machine_init(&pc->m, g)) { precomp_free(pc); return NULL; }
+        if (!pc->state || !pc->ctx) { precomp_free(pc); return NULL; }
         g->pre = pc;
     }
+    if (grammar__dfa_trim(&g->dfa, g)) return NULL;
+    gdfa *dfa = g->dfa;
     gpos_mask *pm = calloc(1, sizeof *pm);
     if (!pm) return NULL;
     pm->accepted = calloc((size_t)v->n_words, sizeof *pm->accepted);
     if (!pm->accepted) { free(pm); return NULL; }
-    gmachine *m = &pc->m;
-    grammar__machine_clear(m);
-    pc->sets[0].n = 0;
-    uint32_t x = start_node(g, m, key, keylen);
-    if (x == UINT32_MAX || grammar__set_push(&pc->sets[0], x)) goto oom;
-    pc->mark[0] = m->n;
+    int32_t s0 = grammar__dfa_state(dfa, start_node(g, &dfa->m, key, keylen));
+    if (s0 < 0) goto oom;
+    pc->state[0] = s0;
     pc->ctx[0] = 0;
     int32_t nu = 0;
+    const uint8_t *tbyte = v->tn_byte;
+    const uint16_t *tdepth = v->tn_depth;
     for (int32_t k = 0; k < v->n_nodes;) {
-        int32_t d = v->tn_depth[k];
-        grammar__machine_rollback(m, pc->mark[d - 1]);
-        gset *out = &pc->sets[d];
-        out->n = 0;
-        int hit = 0;
-        grammar__machine_begin(m);
-        if (grammar__machine_consume(m, &pc->sets[d - 1], v->tn_byte[k], out, &hit) || m->oom) goto oom;
-        pc->mark[d] = m->n;
-        int ctx = pc->ctx[d - 1] || hit;
-        pc->ctx[d] = (uint8_t)ctx;
-        if (out->n == 0) {
+        int32_t d = tdepth[k];
+        int32_t s = pc->state[d - 1];
+        int ctx = pc->ctx[d - 1] | (dfa->flags[s] & GDFA_HAS_BOTTOM);
+        int32_t t = grammar__dfa_step(dfa, s, tbyte[k]);
+        if (t == GDFA_OOM) goto oom;
+        if (t == GDFA_DEAD) {
             /* dead prefix: the whole subtree is rejected, or uncertain when a path left the frame */
             int32_t lo = v->tn_first[k];
             int32_t hi = v->tn_end[k] < v->n_nodes ? v->tn_first[v->tn_end[k]] : v->n_sorted;
@@ -285,6 +278,8 @@ static gpos_mask *precompute(grammar *g, const grammar_vocab *v, const uint32_t 
             k = v->tn_end[k];
             continue;
         }
+        pc->state[d] = t;
+        pc->ctx[d] = (uint8_t)(ctx != 0);
         for (int32_t i = v->tn_first[k]; i < v->tn_first[k] + v->tn_ntok[k]; i++) {
             int32_t id = v->sorted[i];
             pm->accepted[id >> 5] |= 1u << (id & 31);

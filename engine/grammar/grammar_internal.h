@@ -64,6 +64,8 @@ struct grammar {
     struct gprecomp *pre; /* scratch for the precomputation (under lock) */
     struct gdeep_map *deep; /* tables keyed by several stack positions (token_mask.c) */
     struct gdfa *dfa;   /* sets of stacks met by the trie walks (grammar_dfa.c), under lock */
+    int32_t *rep_canon; /* per element: the same place in its bounded repetition's top level, or -1 */
+    int32_t *rep_level; /* per element: its repetition level (atoms it can still take) */
 };
 
 /* Free g's mask tables and precomputation scratch (token_mask.c). */
@@ -129,6 +131,40 @@ int grammar__machine_consume(gmachine *m, const gset *in, unsigned b, gset *out,
 /* Compact: copy the stacks of in into m2 (cleared first), writing the new
  * ids to out. */
 int grammar__machine_copy(gmachine *dst, const gmachine *src, const gset *in, gset *out);
+
+/* ---- vocabulary (token_mask.c) ---- */
+
+struct grammar_vocab {
+    const tokenizer *t;
+    int32_t n_vocab, n_words;
+    char *bytes;        /* all token bytes back to back */
+    uint32_t *off;      /* token id -> offset in bytes */
+    uint16_t *len;      /* token id -> byte count (0: never allowed by a grammar) */
+    uint8_t *eog;       /* token id -> ends generation */
+    int32_t *sorted;    /* tokens with bytes, lexicographic */
+    int32_t n_sorted;
+    /* trie in preorder; depth = bytes from the root (1 for first bytes) */
+    uint8_t *tn_byte;
+    uint16_t *tn_depth;
+    int32_t *tn_end;      /* preorder index just past the subtree */
+    int32_t *tn_first;    /* sorted index of the first token in the subtree */
+    int32_t *tn_ntok;     /* tokens ending exactly here: sorted[tn_first .. +tn_ntok) */
+    int32_t n_nodes;
+    int32_t max_len;
+    uint16_t *tn_maxlen;  /* longest token (bytes) in the subtree */
+    int32_t *rank;        /* token id -> index in sorted, -1 without bytes */
+    int32_t *bylen;       /* tokens with bytes, longest first */
+    int32_t *n_ge;        /* [L] tokens of at least L bytes (L <= max_len + 1): bylen[0 .. n_ge[L]) */
+};
+
+
+/* ---- mask tables (mask_tables.c) ---- */
+
+/* Bind g's tables to v (under g->lock): GRAMMAR_ERR_VOCAB when bound to another. */
+int grammar__bind_vocab(grammar *g, const grammar_vocab *v);
+/* The most specific table for the stack x of machine mc (built on first
+ * use, kept in g); NULL on OOM. */
+gpos_mask *grammar__table_for_stack(grammar *g, const grammar_vocab *v, const gmachine *mc, uint32_t x);
 
 /* ---- lazy DFA over sets of stacks (grammar_dfa.c) ---- */
 

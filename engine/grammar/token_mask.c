@@ -1,55 +1,14 @@
-/* token_mask.c -- vocabulary trie, per-position mask tables and the
- * per-sequence matcher.
+/* token_mask.c -- the vocabulary trie and the per-sequence matcher.
  *
- * Per-position tables. For a BYTES element p, one pruned walk of the trie
- * runs the stack machine from the single stack (p, BOTTOM), BOTTOM standing
- * for whatever the real stack holds below. A token is
- *   accepted  if some path consumes all its bytes without needing to read
- *             past BOTTOM (it is then valid on top of any stack),
- *   rejected  if every path dies without reaching BOTTOM,
- *   uncertain otherwise: it must be checked against the real stack.
- * A subtree whose prefix is dead is skipped whole. At run time fill_mask ORs
- * the accepted bitsets of the current stack tops and runs only the
+ * The matcher keeps the current set of stacks. fill_mask ORs the accepted
+ * sets of the current stack tops' tables (mask_tables.c) and runs only their
  * uncertain tokens (in trie order, reusing shared prefixes) on the real
- * stacks, so its cost is a few thousand word ORs plus the uncertain tokens.
- * The tables are computed on first use and kept in the grammar. */
+ * stacks, so its cost is a few thousand word ORs plus the uncertain tokens. */
 #include "grammar_internal.h"
 
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
-
-/* Keys of the mask tables: the top positions of a stack (key[0] the BYTES
- * element on top), a sentinel ending it if the stack ends there. */
-#define KEY_MAX 6
-#define KEY_SENT 0xFFFFFFF0u
-
-typedef struct gdeep {
-    uint32_t key[KEY_MAX];
-    int32_t n;
-    gpos_mask *pm;
-} gdeep;
-
-struct gdeep_map { gdeep *e; uint32_t cap, n; };
-
-struct grammar_vocab {
-    const tokenizer *t;
-    int32_t n_vocab, n_words;
-    char *bytes;        /* all token bytes back to back */
-    uint32_t *off;      /* token id -> offset in bytes */
-    uint16_t *len;      /* token id -> byte count (0: never allowed by a grammar) */
-    uint8_t *eog;       /* token id -> ends generation */
-    int32_t *sorted;    /* tokens with bytes, lexicographic */
-    int32_t n_sorted;
-    /* trie in preorder; depth = bytes from the root (1 for first bytes) */
-    uint8_t *tn_byte;
-    uint16_t *tn_depth;
-    int32_t *tn_end;      /* preorder index just past the subtree */
-    int32_t *tn_first;    /* sorted index of the first token in the subtree */
-    int32_t *tn_ntok;     /* tokens ending exactly here: sorted[tn_first .. +tn_ntok) */
-    int32_t n_nodes;
-    int32_t max_len;
-};
 
 /* Portable popcount (the default x86-64 target has no POPCNT instruction
  * and the builtin becomes a library call). */
@@ -82,6 +41,7 @@ void grammar_vocab_free(grammar_vocab *v) {
     if (!v) return;
     free(v->bytes); free(v->off); free(v->len); free(v->eog); free(v->sorted);
     free(v->tn_byte); free(v->tn_depth); free(v->tn_end); free(v->tn_first); free(v->tn_ntok);
+    free(v->tn_maxlen); free(v->rank); free(v->bylen); free(v->n_ge);
     free(v);
 }
 
@@ -157,284 +117,37 @@ grammar_vocab *grammar_vocab_create(const tokenizer *t) {
     }
     while (depth > 0) v->tn_end[path[--depth]] = v->n_nodes;
     free(path);
+    /* for the length-aware tables: subtree maxima, ranks, tokens by length */
+    v->tn_maxlen = calloc((size_t)v->n_nodes + 1, sizeof *v->tn_maxlen);
+    v->rank = malloc((size_t)v->n_vocab * sizeof *v->rank);
+    v->bylen = malloc(((size_t)v->n_sorted + 1) * sizeof *v->bylen);
+    v->n_ge = calloc((size_t)v->max_len + 2, sizeof *v->n_ge);
+    if (!v->tn_maxlen || !v->rank || !v->bylen || !v->n_ge) goto fail;
+    for (int32_t k = v->n_nodes - 1; k >= 0; k--) {
+        uint16_t mx = v->tn_ntok[k] ? v->tn_depth[k] : 0;
+        for (int32_t c = k + 1; c < v->tn_end[k]; c = v->tn_end[c])
+            if (v->tn_maxlen[c] > mx) mx = v->tn_maxlen[c];
+        v->tn_maxlen[k] = mx;
+    }
+    for (int32_t id = 0; id < v->n_vocab; id++) v->rank[id] = -1;
+    for (int32_t i = 0; i < v->n_sorted; i++) {
+        v->rank[v->sorted[i]] = i;
+        v->n_ge[v->len[v->sorted[i]]]++;
+    }
+    for (int32_t L = v->max_len; L >= 0; L--) v->n_ge[L] += v->n_ge[L + 1];
+    {
+        int32_t *at = calloc((size_t)v->max_len + 2, sizeof *at);
+        if (!at) goto fail;
+        for (int32_t i = 0; i < v->n_sorted; i++) {
+            int32_t id = v->sorted[i], L = v->len[id];
+            v->bylen[v->n_ge[L + 1] + at[L]++] = id;
+        }
+        free(at);
+    }
     return v;
 fail:
     grammar_vocab_free(v);
     return NULL;
-}
-
-/* ---- per-position precomputation ---- */
-
-typedef struct gprecomp {
-    int32_t *state;   /* per depth: the DFA state after the trie path */
-    uint8_t *ctx;     /* per depth: some path read past BOTTOM */
-    int32_t depth_cap;
-    int32_t *ubuf; int32_t ucap;
-} gprecomp;
-
-static void free_pm(gpos_mask *pm);
-
-static void precomp_free(gprecomp *pc) {
-    if (!pc) return;
-    free(pc->state); free(pc->ctx); free(pc->ubuf);
-    free(pc);
-}
-
-void grammar__mask_free(grammar *g) {
-    if (g->pm)
-        for (int32_t i = 0; i <= g->n_elems; i++) free_pm(g->pm[i]);
-    if (g->deep) {
-        for (uint32_t i = 0; i < g->deep->cap; i++) free_pm(g->deep->e[i].pm);
-        free(g->deep->e);
-        free(g->deep);
-        g->deep = NULL;
-    }
-    precomp_free(g->pre);
-    g->pre = NULL;
-    grammar__dfa_free(g->dfa);
-    g->dfa = NULL;
-}
-
-static int push_uncertain(gprecomp *pc, int32_t *n, int32_t id) {
-    if (*n == pc->ucap) {
-        int32_t nc = pc->ucap ? pc->ucap * 2 : 256;
-        int32_t *nb = realloc(pc->ubuf, (size_t)nc * sizeof *nb);
-        if (!nb) return -1;
-        pc->ubuf = nb;
-        pc->ucap = nc;
-    }
-    pc->ubuf[(*n)++] = id;
-    return 0;
-}
-
-/* The frames below a frame of rule r that are statically known because
- * each rule on the way has one call site, then BOTTOM (or COMPLETE below a
- * root nobody calls). */
-static uint32_t static_below(const grammar *g, gmachine *m, int32_t r) {
-    uint32_t chain[64];
-    int n = 0;
-    uint32_t bottom = GNODE_BOTTOM;
-    while (n < 64) {
-        int32_t s = g->site[r];
-        if (s == -2) { if (r == g->root) bottom = GNODE_COMPLETE; break; }
-        if (s < 0) break;
-        if (g->elems[s + 1].kind != GE_END) chain[n++] = (uint32_t)s + 1;
-        r = g->elem_rule[s];
-    }
-    if (n == 64) { n = 0; bottom = GNODE_BOTTOM; }
-    uint32_t x = bottom;
-    while (n > 0 && x != UINT32_MAX) x = grammar__machine_node(m, chain[--n], x);
-    return x;
-}
-
-
-/* The stack to precompute from: the key's frames, then the static frames. */
-static uint32_t start_node(const grammar *g, gmachine *m, const uint32_t *key, int n) {
-    uint32_t x;
-    if (key[n - 1] >= KEY_SENT) { x = key[n - 1] - KEY_SENT; n--; }
-    else x = static_below(g, m, g->elem_rule[key[n - 1]]);
-    while (n > 0 && x != UINT32_MAX) x = grammar__machine_node(m, key[--n], x);
-    return x;
-}
-
-/* The table of a key (under g->lock). NULL on OOM. */
-static gpos_mask *precompute(grammar *g, const grammar_vocab *v, const uint32_t *key, int keylen) {
-    gprecomp *pc = g->pre;
-    if (!pc) {
-        pc = calloc(1, sizeof *pc);
-        if (!pc) return NULL;
-        pc->depth_cap = v->max_len + 1;
-        pc->state = calloc((size_t)pc->depth_cap, sizeof *pc->state);
-        pc->ctx = calloc((size_t)pc->depth_cap, 1);
-        if (!pc->state || !pc->ctx) { precomp_free(pc); return NULL; }
-        g->pre = pc;
-    }
-    if (grammar__dfa_trim(&g->dfa, g)) return NULL;
-    gdfa *dfa = g->dfa;
-    gpos_mask *pm = calloc(1, sizeof *pm);
-    if (!pm) return NULL;
-    pm->accepted = calloc((size_t)v->n_words, sizeof *pm->accepted);
-    if (!pm->accepted) { free(pm); return NULL; }
-    int32_t s0 = grammar__dfa_state(dfa, start_node(g, &dfa->m, key, keylen));
-    if (s0 < 0) goto oom;
-    pc->state[0] = s0;
-    pc->ctx[0] = 0;
-    int32_t nu = 0;
-    const uint8_t *tbyte = v->tn_byte;
-    const uint16_t *tdepth = v->tn_depth;
-    for (int32_t k = 0; k < v->n_nodes;) {
-        int32_t d = tdepth[k];
-        int32_t s = pc->state[d - 1];
-        int ctx = pc->ctx[d - 1] | (dfa->flags[s] & GDFA_HAS_BOTTOM);
-        int32_t t = grammar__dfa_step(dfa, s, tbyte[k]);
-        if (t == GDFA_OOM) goto oom;
-        if (t == GDFA_DEAD) {
-            /* dead prefix: the whole subtree is rejected, or uncertain when a path left the frame */
-            int32_t lo = v->tn_first[k];
-            int32_t hi = v->tn_end[k] < v->n_nodes ? v->tn_first[v->tn_end[k]] : v->n_sorted;
-            if (ctx)
-                for (int32_t i = lo; i < hi; i++)
-                    if (push_uncertain(pc, &nu, v->sorted[i])) goto oom;
-            k = v->tn_end[k];
-            continue;
-        }
-        pc->state[d] = t;
-        pc->ctx[d] = (uint8_t)(ctx != 0);
-        for (int32_t i = v->tn_first[k]; i < v->tn_first[k] + v->tn_ntok[k]; i++) {
-            int32_t id = v->sorted[i];
-            pm->accepted[id >> 5] |= 1u << (id & 31);
-        }
-        k++;
-    }
-    if (nu) {
-        pm->uncertain = malloc((size_t)nu * sizeof *pm->uncertain);
-        pm->ulcp = malloc((size_t)nu * sizeof *pm->ulcp);
-        if (!pm->uncertain || !pm->ulcp) goto oom;
-        for (int32_t i = 0; i < nu; i++) {
-            int32_t id = pc->ubuf[i];
-            pm->uncertain[i] = id;
-            uint16_t l = 0;
-            if (i) {
-                int32_t pid = pc->ubuf[i - 1];
-                const char *a = v->bytes + v->off[pid], *b = v->bytes + v->off[id];
-                uint16_t la = v->len[pid], lb = v->len[id];
-                while (l < la && l < lb && a[l] == b[l]) l++;
-            }
-            pm->ulcp[i] = l;
-        }
-    }
-    pm->n_uncertain = nu;
-    /* few accepted tokens: a list is cheaper to apply than a bitset */
-    int32_t na = 0;
-    pm->w_lo = v->n_words;
-    pm->w_hi = 0;
-    for (int32_t w = 0; w < v->n_words; w++)
-        if (pm->accepted[w]) {
-            na += popcount32(pm->accepted[w]);
-            if (w < pm->w_lo) pm->w_lo = w;
-            pm->w_hi = w + 1;
-        }
-    pm->n_acc = na;
-    if (na <= 512) {
-        pm->acc_ids = malloc((size_t)(na ? na : 1) * sizeof *pm->acc_ids);
-        if (!pm->acc_ids) goto oom;
-        int32_t k = 0;
-        for (int32_t w = pm->w_lo; w < pm->w_hi; w++)
-            for (uint32_t bits = pm->accepted[w]; bits; bits &= bits - 1) pm->acc_ids[k++] = w * 32 + __builtin_ctz(bits);
-        free(pm->accepted);
-        pm->accepted = NULL;
-    }
-    return pm;
-oom:
-    free(pm->accepted); free(pm->uncertain); free(pm->ulcp); free(pm->acc_ids); free(pm);
-    return NULL;
-}
-
-static int bind_vocab(grammar *g, const grammar_vocab *v) {
-    if (g->vocab && g->vocab != v) return GRAMMAR_ERR_VOCAB;
-    g->vocab = v;
-    return 0;
-}
-
-static gpos_mask *get_pm(grammar *g, const grammar_vocab *v, uint32_t p) {
-    gpos_mask *pm = __atomic_load_n(&g->pm[p], __ATOMIC_ACQUIRE);
-    if (pm) return pm;
-    pthread_mutex_lock(&g->lock);
-    pm = g->pm[p];
-    if (!pm) {
-        pm = precompute(g, v, &p, 1);
-        if (pm) __atomic_store_n(&g->pm[p], pm, __ATOMIC_RELEASE);
-    }
-    pthread_mutex_unlock(&g->lock);
-    return pm;
-}
-
-/* Tables of deeper keys, for positions whose one-position table leaves too
- * many tokens to the run-time check (a rule called from many sites, e.g.
- * each step of a bounded repetition): the real frames below the top make
- * more tokens decidable in advance. Open addressing, under g->lock. */
-
-static uint32_t key_hash(const uint32_t *k, int n) {
-    uint64_t h = 1469598103934665603ull;
-    for (int i = 0; i < n; i++) h = (h ^ k[i]) * 1099511628211ull;
-    return (uint32_t)(h ^ (h >> 32));
-}
-
-static gpos_mask *get_pm_deep(grammar *g, const grammar_vocab *v, const uint32_t *key, int n) {
-    pthread_mutex_lock(&g->lock);
-    struct gdeep_map *dm = g->deep;
-    gpos_mask *pm = NULL;
-    if (!dm) {
-        dm = calloc(1, sizeof *dm);
-        if (!dm) goto out;
-        g->deep = dm;
-    }
-    if (dm->n * 2 >= dm->cap) {
-        uint32_t nc = dm->cap ? dm->cap * 2 : 64;
-        gdeep *ne = calloc(nc, sizeof *ne);
-        if (!ne) goto out;
-        for (uint32_t i = 0; i < dm->cap; i++) {
-            if (!dm->e[i].pm) continue;
-            uint32_t h = key_hash(dm->e[i].key, dm->e[i].n) & (nc - 1);
-            while (ne[h].pm) h = (h + 1) & (nc - 1);
-            ne[h] = dm->e[i];
-        }
-        free(dm->e);
-        dm->e = ne;
-        dm->cap = nc;
-    }
-    uint32_t h = key_hash(key, n) & (dm->cap - 1);
-    while (dm->e[h].pm) {
-        if (dm->e[h].n == n && !memcmp(dm->e[h].key, key, (size_t)n * sizeof *key)) { pm = dm->e[h].pm; goto out; }
-        h = (h + 1) & (dm->cap - 1);
-    }
-    pm = precompute(g, v, key, n);
-    if (pm) {
-        memcpy(dm->e[h].key, key, (size_t)n * sizeof *key);
-        dm->e[h].n = n;
-        dm->e[h].pm = pm;
-        dm->n++;
-    }
-out:
-    pthread_mutex_unlock(&g->lock);
-    return pm;
-}
-
-static void free_pm(gpos_mask *pm) {
-    if (!pm) return;
-    free(pm->accepted); free(pm->uncertain); free(pm->ulcp); free(pm->acc_ids); free(pm);
-}
-
-/* Uncertain tokens above which a deeper key is tried. */
-#define DEEP_THRESHOLD 4096
-
-/* The most specific useful table for the stack x of machine mc. */
-static gpos_mask *get_pm_stack(grammar *g, const grammar_vocab *v, const gmachine *mc, uint32_t x) {
-    gpos_mask *pm = get_pm(g, v, mc->pos[x]);
-    if (!pm || pm->n_uncertain <= DEEP_THRESHOLD) return pm;
-    uint32_t key[KEY_MAX];
-    int n = 0;
-    key[n++] = mc->pos[x];
-    uint32_t y = mc->parent[x];
-    while (n < KEY_MAX) {
-        key[n++] = y < 2 ? KEY_SENT + y : mc->pos[y];
-        gpos_mask *d = get_pm_deep(g, v, key, n);
-        if (!d) return NULL;
-        pm = d;
-        if (pm->n_uncertain <= DEEP_THRESHOLD || y < 2) break;
-        y = mc->parent[y];
-    }
-    return pm;
-}
-
-int grammar_precompute(grammar *g, const grammar_vocab *v) {
-    pthread_mutex_lock(&g->lock);
-    int rc = bind_vocab(g, v);
-    pthread_mutex_unlock(&g->lock);
-    if (rc) return rc;
-    for (int32_t p = 0; p < g->n_elems; p++)
-        if (g->elems[p].kind == GE_BYTES && !get_pm(g, v, (uint32_t)p)) return GRAMMAR_ERR_NOMEM;
-    return 0;
 }
 
 /* ---- matcher ---- */
@@ -477,7 +190,7 @@ grammar_matcher *grammar_matcher_create(grammar *g, const grammar_vocab *v, int 
     int r = 0;
     if (v) {
         pthread_mutex_lock(&g->lock);
-        r = bind_vocab(g, v);
+        r = grammar__bind_vocab(g, v);
         pthread_mutex_unlock(&g->lock);
     }
     if (r) { if (rc) *rc = r; return NULL; }
@@ -552,7 +265,7 @@ int32_t grammar_matcher_fill_mask(grammar_matcher *m, uint32_t *mask) {
     for (uint32_t i = 0; i < m->cur.n; i++) {
         uint32_t x = m->cur.v[i];
         if (x < 2) { complete |= x == GNODE_COMPLETE; continue; }
-        gpos_mask *pm = get_pm_stack(m->g, v, &m->mach[m->cur_m], x);
+        gpos_mask *pm = grammar__table_for_stack(m->g, v, &m->mach[m->cur_m], x);
         if (!pm) { m->failed = 1; memset(mask, 0, (size_t)v->n_words * sizeof *mask); return 0; }
         if (pm->accepted) or_words(mask + pm->w_lo, pm->accepted + pm->w_lo, pm->w_hi - pm->w_lo);
         else

@@ -358,8 +358,80 @@ static void test_mask_speed(void **st) {
     tokenizer_free(t);
 }
 
+/* Bounded repetitions: tables of lower levels are derived from the top
+ * level's (only tokens at least as long as the level are walked again), so
+ * check the mask against direct runs for every token at every step of
+ * walks that go deep into long bounded strings, nested repetitions and a
+ * repetition of a multi-byte atom. */
+static void test_bounded_repetitions(void **st) {
+    (void)st;
+    tokenizer *t = load_tok("vocab/ggml-vocab-gpt-2.gguf");
+    if (!t) { printf("skip: GPT-2 vocab absent\n"); skip(); }
+    grammar_vocab *v = grammar_vocab_create(t);
+    assert_non_null(v);
+    static const char *const gbnf[] = {
+        "root ::= \"\\\"\" [a-z ]{2,40} \"\\\"\" ([0-9]{0,3} \"!\")?\n",
+        "root ::= (\"ab\" [0-9]{0,6}){2,20} \".\"\n",
+        "root ::= (\"x\" | \"yy\" | [A-Z]{1,5}){0,30} \"end\"\n",
+    };
+    static const char *const schemas[] = {
+        "{\"type\":\"object\",\"properties\":{\"s\":{\"type\":\"string\",\"maxLength\":40},"
+        "\"t\":{\"type\":\"array\",\"items\":{\"type\":\"string\",\"maxLength\":12},\"maxItems\":3}},"
+        "\"required\":[\"s\",\"t\"]}",
+        "{\"type\":\"string\",\"format\":\"email\"}",
+    };
+    int32_t nv = tokenizer_n_vocab(t);
+    uint32_t *mask = malloc(((size_t)nv + 31) / 32 * sizeof *mask);
+    int32_t *allowed = malloc((size_t)nv * sizeof *allowed);
+    assert_non_null(mask);
+    int n_g = (int)(sizeof gbnf / sizeof gbnf[0]), n_s = (int)(sizeof schemas / sizeof schemas[0]);
+    long checks = 0;
+    for (int i = 0; i < n_g + n_s; i++) {
+        grammar *g = NULL;
+        char err[256];
+        if (i < n_g) assert_int_equal(grammar_compile_gbnf(gbnf[i], strlen(gbnf[i]), &g, err, sizeof err), 0);
+        else assert_int_equal(grammar_compile_schema(schemas[i - n_g], strlen(schemas[i - n_g]), NULL, &g, err, sizeof err), 0);
+        grammar_matcher *m = grammar_matcher_create(g, v, NULL);
+        assert_non_null(m);
+        for (int w = 0; w < 3; w++) {
+            grammar_matcher_reset(m);
+            for (int step = 0; step < 40; step++) {
+                int32_t cnt = grammar_matcher_fill_mask(m, mask);
+                assert_true(cnt > 0);
+                int32_t na = 0;
+                for (int32_t id = 0; id < nv; id++) {
+                    int bit = (mask[id >> 5] >> (id & 31)) & 1;
+                    if (bit) allowed[na++] = id;
+                    if ((w || (step & 7) != 5) && (rnd() & 31)) continue; /* all tokens every 8th step of the first walk, a 32nd otherwise */
+                    int direct = tokenizer_is_eog(t, id) ? grammar_matcher_is_complete(m) : grammar_matcher_token_allowed(m, id);
+                    checks++;
+                    if (direct != bit) fail_msg("grammar %d step %d: mask says %d, direct run says %d for token %d", i, step, bit, direct, id);
+                }
+                assert_int_equal(na, cnt);
+                /* prefer long tokens: they reach the lower levels of a repetition in few steps */
+                int32_t pick = allowed[rnd() % (uint32_t)na];
+                for (int k = 0; k < 3; k++) {
+                    int32_t c = allowed[rnd() % (uint32_t)na];
+                    if (tokenizer_token_to_bytes(t, c, 0, NULL, 0) > tokenizer_token_to_bytes(t, pick, 0, NULL, 0)) pick = c;
+                }
+                if (tokenizer_is_eog(t, pick)) break;
+                assert_int_equal(grammar_matcher_accept_token(m, pick), 0);
+                if (grammar_matcher_is_terminated(m)) break;
+            }
+        }
+        grammar_matcher_free(m);
+        grammar_release(g);
+    }
+    printf("bounded repetitions: %ld token checks agreed\n", checks);
+    free(mask);
+    free(allowed);
+    grammar_vocab_free(v);
+    tokenizer_free(t);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_bounded_repetitions),
         cmocka_unit_test(test_walks_spm),
         cmocka_unit_test(test_walks_gpt2),
         cmocka_unit_test(test_vocab_binding),

@@ -1,0 +1,511 @@
+/* mask_tables.c -- per-position mask tables, built lazily and kept in the
+ * grammar.
+ *
+ * For a BYTES element p, one pruned walk of the vocabulary trie runs the
+ * grammar from the single stack (p, static frames, BOTTOM), BOTTOM standing
+ * for whatever the real stack holds below. A token is
+ *   accepted  if some path consumes all its bytes without needing to read
+ *             past BOTTOM (it is then valid on top of any stack),
+ *   rejected  if every path dies without reaching BOTTOM,
+ *   uncertain otherwise: it must be checked against the real stack.
+ * A subtree whose prefix is dead is skipped whole. The walk steps through
+ * the grammar's lazy DFA (grammar_dfa.c): one array load per trie node.
+ * Positions whose table leaves many tokens uncertain get tables keyed by
+ * the top few real stack positions instead (deep keys). */
+#include "grammar_internal.h"
+
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+
+/* Keys of the mask tables: the top positions of a stack (key[0] the BYTES
+ * element on top), a sentinel ending it if the stack ends there. */
+#define KEY_MAX 6
+#define KEY_SENT 0xFFFFFFF0u
+
+typedef struct gdeep {
+    uint32_t key[KEY_MAX];
+    int32_t n;
+    gpos_mask *pm;
+} gdeep;
+
+struct gdeep_map { gdeep *e; uint32_t cap, n; };
+
+/* Portable popcount (the default x86-64 target has no POPCNT instruction
+ * and the builtin becomes a library call). */
+static inline int popcount32(uint32_t x) {
+    x = x - ((x >> 1) & 0x55555555u);
+    x = (x & 0x33333333u) + ((x >> 2) & 0x33333333u);
+    x = (x + (x >> 4)) & 0x0F0F0F0Fu;
+    return (int)((x * 0x01010101u) >> 24);
+}
+
+
+/* ---- per-position precomputation ---- */
+
+typedef struct gprecomp {
+    int32_t *state;   /* per depth: the DFA state after the trie path */
+    uint8_t *ctx;     /* per depth: some path read past BOTTOM */
+    int32_t depth_cap;
+    int32_t *ubuf; int32_t ucap;
+} gprecomp;
+
+static void free_pm(gpos_mask *pm);
+
+static void precomp_free(gprecomp *pc) {
+    if (!pc) return;
+    free(pc->state); free(pc->ctx); free(pc->ubuf);
+    free(pc);
+}
+
+void grammar__mask_free(grammar *g) {
+    if (g->pm)
+        for (int32_t i = 0; i <= g->n_elems; i++) free_pm(g->pm[i]);
+    if (g->deep) {
+        for (uint32_t i = 0; i < g->deep->cap; i++) free_pm(g->deep->e[i].pm);
+        free(g->deep->e);
+        free(g->deep);
+        g->deep = NULL;
+    }
+    precomp_free(g->pre);
+    g->pre = NULL;
+    grammar__dfa_free(g->dfa);
+    g->dfa = NULL;
+    free(g->rep_canon);
+    free(g->rep_level);
+    g->rep_canon = NULL;
+    g->rep_level = NULL;
+}
+
+static int push_uncertain(gprecomp *pc, int32_t *n, int32_t id) {
+    if (*n == pc->ucap) {
+        int32_t nc = pc->ucap ? pc->ucap * 2 : 256;
+        int32_t *nb = realloc(pc->ubuf, (size_t)nc * sizeof *nb);
+        if (!nb) return -1;
+        pc->ubuf = nb;
+        pc->ucap = nc;
+    }
+    pc->ubuf[(*n)++] = id;
+    return 0;
+}
+
+/* The frames below a frame of rule r that are statically known because
+ * each rule on the way has one call site, then BOTTOM (or COMPLETE below a
+ * root nobody calls). */
+static uint32_t static_below(const grammar *g, gmachine *m, int32_t r) {
+    uint32_t chain[64];
+    int n = 0;
+    uint32_t bottom = GNODE_BOTTOM;
+    while (n < 64) {
+        int32_t s = g->site[r];
+        if (s == -2) { if (r == g->root) bottom = GNODE_COMPLETE; break; }
+        if (s < 0) break;
+        if (g->elems[s + 1].kind != GE_END) chain[n++] = (uint32_t)s + 1;
+        r = g->elem_rule[s];
+    }
+    if (n == 64) { n = 0; bottom = GNODE_BOTTOM; }
+    uint32_t x = bottom;
+    while (n > 0 && x != UINT32_MAX) x = grammar__machine_node(m, chain[--n], x);
+    return x;
+}
+
+
+/* The stack to precompute from: the key's frames, then the static frames. */
+static uint32_t start_node(const grammar *g, gmachine *m, const uint32_t *key, int n) {
+    uint32_t x;
+    if (key[n - 1] >= KEY_SENT) { x = key[n - 1] - KEY_SENT; n--; }
+    else x = static_below(g, m, g->elem_rule[key[n - 1]]);
+    while (n > 0 && x != UINT32_MAX) x = grammar__machine_node(m, key[--n], x);
+    return x;
+}
+
+static int precomp_init(grammar *g, const grammar_vocab *v) {
+    if (!g->pre) {
+        gprecomp *pc = calloc(1, sizeof *pc);
+        if (!pc) return -1;
+        pc->depth_cap = v->max_len + 1;
+        pc->state = calloc((size_t)pc->depth_cap, sizeof *pc->state);
+        pc->ctx = calloc((size_t)pc->depth_cap, 1);
+        if (!pc->state || !pc->ctx) { precomp_free(pc); return -1; }
+        g->pre = pc;
+    }
+    return grammar__dfa_trim(&g->dfa, g);
+}
+
+/* Fill pm's uncertain list from ids[0..nu) (trie order) and pick the
+ * accepted set's form. 0 or -1 on OOM (pm then freed by the caller). */
+static int pm_finish(gpos_mask *pm, const grammar_vocab *v, const int32_t *ids, int32_t nu) {
+    if (nu) {
+        pm->uncertain = malloc((size_t)nu * sizeof *pm->uncertain);
+        pm->ulcp = malloc((size_t)nu * sizeof *pm->ulcp);
+        if (!pm->uncertain || !pm->ulcp) return -1;
+        for (int32_t i = 0; i < nu; i++) {
+            int32_t id = ids[i];
+            pm->uncertain[i] = id;
+            uint16_t l = 0;
+            if (i) {
+                int32_t pid = ids[i - 1];
+                const char *a = v->bytes + v->off[pid], *b = v->bytes + v->off[id];
+                uint16_t la = v->len[pid], lb = v->len[id];
+                while (l < la && l < lb && a[l] == b[l]) l++;
+            }
+            pm->ulcp[i] = l;
+        }
+    }
+    pm->n_uncertain = nu;
+    /* few accepted tokens: a list is cheaper to apply than a bitset */
+    int32_t na = 0;
+    pm->w_lo = v->n_words;
+    pm->w_hi = 0;
+    for (int32_t w = 0; w < v->n_words; w++)
+        if (pm->accepted[w]) {
+            na += popcount32(pm->accepted[w]);
+            if (w < pm->w_lo) pm->w_lo = w;
+            pm->w_hi = w + 1;
+        }
+    pm->n_acc = na;
+    if (na <= 512) {
+        pm->acc_ids = malloc((size_t)(na ? na : 1) * sizeof *pm->acc_ids);
+        if (!pm->acc_ids) return -1;
+        int32_t k = 0;
+        for (int32_t w = pm->w_lo; w < pm->w_hi; w++)
+            for (uint32_t bits = pm->accepted[w]; bits; bits &= bits - 1) pm->acc_ids[k++] = w * 32 + __builtin_ctz(bits);
+        free(pm->accepted);
+        pm->accepted = NULL;
+    }
+    return 0;
+}
+
+/* Walk the trie from the stack of key through the DFA, classifying the
+ * tokens of at least min_len bytes (all of them when min_len <= 1): set
+ * the accepted ones in acc, append the uncertain ones (trie order) to
+ * pc->ubuf, *nu counting them. Subtrees without such tokens are skipped.
+ * 0 or -1 on OOM. */
+static int walk(grammar *g, const grammar_vocab *v, const uint32_t *key, int keylen, int32_t min_len, uint32_t *acc,
+                int32_t *nu) {
+    gprecomp *pc = g->pre;
+    gdfa *dfa = g->dfa;
+    int32_t s0 = grammar__dfa_state(dfa, start_node(g, &dfa->m, key, keylen));
+    if (s0 < 0) return -1;
+    pc->state[0] = s0;
+    pc->ctx[0] = 0;
+    const uint8_t *tbyte = v->tn_byte;
+    const uint16_t *tdepth = v->tn_depth, *tmax = v->tn_maxlen;
+    for (int32_t k = 0; k < v->n_nodes;) {
+        if (tmax[k] < min_len) { k = v->tn_end[k]; continue; }
+        int32_t d = tdepth[k];
+        int32_t s = pc->state[d - 1];
+        int ctx = pc->ctx[d - 1] | (dfa->flags[s] & GDFA_HAS_BOTTOM);
+        int32_t t = grammar__dfa_step(dfa, s, tbyte[k]);
+        if (t == GDFA_OOM) return -1;
+        if (t == GDFA_DEAD) {
+            /* dead prefix: the whole subtree is rejected, or uncertain when a path left the frame */
+            if (ctx) {
+                int32_t lo = v->tn_first[k];
+                int32_t hi = v->tn_end[k] < v->n_nodes ? v->tn_first[v->tn_end[k]] : v->n_sorted;
+                for (int32_t i = lo; i < hi; i++)
+                    if (v->len[v->sorted[i]] >= min_len && push_uncertain(pc, nu, v->sorted[i])) return -1;
+            }
+            k = v->tn_end[k];
+            continue;
+        }
+        pc->state[d] = t;
+        pc->ctx[d] = (uint8_t)(ctx != 0);
+        if (d >= min_len)
+            for (int32_t i = v->tn_first[k]; i < v->tn_first[k] + v->tn_ntok[k]; i++) {
+                int32_t id = v->sorted[i];
+                acc[id >> 5] |= 1u << (id & 31);
+            }
+        k++;
+    }
+    return 0;
+}
+
+/* The table of a key, by a full walk (under g->lock). NULL on OOM. */
+static gpos_mask *precompute(grammar *g, const grammar_vocab *v, const uint32_t *key, int keylen) {
+    if (precomp_init(g, v)) return NULL;
+    gpos_mask *pm = calloc(1, sizeof *pm);
+    if (!pm) return NULL;
+    pm->accepted = calloc((size_t)v->n_words, sizeof *pm->accepted);
+    int32_t nu = 0;
+    if (!pm->accepted || walk(g, v, key, keylen, 0, pm->accepted, &nu) || pm_finish(pm, v, g->pre->ubuf, nu)) {
+        free_pm(pm);
+        return NULL;
+    }
+    return pm;
+}
+
+/* The table of key from the table base of a key that no token shorter
+ * than k bytes tells apart from it (a bounded repetition at a higher
+ * level): base's verdicts are kept for those tokens, and only the longer
+ * ones are walked. Under g->lock; NULL on OOM. */
+static gpos_mask *derive(grammar *g, const grammar_vocab *v, const gpos_mask *base, const uint32_t *key, int keylen,
+                         int32_t k) {
+    if (precomp_init(g, v)) return NULL;
+    gprecomp *pc = g->pre;
+    gpos_mask *pm = calloc(1, sizeof *pm);
+    if (!pm) return NULL;
+    pm->accepted = calloc((size_t)v->n_words, sizeof *pm->accepted);
+    if (!pm->accepted) { free(pm); return NULL; }
+    if (base->accepted) memcpy(pm->accepted, base->accepted, (size_t)v->n_words * sizeof *pm->accepted);
+    else
+        for (int32_t i = 0; i < base->n_acc; i++) pm->accepted[base->acc_ids[i] >> 5] |= 1u << (base->acc_ids[i] & 31);
+    int32_t nlong = k <= v->max_len ? v->n_ge[k] : 0;
+    for (int32_t i = 0; i < nlong; i++) pm->accepted[v->bylen[i] >> 5] &= ~(1u << (v->bylen[i] & 31));
+    /* the long tokens' verdicts go to the front of ubuf, then base's short uncertain ones are merged in */
+    int32_t nu = 0;
+    if (walk(g, v, key, keylen, k, pm->accepted, &nu)) { free_pm(pm); return NULL; }
+    int32_t nb = 0;
+    for (int32_t i = 0; i < base->n_uncertain; i++) nb += v->len[base->uncertain[i]] < k;
+    int32_t total = nu + nb;
+    while (pc->ucap < 2 * total + 1) {
+        int32_t nc = pc->ucap ? pc->ucap * 2 : 256;
+        int32_t *nbuf = realloc(pc->ubuf, (size_t)nc * sizeof *nbuf);
+        if (!nbuf) { free_pm(pm); return NULL; }
+        pc->ubuf = nbuf;
+        pc->ucap = nc;
+    }
+    int32_t *out = pc->ubuf + total, i = 0, j = 0, o = 0;
+    while (i < nu || j < base->n_uncertain) {
+        while (j < base->n_uncertain && v->len[base->uncertain[j]] >= k) j++;
+        int32_t a = i < nu ? pc->ubuf[i] : -1;
+        int32_t b = j < base->n_uncertain ? base->uncertain[j] : -1;
+        if (a < 0 && b < 0) break;
+        if (b < 0 || (a >= 0 && v->rank[a] < v->rank[b])) { out[o++] = a; i++; }
+        else { out[o++] = b; j++; }
+    }
+    if (pm_finish(pm, v, out, o)) { free_pm(pm); return NULL; }
+    return pm;
+}
+
+/* ---- bounded repetitions ----
+ * gbnf.c writes x{m,n} as m copies of x then opt_(n-m), where
+ *   opt_1 ::= x | ""      opt_j ::= x opt_(j-1) | ""
+ * A frame in opt_j can still take j atoms (j-1 after the current one), and
+ * every atom consumes at least a byte once it is entered: so no token of
+ * fewer than j bytes behaves differently in opt_j and in the same place of
+ * a higher level opt_J (the language of continuations agrees on every
+ * prefix that short). A string with maxLength 40 then needs one full walk
+ * (the top level) plus, per lower level, a walk of only the tokens at least
+ * that long (130 GPT-2 tokens have 16 bytes or more). The chains are found
+ * by their shape, whatever wrote the GBNF. */
+
+/* Rule r's shape "A [REF next] | <empty>": its first alternative's
+ * elements before END start at *a0, *alen of them; *next the rule the last
+ * one references, or -1. 0 when r is not of that shape. */
+static int rep_shape(const grammar *g, int32_t r, int32_t *a0, int32_t *alen, int32_t *next) {
+    if (g->alt_off[r + 1] - g->alt_off[r] != 2) return 0;
+    int32_t s0 = g->alt_start[g->alt_off[r]], s1 = g->alt_start[g->alt_off[r] + 1];
+    if (g->elems[s1].kind != GE_END || s1 - 1 <= s0) return 0;
+    *a0 = s0;
+    *alen = s1 - 1 - s0;
+    *next = *alen >= 2 && g->elems[s1 - 2].kind == GE_REF && (int32_t)g->elems[s1 - 2].arg != r ? (int32_t)g->elems[s1 - 2].arg
+                                                                                                  : -1;
+    return 1;
+}
+
+/* Fill g->rep_canon / g->rep_level (per element: the same place in the
+ * chain's top rule and this rule's level; -1 / 0 outside chains). 0 or -1
+ * on OOM. */
+static int rep_analyse(grammar *g) {
+    int32_t nr = g->n_rules;
+    int32_t *lvl = calloc((size_t)nr, sizeof *lvl), *atom = calloc((size_t)nr, sizeof *atom);
+    int32_t *top = malloc((size_t)nr * sizeof *top), *path = malloc((size_t)nr * sizeof *path);
+    uint8_t *st = calloc((size_t)nr, 1);
+    g->rep_canon = malloc(((size_t)g->n_elems + 1) * sizeof *g->rep_canon);
+    g->rep_level = calloc((size_t)g->n_elems + 1, sizeof *g->rep_level);
+    int rc = -1;
+    if (!lvl || !atom || !top || !path || !st || !g->rep_canon || !g->rep_level) goto out;
+    /* levels: follow the next references down to an opt_1, then number back up */
+    for (int32_t r = 0; r < nr; r++) {
+        int32_t np = 0, x = r, a0, al, nx;
+        while (x >= 0 && !st[x]) {
+            st[x] = 1;
+            path[np++] = x;
+            x = rep_shape(g, x, &a0, &al, &nx) ? nx : -1;
+        }
+        while (np > 0) {
+            int32_t y = path[--np];
+            st[y] = 2;
+            if (!rep_shape(g, y, &a0, &al, &nx)) continue;
+            if (nx >= 0 && st[nx] == 2 && lvl[nx] >= 1 && atom[nx] == al - 1) {
+                int32_t n0 = g->alt_start[g->alt_off[nx]];
+                if (!memcmp(g->elems + a0, g->elems + n0, (size_t)(al - 1) * sizeof *g->elems)) {
+                    lvl[y] = lvl[nx] + 1;
+                    atom[y] = al - 1;
+                    continue;
+                }
+            }
+            lvl[y] = 1;
+            atom[y] = al;
+        }
+    }
+    /* the top of each chain: up through unique call sites from the level above */
+    for (int32_t r = 0; r < nr; r++) top[r] = -1;
+    for (int32_t r = 0; r < nr; r++) {
+        int32_t np = 0, x = r;
+        while (x >= 0 && top[x] < 0) {
+            path[np++] = x;
+            int32_t s = g->site[x], up = -1;
+            if (lvl[x] >= 1 && s >= 0) {
+                int32_t c = g->elem_rule[s];
+                if (lvl[c] == lvl[x] + 1 && atom[c] == atom[x] && s == g->alt_start[g->alt_off[c]] + atom[c]) up = c;
+            }
+            if (up < 0) { top[x] = x; np--; break; }
+            x = up;
+        }
+        int32_t t = x >= 0 ? top[x] : -1;
+        while (np > 0) top[path[--np]] = t;
+    }
+    for (int32_t p = 0; p <= g->n_elems; p++) g->rep_canon[p] = -1;
+    for (int32_t r = 0; r < nr; r++) {
+        if (lvl[r] < 2 || top[r] == r || top[r] < 0) continue;
+        int32_t s0 = g->alt_start[g->alt_off[r]], t0 = g->alt_start[g->alt_off[top[r]]];
+        for (int32_t i = 0; i <= atom[r]; i++) { /* the atom and the REF to the next level */
+            g->rep_canon[s0 + i] = t0 + i;
+            g->rep_level[s0 + i] = lvl[r];
+        }
+    }
+    rc = 0;
+out:
+    free(lvl); free(atom); free(top); free(path); free(st);
+    return rc;
+}
+
+int grammar__bind_vocab(grammar *g, const grammar_vocab *v) {
+    if (g->vocab && g->vocab != v) return GRAMMAR_ERR_VOCAB;
+    g->vocab = v;
+    return 0;
+}
+
+/* Tables of deeper keys, for positions whose one-position table leaves too
+ * many tokens to the run-time check (a rule called from many sites, e.g.
+ * each step of a bounded repetition): the real frames below the top make
+ * more tokens decidable in advance. Open addressing, under g->lock. */
+
+static uint32_t key_hash(const uint32_t *k, int n) {
+    uint64_t h = 1469598103934665603ull;
+    for (int i = 0; i < n; i++) h = (h ^ k[i]) * 1099511628211ull;
+    return (uint32_t)(h ^ (h >> 32));
+}
+
+static gpos_mask *deep_find(const grammar *g, const uint32_t *key, int n) {
+    const struct gdeep_map *dm = g->deep;
+    if (!dm || !dm->cap) return NULL;
+    for (uint32_t h = key_hash(key, n) & (dm->cap - 1); dm->e[h].pm; h = (h + 1) & (dm->cap - 1))
+        if (dm->e[h].n == n && !memcmp(dm->e[h].key, key, (size_t)n * sizeof *key)) return dm->e[h].pm;
+    return NULL;
+}
+
+static int deep_insert(grammar *g, const uint32_t *key, int n, gpos_mask *pm) {
+    struct gdeep_map *dm = g->deep;
+    if (!dm) {
+        dm = calloc(1, sizeof *dm);
+        if (!dm) return -1;
+        g->deep = dm;
+    }
+    if ((dm->n + 1) * 2 > dm->cap) {
+        uint32_t nc = dm->cap ? dm->cap * 2 : 64;
+        gdeep *ne = calloc(nc, sizeof *ne);
+        if (!ne) return -1;
+        for (uint32_t i = 0; i < dm->cap; i++) {
+            if (!dm->e[i].pm) continue;
+            uint32_t h = key_hash(dm->e[i].key, dm->e[i].n) & (nc - 1);
+            while (ne[h].pm) h = (h + 1) & (nc - 1);
+            ne[h] = dm->e[i];
+        }
+        free(dm->e);
+        dm->e = ne;
+        dm->cap = nc;
+    }
+    uint32_t h = key_hash(key, n) & (dm->cap - 1);
+    while (dm->e[h].pm) h = (h + 1) & (dm->cap - 1);
+    memcpy(dm->e[h].key, key, (size_t)n * sizeof *key);
+    dm->e[h].n = n;
+    dm->e[h].pm = pm;
+    dm->n++;
+    return 0;
+}
+
+/* The table of a key (one position: g->pm; more: the deep map), built if
+ * missing. Under g->lock; NULL on OOM. */
+static gpos_mask *table_locked(grammar *g, const grammar_vocab *v, const uint32_t *key, int n) {
+    gpos_mask *pm = n == 1 ? g->pm[key[0]] : deep_find(g, key, n);
+    if (pm) return pm;
+    if (!g->rep_canon && rep_analyse(g)) return NULL;
+    /* a key with frames in a bounded repetition: derive from the chain's top level */
+    uint32_t ck[KEY_MAX];
+    int32_t k = INT32_MAX;
+    for (int i = 0; i < n; i++) {
+        ck[i] = key[i];
+        if (key[i] < KEY_SENT && g->rep_canon[key[i]] >= 0) {
+            ck[i] = (uint32_t)g->rep_canon[key[i]];
+            if (g->rep_level[key[i]] < k) k = g->rep_level[key[i]];
+        }
+    }
+    if (k != INT32_MAX) {
+        gpos_mask *base = table_locked(g, v, ck, n);
+        if (!base) return NULL;
+        pm = derive(g, v, base, key, n, k);
+    } else {
+        pm = precompute(g, v, key, n);
+    }
+    if (!pm) return NULL;
+    if (n == 1) __atomic_store_n(&g->pm[key[0]], pm, __ATOMIC_RELEASE);
+    else if (deep_insert(g, key, n, pm)) { free_pm(pm); return NULL; }
+    return pm;
+}
+
+static gpos_mask *get_pm(grammar *g, const grammar_vocab *v, uint32_t p) {
+    gpos_mask *pm = __atomic_load_n(&g->pm[p], __ATOMIC_ACQUIRE);
+    if (pm) return pm;
+    pthread_mutex_lock(&g->lock);
+    pm = table_locked(g, v, &p, 1);
+    pthread_mutex_unlock(&g->lock);
+    return pm;
+}
+
+static gpos_mask *get_pm_deep(grammar *g, const grammar_vocab *v, const uint32_t *key, int n) {
+    pthread_mutex_lock(&g->lock);
+    gpos_mask *pm = table_locked(g, v, key, n);
+    pthread_mutex_unlock(&g->lock);
+    return pm;
+}
+
+static void free_pm(gpos_mask *pm) {
+    if (!pm) return;
+    free(pm->accepted); free(pm->uncertain); free(pm->ulcp); free(pm->acc_ids); free(pm);
+}
+
+/* Uncertain tokens above which a deeper key is tried. */
+#define DEEP_THRESHOLD 4096
+
+/* The most specific useful table for the stack x of machine mc. */
+gpos_mask *grammar__table_for_stack(grammar *g, const grammar_vocab *v, const gmachine *mc, uint32_t x) {
+    gpos_mask *pm = get_pm(g, v, mc->pos[x]);
+    if (!pm || pm->n_uncertain <= DEEP_THRESHOLD) return pm;
+    uint32_t key[KEY_MAX];
+    int n = 0;
+    key[n++] = mc->pos[x];
+    uint32_t y = mc->parent[x];
+    while (n < KEY_MAX) {
+        key[n++] = y < 2 ? KEY_SENT + y : mc->pos[y];
+        gpos_mask *d = get_pm_deep(g, v, key, n);
+        if (!d) return NULL;
+        pm = d;
+        if (pm->n_uncertain <= DEEP_THRESHOLD || y < 2) break;
+        y = mc->parent[y];
+    }
+    return pm;
+}
+
+int grammar_precompute(grammar *g, const grammar_vocab *v) {
+    pthread_mutex_lock(&g->lock);
+    int rc = grammar__bind_vocab(g, v);
+    pthread_mutex_unlock(&g->lock);
+    if (rc) return rc;
+    for (int32_t p = 0; p < g->n_elems; p++)
+        if (g->elems[p].kind == GE_BYTES && !get_pm(g, v, (uint32_t)p)) return GRAMMAR_ERR_NOMEM;
+    return 0;
+}

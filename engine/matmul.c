@@ -15,27 +15,43 @@
 /* Weight bytes of a multi-token GEMV sub-block (half of a 32 KiB L1D). */
 #define MM_L1_BYTES (16 * 1024)
 
+/* How one matrix of a call is multiplied. */
+enum mm_mode {
+    MM_GEMV,   /* per-token GEMV, or quant_gemm_rows for a few tokens */
+    MM_PACKED, /* int8 GEMM on packed activations (quant_gemm_packed) */
+    MM_SGEMM,  /* dequantised tiles + OpenBLAS sgemm */
+};
+
 struct matmul {
     threadpool *tp;
     int32_t n_threads;
     int64_t max_cols;
     int32_t max_tok;
-    int32_t gemm_threshold;   /* n_tok >= this: dequantize + sgemm */
+    int32_t gemm_threshold;   /* n_tok >= this: dequantize + sgemm (types without a packed GEMM) */
+    int32_t packed_min_tok;   /* n_tok >= this: packed int8 GEMM where the type has one */
     int32_t gemv_max_tok;     /* activation buffers hold this many tokens */
     size_t act_stride;        /* bytes per token in act buffers */
     uint8_t *act[MM_MAX_MATS];/* quantised activations per distinct vec_dot_type */
+    uint8_t *packed;          /* packed activations (one vec_dot_type per call) */
+    size_t packed_bytes;
     float *tiles;             /* [n_threads][tile_floats] */
     size_t tile_floats;
     /* The current job. */
     int32_t n_mats;
     const mm_matrix *W[MM_MAX_MATS];
     const uint8_t *act_of[MM_MAX_MATS];
+    enum mm_mode mode[MM_MAX_MATS];
     float *y[MM_MAX_MATS];
     const float *x;
     int32_t n_tok;
     int64_t rows_per_task[MM_MAX_MATS];
     int32_t task_start[MM_MAX_MATS + 1];
 };
+
+static int32_t env_tokens(const char *name, int32_t dflt) {
+    const char *env = getenv(name);
+    return env && atoi(env) > 0 ? atoi(env) : dflt;
+}
 
 matmul *matmul_create(threadpool *tp, int64_t max_cols, int32_t max_tok) {
     matmul *m = calloc(1, sizeof *m);
@@ -44,15 +60,27 @@ matmul *matmul_create(threadpool *tp, int64_t max_cols, int32_t max_tok) {
     m->n_threads = threadpool_n_threads(tp);
     m->max_cols = max_cols;
     m->max_tok = max_tok > 0 ? max_tok : 1;
-    m->gemm_threshold = 32; /* measured: per-token GEMV wins below ~32 tokens (q4_0, 135m shape) */
+    /* Types without a packed GEMM (F16, Q4_K, Q6_K, ...): per-token GEMV
+     * wins below ~32 tokens (measured, q4_0, 135m shape, before the packed
+     * kernels existed). */
+    m->gemm_threshold = env_tokens("QKVD_GEMM_MIN_TOK", 32);
+    /* The packed kernel pads to groups of four tokens; below four the
+     * per-token GEMV reads the same weights at no padding cost. */
+    m->packed_min_tok = env_tokens("QKVD_PACKED_MIN_TOK", 4);
     m->gemv_max_tok = m->max_tok;
     /* The widest activation row: f32 (float weights) is the largest format. */
     m->act_stride = ((size_t)max_cols * sizeof(float) + 63) & ~(size_t)63;
-    const char *env = getenv("QKVD_GEMM_MIN_TOK");
-    if (env && atoi(env) > 0) m->gemm_threshold = atoi(env);
     for (int i = 0; i < MM_MAX_MATS; i++) {
         m->act[i] = aligned_alloc(64, m->act_stride * (size_t)m->gemv_max_tok);
         if (!m->act[i]) { matmul_free(m); return NULL; }
+    }
+    /* Sized for the Q8_0 family, the only packed activation type; 0 when
+     * the active kernels have no packed GEMM (scalar) or the width is not
+     * a multiple of 32. */
+    m->packed_bytes = quant_packed_act_size(QK_Q8_0, max_cols, m->max_tok);
+    if (m->packed_bytes) {
+        m->packed = aligned_alloc(64, (m->packed_bytes + 63) & ~(size_t)63);
+        if (!m->packed) { matmul_free(m); return NULL; }
     }
     m->tile_floats = (size_t)MM_TILE_ROWS * (size_t)max_cols;
     m->tiles = aligned_alloc(64, m->tile_floats * sizeof(float) * (size_t)m->n_threads);
@@ -63,6 +91,7 @@ matmul *matmul_create(threadpool *tp, int64_t max_cols, int32_t max_tok) {
 void matmul_free(matmul *m) {
     if (!m) return;
     for (int i = 0; i < MM_MAX_MATS; i++) free(m->act[i]);
+    free(m->packed);
     free(m->tiles);
     free(m);
 }
@@ -72,6 +101,10 @@ void matmul_set_gemm_threshold(matmul *m, int32_t n_tok) {
     m->gemm_threshold = n_tok;
 }
 
+void matmul_set_packed_min_tok(matmul *m, int32_t n_tok) {
+    m->packed_min_tok = n_tok;
+}
+
 /* Find the matrix a flat task index belongs to. */
 static int mm_task_matrix(const matmul *m, int32_t task) {
     int j = 0;
@@ -79,14 +112,8 @@ static int mm_task_matrix(const matmul *m, int32_t task) {
     return j;
 }
 
-static void mm_gemv_task(void *ctx, int32_t task, int32_t thread) {
-    (void)thread;
-    matmul *m = ctx;
-    int j = mm_task_matrix(m, task);
+static void mm_gemv_rows(matmul *m, int j, int64_t r0, int64_t r1) {
     const mm_matrix *W = m->W[j];
-    int64_t r0 = (int64_t)(task - m->task_start[j]) * m->rows_per_task[j];
-    int64_t r1 = r0 + m->rows_per_task[j];
-    if (r1 > W->n_rows) r1 = W->n_rows;
     if (m->n_tok == 1) {
         quant_gemv_rows(W->type, W->data, m->act_of[j], m->y[j], W->n_cols, r0, r1);
         return;
@@ -103,13 +130,8 @@ static void mm_gemv_task(void *ctx, int32_t task, int32_t thread) {
     }
 }
 
-static void mm_gemm_task(void *ctx, int32_t task, int32_t thread) {
-    matmul *m = ctx;
-    int j = mm_task_matrix(m, task);
+static void mm_sgemm_rows(matmul *m, int j, int64_t r0, int64_t nr, int32_t thread) {
     const mm_matrix *W = m->W[j];
-    int64_t r0 = (int64_t)(task - m->task_start[j]) * m->rows_per_task[j];
-    int64_t nr = m->rows_per_task[j];
-    if (r0 + nr > W->n_rows) nr = W->n_rows - r0;
     int64_t K = W->n_cols;
     const float *wt;
     if (W->type == QK_F32) {
@@ -126,6 +148,23 @@ static void mm_gemm_task(void *ctx, int32_t task, int32_t thread) {
                 1.0f, m->x, (int)K, wt, (int)K, 0.0f, m->y[j] + r0, (int)W->n_rows);
 }
 
+static void mm_task(void *ctx, int32_t task, int32_t thread) {
+    matmul *m = ctx;
+    int j = mm_task_matrix(m, task);
+    const mm_matrix *W = m->W[j];
+    int64_t r0 = (int64_t)(task - m->task_start[j]) * m->rows_per_task[j];
+    int64_t r1 = r0 + m->rows_per_task[j];
+    if (r1 > W->n_rows) r1 = W->n_rows;
+    switch (m->mode[j]) {
+    case MM_GEMV: mm_gemv_rows(m, j, r0, r1); break;
+    case MM_PACKED:
+        quant_gemm_packed(W->type, W->data, m->act_of[j], m->y[j], (size_t)W->n_rows, W->n_cols, r0, r1,
+                          m->n_tok);
+        break;
+    case MM_SGEMM: mm_sgemm_rows(m, j, r0, r1 - r0, thread); break;
+    }
+}
+
 void matmul_run(matmul *m, int32_t n_mats, const mm_matrix *const *W, const float *x,
                 int32_t n_tok, float *const *y) {
     if (n_mats <= 0 || n_tok <= 0) return;
@@ -133,16 +172,23 @@ void matmul_run(matmul *m, int32_t n_mats, const mm_matrix *const *W, const floa
     m->n_mats = n_mats;
     m->x = x;
     m->n_tok = n_tok;
-    int gemm = n_tok >= m->gemm_threshold;
     int32_t tasks = 0;
-    int n_act = 0;
+    int n_act = 0, packed_act = -1;
     enum qk_type act_types[MM_MAX_MATS];
     for (int j = 0; j < n_mats; j++) {
         m->W[j] = W[j];
         m->y[j] = y[j];
         m->task_start[j] = tasks;
+        enum qk_type vt = quant_traits(W[j]->type)->vec_dot_type;
+        int a = 0;
+        while (a < n_act && act_types[a] != vt) a++;
+        enum mm_mode mode = n_tok >= m->gemm_threshold ? MM_SGEMM : MM_GEMV;
+        if (m->packed && n_tok >= m->packed_min_tok && (packed_act < 0 || packed_act == a) &&
+            quant_packed_act_size(W[j]->type, W[j]->n_cols, n_tok) > 0)
+            mode = MM_PACKED;
+        m->mode[j] = mode;
         int64_t rows;
-        if (gemm) {
+        if (mode == MM_SGEMM) {
             /* Every sgemm call packs all of x again (cost ~1/rows of the
              * multiply), but keep at least two tiles per thread so the
              * cores finish together. */
@@ -159,9 +205,6 @@ void matmul_run(matmul *m, int32_t n_mats, const mm_matrix *const *W, const floa
             rows = (rows + 15) & ~(int64_t)15;
             if (rows < MM_GEMV_ROWS_MIN) rows = MM_GEMV_ROWS_MIN;
             /* Quantise the activations once per distinct vec_dot_type. */
-            enum qk_type vt = quant_traits(W[j]->type)->vec_dot_type;
-            int a = 0;
-            while (a < n_act && act_types[a] != vt) a++;
             if (a == n_act) {
                 act_types[n_act++] = vt;
                 for (int32_t t = 0; t < n_tok; t++)
@@ -169,10 +212,17 @@ void matmul_run(matmul *m, int32_t n_mats, const mm_matrix *const *W, const floa
                                       m->act[a] + (size_t)t * m->act_stride, W[j]->n_cols);
             }
             m->act_of[j] = m->act[a];
+            if (mode == MM_PACKED) {
+                if (packed_act < 0) {
+                    quant_pack_act(W[j]->type, m->act[a], m->act_stride, W[j]->n_cols, n_tok, m->packed);
+                    packed_act = a;
+                }
+                m->act_of[j] = m->packed;
+            }
         }
         m->rows_per_task[j] = rows;
         tasks += (int32_t)((W[j]->n_rows + rows - 1) / rows);
     }
     m->task_start[n_mats] = tasks;
-    threadpool_run(m->tp, tasks, gemm ? mm_gemm_task : mm_gemv_task, m);
+    threadpool_run(m->tp, tasks, mm_task, m);
 }

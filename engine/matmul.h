@@ -4,14 +4,18 @@
  * in place (e.g. inside the mmapped GGUF). Activations x are n_tok rows of
  * n_cols floats; outputs y are n_tok rows of n_rows floats.
  *
- * Two strategies, chosen by the number of tokens:
- *   - few tokens (decode): activations are quantised once into the weight's
- *     vec_dot_type, then threads take row blocks and dot every token against
- *     each block while it is hot in cache -- each weight byte is read from
- *     memory once per call;
- *   - many tokens (prompt chunks): threads take row tiles, dequantize the tile
- *     to f32 in a per-thread buffer and multiply with cblas_sgemm (OpenBLAS
- *     kept single-threaded: our pool owns the cores).
+ * Three strategies, chosen per matrix by the number of tokens and the type:
+ *   - one or a few tokens (decode): activations are quantised once into the
+ *     weight's vec_dot_type, then threads take row blocks and dot every token
+ *     against each block while it is hot in cache -- each weight byte is read
+ *     from memory once per call;
+ *   - four tokens or more, for Q8_0/Q4_0/Q5_0 weights: the quantised
+ *     activations are packed four tokens per record and threads run the int8
+ *     tile GEMM (gemm_avx2.c) over their row blocks -- batched decode and
+ *     prompt chunks alike;
+ *   - many tokens, other types (F16, K quants): threads take row tiles,
+ *     dequantize the tile to f32 in a per-thread buffer and multiply with
+ *     cblas_sgemm (OpenBLAS kept single-threaded: our pool owns the cores).
  * Several matrices that share the same input (Q/K/V, gate/up) go in one call:
  * one pool job, one activation quantisation.
  *
@@ -41,8 +45,13 @@ typedef struct matmul matmul; /* opaque */
 matmul *matmul_create(threadpool *tp, int64_t max_cols, int32_t max_tok);
 void matmul_free(matmul *m); /* accepts NULL */
 
-/* Token count from which the sgemm strategy is used (tunable for benches). */
+/* Token count from which the sgemm strategy is used for weight types without
+ * a packed int8 GEMM (tunable for benches; env QKVD_GEMM_MIN_TOK). */
 void matmul_set_gemm_threshold(matmul *m, int32_t n_tok);
+/* Token count from which the packed int8 GEMM is used for the types that
+ * have one (Q8_0, Q4_0, Q5_0 with the AVX2 kernels; env
+ * QKVD_PACKED_MIN_TOK). A value above max_tok turns it off. */
+void matmul_set_packed_min_tok(matmul *m, int32_t n_tok);
 
 /* For j in [0, n_mats): y[j][t][r] = sum_c W[j][r][c] * x[t][c], t < n_tok.
  * All matrices have the same n_cols (<= max_cols); n_tok <= max_tok;

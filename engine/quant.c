@@ -1073,6 +1073,7 @@ static void init_kernels(void)
         max_level = 1;
     if (max_level >= 1 && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && f16c) {
         quant__avx2_fill(&kernels_simd);
+        quant__avx2_gemm_fill(&kernels_simd);
         if (max_level >= 2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
             __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni"))
             quant__avx512_fill(&kernels_simd);
@@ -1155,4 +1156,30 @@ void quant_gemm_rows(enum qk_type t, const void *W, const void *act, size_t act_
     for (int32_t i = 0; i < ntok; i++)
         quant_gemv_rows(t, W, (const uint8_t *)act + (size_t)i * act_stride, y + (size_t)i * y_stride,
                         n, r0, r1);
+}
+
+size_t quant_packed_act_size(enum qk_type t, int64_t n, int32_t ntok)
+{
+    const quant__kernels *k = kernels_get();
+    if ((uint32_t)t >= QK_TYPE_MAX || !k->pack[t] || n <= 0 || n % 32 || ntok <= 0)
+        return 0;
+    /* one 192-byte record per group of four tokens and 32-element block */
+    return (size_t)((ntok + 3) / 4) * (size_t)(n / 32) * 192;
+}
+
+void quant_pack_act(enum qk_type t, const void *act, size_t act_stride, int64_t n, int32_t ntok, void *dst)
+{
+    if (quant_packed_act_size(t, n, ntok) == 0)
+        return;
+    kernels_get()->pack[t](act, act_stride, n, ntok, dst);
+}
+
+void quant_gemm_packed(enum qk_type t, const void *W, const void *packed, float *y, size_t y_stride,
+                       int64_t n, int64_t r0, int64_t r1, int32_t ntok)
+{
+    if (quant_packed_act_size(t, n, ntok) == 0 || r1 <= r0 || r0 < 0)
+        return;
+    size_t rb = quant_row_size(t, n);
+    kernels_get()->gemmp[t]((const uint8_t *)W + (size_t)r0 * rb, rb, packed, y + r0, y_stride, n, r1 - r0,
+                            ntok);
 }

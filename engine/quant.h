@@ -84,4 +84,20 @@ void quant_gemv_rows(enum qk_type t, const void *W, const void *act, float *y,
 void quant_gemm_rows(enum qk_type t, const void *W, const void *act, size_t act_stride, float *y,
                      size_t y_stride, int64_t n, int64_t r0, int64_t r1, int32_t ntok);
 
+/* Many-token GEMM on packed activations (batched decode and prompt chunks;
+ * faster than quant_gemm_rows from about four tokens on).
+ * quant_packed_act_size: bytes the packed form of ntok activation rows of n
+ * elements takes, or 0 when the active kernels have no packed GEMM for t
+ * (callers then use quant_gemm_rows or dequantise + sgemm).
+ * quant_pack_act: packs ntok rows already in t's vec_dot_type (from
+ * quant_prepare_act, act_stride bytes apart) into dst, which must be
+ * 32-byte aligned and hold quant_packed_act_size bytes.
+ * quant_gemm_packed: for t < ntok and r in [r0, r1),
+ * y[t * y_stride + r] = dot(W[r,:], token t); the same integer products as
+ * quant_gemm_rows, only the float summation order differs. */
+size_t quant_packed_act_size(enum qk_type t, int64_t n, int32_t ntok);
+void quant_pack_act(enum qk_type t, const void *act, size_t act_stride, int64_t n, int32_t ntok, void *dst);
+void quant_gemm_packed(enum qk_type t, const void *W, const void *packed, float *y, size_t y_stride,
+                       int64_t n, int64_t r0, int64_t r1, int32_t ntok);
+
 #endif

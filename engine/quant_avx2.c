@@ -11,50 +11,12 @@
  * independent accumulator chains so FMA latency never stalls the loop, and
  * touches the activation row (hot in L1) freely. */
 #include "quant_internal.h"
+#include "simd_avx2.h"
 
 #include <immintrin.h>
 #include <math.h>
 #include <stddef.h>
 #include <string.h>
-
-static inline float fp16_to_f32(uint16_t h) { return _cvtsh_ss(h); }
-
-static inline float hsum_ps(__m256 v)
-{
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    return _mm_cvtss_f32(s);
-}
-
-static inline int hsum_epi32(__m256i v)
-{
-    __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
-    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4e));
-    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xb1));
-    return _mm_cvtsi128_si32(s);
-}
-
-/* 32 nibbles of 16 bytes: low nibbles in bytes 0..15, high in 16..31
- * (ggml's element order for Q4/Q5 blocks). */
-static inline __m256i nibbles_32(const uint8_t *p)
-{
-    __m128i t = _mm_loadu_si128((const __m128i *)p);
-    __m256i b = _mm256_insertf128_si256(_mm256_castsi128_si256(t), _mm_srli_epi16(t, 4), 1);
-    return _mm256_and_si256(b, _mm256_set1_epi8(0x0F));
-}
-
-/* Byte k = 0xFF if bit k of the 32-bit little-endian word at p is set. */
-static inline __m256i bits_32(const uint8_t *p)
-{
-    uint32_t x;
-    memcpy(&x, p, 4);
-    const __m256i shuf = _mm256_set_epi64x(0x0303030303030303, 0x0202020202020202,
-                                           0x0101010101010101, 0x0000000000000000);
-    __m256i bytes = _mm256_shuffle_epi8(_mm256_set1_epi32((int)x), shuf);
-    bytes = _mm256_or_si256(bytes, _mm256_set1_epi64x(0x7fbfdfeff7fbfdfe));
-    return _mm256_cmpeq_epi8(bytes, _mm256_set1_epi64x(-1));
-}
 
 /* Sum of products of unsigned bytes a and signed bytes b, 4 per int32 lane,
  * added to acc. With VNNI that is one vpdpbusd; on AVX2 maddubs + madd,
@@ -491,8 +453,6 @@ static inline __m256i load_2x16(const uint8_t *a, const uint8_t *b)
                                    _mm_loadu_si128((const __m128i *)b), 1);
 }
 
-static inline uint16_t ld16(const uint8_t *p) { uint16_t v; memcpy(&v, p, 2); return v; }
-static inline uint32_t ld32(const uint8_t *p) { uint32_t v; memcpy(&v, p, 4); return v; }
 
 /* 0x10 in byte k where bit k of w is set */
 static inline __m256i bit4_32(uint32_t w)

@@ -47,6 +47,13 @@ typedef void (*quant__gemm_fn)(const void *W, size_t row_bytes, const void *act,
                                float *y, size_t y_stride, int64_t n, int64_t nrows, int32_t ntok);
 /* Quantise n floats into an activation type (Q8_0, Q8_1, Q8_K). */
 typedef void (*quant__act_fn)(const float *x, void *dst, int64_t n);
+/* Packed activations for the many-token GEMM (see gemm_avx2.c): pack ntok
+ * rows of vec_dot_type activations (act_stride bytes apart) into dst. */
+typedef void (*quant__pack_fn)(const void *act, size_t act_stride, int64_t n, int32_t ntok, void *dst);
+/* y[t * y_stride + r] = dot(row r, token t) for r < nrows, t < ntok, from
+ * packed activations. */
+typedef void (*quant__gemmp_fn)(const void *W, size_t row_bytes, const void *packed, float *y,
+                                size_t y_stride, int64_t n, int64_t nrows, int32_t ntok);
 /* Dequantise n elements (a multiple of the block size) of one type. */
 typedef void (*quant__dequant_fn)(const void *src, float *dst, int64_t n);
 
@@ -57,11 +64,14 @@ typedef struct quant__kernels {
     quant__gemm_fn gemm[QK_TYPE_MAX]; /* by weight type; NULL: gemv per token */
     quant__act_fn act[QK_TYPE_MAX];   /* by activation type */
     quant__dequant_fn dequant[QK_TYPE_MAX]; /* optional; NULL: the scalar code */
+    quant__pack_fn pack[QK_TYPE_MAX];   /* by weight type; NULL: no packed GEMM */
+    quant__gemmp_fn gemmp[QK_TYPE_MAX]; /* by weight type, set with pack[] */
 } quant__kernels;
 
 /* Fill in the kernels the SIMD file provides, leaving other entries alone. */
 void quant__avx2_fill(quant__kernels *k);
 void quant__avx512_fill(quant__kernels *k);
+void quant__avx2_gemm_fill(quant__kernels *k); /* gemm_avx2.c */
 
 /* 6-bit scale j and min j of a Q4_K/Q5_K scales[12] array. */
 static inline void quant__get_scale_min_k4(int j, const uint8_t *q, uint8_t *d, uint8_t *m)

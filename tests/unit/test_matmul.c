@@ -1,6 +1,7 @@
-/* test_matmul.c -- both matmul strategies (per-token GEMV on quantised
- * activations, dequantize + sgemm) against a double-precision product of
- * the dequantized weights, for every weight type, on 1 and 2 threads. */
+/* test_matmul.c -- the matmul strategies (per-token GEMV on quantised
+ * activations, packed int8 GEMM, dequantize + sgemm) against a
+ * double-precision product of the dequantized weights, for every weight
+ * type, on 1 and 2 threads; and the packed GEMM against the scalar GEMV. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -56,14 +57,70 @@ static void check_type(threadpool *tp, enum qk_type t, int64_t K, int64_t N) {
                 if (e1 > max_rel) max_rel = e1;
             }
         /* Float types and the sgemm path: float rounding only. Quantised
-         * activations (GEMV path of block types): 8-bit error. */
+         * activations (GEMV and packed int8 GEMM paths of block types):
+         * 8-bit error. */
         int float_w = t == QK_F32 || t == QK_F16 || t == QK_BF16;
-        double tol = (float_w || T >= 32) ? 1e-5 : 2e-2;
+        int sgemm = T >= 32 && quant_packed_act_size(t, K, T) == 0;
+        double tol = (float_w || sgemm) ? 1e-5 : 2e-2;
         if (max_rel > tol) fail_msg("%s T=%d: relative error %.3g > %.3g", quant_type_name(t), T, max_rel, tol);
         free(x); free(y0); free(y1);
     }
     matmul_free(mm);
     free(W); free(row); free(deq);
+}
+
+/* The packed int8 GEMM does the same integer products as the scalar
+ * per-token GEMV: results agree to float summation order, for token counts
+ * that are and are not multiples of the four-token group and row counts
+ * that leave a tail after the four-row tiles. */
+static void test_packed_matches_scalar(void **state) {
+    (void)state;
+    quant_init();
+    enum qk_type types[] = {QK_Q8_0, QK_Q4_0, QK_Q5_0};
+    const int64_t K = 320, N = 23;
+    for (size_t ti = 0; ti < sizeof types / sizeof types[0]; ti++) {
+        enum qk_type t = types[ti];
+        if (quant_packed_act_size(t, K, 4) == 0) {
+            print_message("skip: no packed GEMM for %s with kernels %s\n", quant_type_name(t), quant_kernel_name());
+            continue;
+        }
+        size_t rb = quant_row_size(t, K), as = quant_row_size(QK_Q8_0, K);
+        uint8_t *W = malloc(rb * (size_t)N);
+        float *row = malloc((size_t)K * sizeof(float));
+        uint32_t s = 11;
+        for (int64_t r = 0; r < N; r++) {
+            for (int64_t c = 0; c < K; c++) row[c] = frand(&s) * (1 + r % 3);
+            quant_quantize_row(t, row, W + (size_t)r * rb, K);
+        }
+        int32_t counts[] = {1, 3, 4, 6, 9, 16, 37};
+        for (size_t ci = 0; ci < sizeof counts / sizeof counts[0]; ci++) {
+            int32_t T = counts[ci];
+            uint8_t *act = malloc(as * (size_t)T);
+            for (int32_t tt = 0; tt < T; tt++) {
+                for (int64_t c = 0; c < K; c++) row[c] = frand(&s) * (tt == 2 ? 0.0f : 1.0f);
+                quant_prepare_act(t, row, act + (size_t)tt * as, K);
+            }
+            size_t pb = quant_packed_act_size(t, K, T);
+            void *pk = aligned_alloc(64, (pb + 63) & ~(size_t)63);
+            float *y = malloc((size_t)T * N * sizeof(float)), *ref = malloc((size_t)T * N * sizeof(float));
+            quant_pack_act(t, act, as, K, T, pk);
+            /* two row ranges: the split must not matter */
+            quant_gemm_packed(t, W, pk, y, (size_t)N, K, 0, 9, T);
+            quant_gemm_packed(t, W, pk, y, (size_t)N, K, 9, N, T);
+            quant_force_scalar(1);
+            for (int32_t tt = 0; tt < T; tt++)
+                quant_gemv_rows(t, W, act + (size_t)tt * as, ref + (size_t)tt * N, K, 0, N);
+            quant_force_scalar(0);
+            for (int64_t i = 0; i < (int64_t)T * N; i++) {
+                double tol = 1e-5 * (fabs(ref[i]) + 1.0);
+                if (fabs(y[i] - ref[i]) > tol)
+                    fail_msg("%s T=%d index %ld: packed %g vs scalar %g", quant_type_name(t), T, (long)i, y[i],
+                             ref[i]);
+            }
+            free(act); free(pk); free(y); free(ref);
+        }
+        free(W); free(row);
+    }
 }
 
 static void test_all_types(void **state) {
@@ -83,6 +140,7 @@ static void test_all_types(void **state) {
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_all_types),
+        cmocka_unit_test(test_packed_matches_scalar),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

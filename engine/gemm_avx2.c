@@ -1,0 +1,202 @@
+/* gemm_avx2.c -- many-token int8 GEMM for the 32-element block types
+ * (Q8_0, Q4_0, Q5_0) against packed Q8_0 activations.
+ *
+ * Used for batched decode (one token per sequence, many sequences) and for
+ * prompt chunks. The activations of four tokens are interleaved block by
+ * block (quant_pack_act): one 192-byte record holds, for one 32-element
+ * block, the four tokens' scales (twice, one per 128-bit half), their
+ * quant sums (for the Q4_0/Q5_0 zero point) and their 4 x 32 int8 values, so
+ * the kernel streams one record per weight block.
+ *
+ * A tile is R weight rows x 4 tokens. Per weight block the R rows' bytes
+ * are dotted with the four tokens (sign trick + maddubs + madd for Q8_0;
+ * unsigned nibbles need no sign for Q4_0/Q5_0), and the four 8-lane sums
+ * fold into one vector of [t0 t1 t2 t3 | t0 t1 t2 t3] with unpacks and adds
+ * rather than vphaddd: on Zen 3 (llvm-mca -mcpu=znver3) the three hadds of
+ * the earlier kernel cost more FP-pipe cycles than the multiplies. One
+ * convert and one FMA per row and block then serve all four tokens.
+ *
+ * Cache blocking: tokens are taken in chunks whose packed activations fit
+ * in about half of L2, and for each chunk every row tile of the caller's
+ * row range is swept, so a tile's weight rows (R x row bytes) stay in L1
+ * across the chunk's token groups and each weight byte comes from memory
+ * once per chunk. */
+#include "quant_internal.h"
+#include "simd_avx2.h"
+
+#include <stddef.h>
+
+typedef struct {
+    float d[8];     /* token scales: d[j] = d[j + 4] = scale of token j */
+    int32_t s[8];   /* s[j] = sum of token j's 32 quants (j < 4); s[4..7] = 0 */
+    int8_t q[4][32];
+} gemm_pk; /* 192 bytes, 32-aligned in the packed buffer */
+
+_Static_assert(sizeof(gemm_pk) == 192, "packed record layout");
+
+/* Packed activations in bytes of L2 a token chunk may use. */
+#define GEMM_CHUNK_BYTES (192 * 1024)
+
+static void pack_q8_0(const void *act, size_t act_stride, int64_t n, int32_t ntok, void *dst)
+{
+    const int64_t nb = n / QK8_0;
+    const int32_t groups = (ntok + 3) / 4;
+    const __m256i ones8 = _mm256_set1_epi8(1), ones16 = _mm256_set1_epi16(1);
+    gemm_pk *p = dst;
+    for (int32_t g = 0; g < groups; g++) {
+        for (int64_t i = 0; i < nb; i++, p++) {
+            for (int j = 0; j < 4; j++) {
+                int32_t t = 4 * g + j;
+                if (t < ntok) {
+                    const block_q8_0 *b = (const block_q8_0 *)((const uint8_t *)act + (size_t)t * act_stride) + i;
+                    __m256i q = _mm256_loadu_si256((const __m256i *)b->qs);
+                    _mm256_store_si256((__m256i *)p->q[j], q);
+                    p->d[j] = p->d[j + 4] = fp16_to_f32(b->d);
+                    /* maddubs(1, q) adds signed byte pairs */
+                    p->s[j] = hsum_epi32(_mm256_madd_epi16(_mm256_maddubs_epi16(ones8, q), ones16));
+                } else {
+                    _mm256_store_si256((__m256i *)p->q[j], _mm256_setzero_si256());
+                    p->d[j] = p->d[j + 4] = 0.0f;
+                    p->s[j] = 0;
+                }
+                p->s[j + 4] = 0;
+            }
+        }
+    }
+}
+
+/* Four tokens' 8-lane int32 sums -> [t0 t1 t2 t3 | t0 t1 t2 t3] (partial
+ * sums of the low and high 128-bit halves). */
+static inline __m256i fold4(__m256i p0, __m256i p1, __m256i p2, __m256i p3)
+{
+    __m256i a = _mm256_add_epi32(_mm256_unpacklo_epi32(p0, p1), _mm256_unpackhi_epi32(p0, p1));
+    __m256i b = _mm256_add_epi32(_mm256_unpacklo_epi32(p2, p3), _mm256_unpackhi_epi32(p2, p3));
+    return _mm256_add_epi32(_mm256_unpacklo_epi64(a, b), _mm256_unpackhi_epi64(a, b));
+}
+
+enum { KIND_Q8_0, KIND_Q4_0, KIND_Q5_0 };
+
+/* One weight block of one row against the four tokens of record pk:
+ * acc += d_w * d_t * sum_k w[k] * a_t[k], lanes as fold4. */
+static inline __attribute__((always_inline)) __m256
+gemm_row(const uint8_t *b, __m256i a0, __m256i a1, __m256i a2, __m256i a3, __m256 d4, __m256i c4,
+         __m256 acc, const int kind)
+{
+    const __m256i ones = _mm256_set1_epi16(1);
+    __m256i p0, p1, p2, p3;
+    if (kind == KIND_Q8_0) {
+        __m256i w = _mm256_loadu_si256((const __m256i *)(b + offsetof(block_q8_0, qs)));
+        __m256i wa = _mm256_sign_epi8(w, w);
+        p0 = _mm256_madd_epi16(_mm256_maddubs_epi16(wa, _mm256_sign_epi8(a0, w)), ones);
+        p1 = _mm256_madd_epi16(_mm256_maddubs_epi16(wa, _mm256_sign_epi8(a1, w)), ones);
+        p2 = _mm256_madd_epi16(_mm256_maddubs_epi16(wa, _mm256_sign_epi8(a2, w)), ones);
+        p3 = _mm256_madd_epi16(_mm256_maddubs_epi16(wa, _mm256_sign_epi8(a3, w)), ones);
+    } else {
+        /* 0..15 (Q4_0) or 0..31 (Q5_0) as unsigned bytes; the zero point
+         * (8 or 16 times the token's quant sum) is subtracted after the fold.
+         * |w0*a0 + w1*a1| <= 2*31*127: maddubs cannot saturate. */
+        __m256i w = kind == KIND_Q5_0
+                        ? _mm256_or_si256(nibbles_32(b + offsetof(block_q5_0, qs)),
+                                          _mm256_and_si256(bits_32(b + offsetof(block_q5_0, qh)),
+                                                           _mm256_set1_epi8(0x10)))
+                        : nibbles_32(b + offsetof(block_q4_0, qs));
+        p0 = _mm256_madd_epi16(_mm256_maddubs_epi16(w, a0), ones);
+        p1 = _mm256_madd_epi16(_mm256_maddubs_epi16(w, a1), ones);
+        p2 = _mm256_madd_epi16(_mm256_maddubs_epi16(w, a2), ones);
+        p3 = _mm256_madd_epi16(_mm256_maddubs_epi16(w, a3), ones);
+    }
+    __m256i h = fold4(p0, p1, p2, p3);
+    if (kind != KIND_Q8_0)
+        h = _mm256_sub_epi32(h, c4);
+    __m256 d = _mm256_mul_ps(_mm256_set1_ps(fp16_to_f32(ld16(b))), d4);
+    return _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(h), acc);
+}
+
+/* R rows (R <= 4) x one token group over all nb blocks; writes the first
+ * nt (<= 4) tokens' outputs. */
+static inline __attribute__((always_inline)) void
+gemm_tile(const uint8_t *W, size_t rb, const gemm_pk *pk, float *y, size_t ys, int64_t nb, int nt,
+          const int R, const int kind)
+{
+    const size_t bs = kind == KIND_Q5_0 ? sizeof(block_q5_0)
+                      : kind == KIND_Q4_0 ? sizeof(block_q4_0) : sizeof(block_q8_0);
+    __m256 c0 = _mm256_setzero_ps(), c1 = c0, c2 = c0, c3 = c0;
+    for (int64_t i = 0; i < nb; i++) {
+        const gemm_pk *p = pk + i;
+        __m256i a0 = _mm256_load_si256((const __m256i *)p->q[0]);
+        __m256i a1 = _mm256_load_si256((const __m256i *)p->q[1]);
+        __m256i a2 = _mm256_load_si256((const __m256i *)p->q[2]);
+        __m256i a3 = _mm256_load_si256((const __m256i *)p->q[3]);
+        __m256 d4 = _mm256_load_ps(p->d);
+        __m256i c4 = _mm256_setzero_si256();
+        if (kind != KIND_Q8_0)
+            c4 = _mm256_slli_epi32(_mm256_load_si256((const __m256i *)p->s), kind == KIND_Q5_0 ? 4 : 3);
+        const uint8_t *b = W + (size_t)i * bs;
+        c0 = gemm_row(b, a0, a1, a2, a3, d4, c4, c0, kind);
+        if (R > 1) c1 = gemm_row(b + rb, a0, a1, a2, a3, d4, c4, c1, kind);
+        if (R > 2) c2 = gemm_row(b + 2 * rb, a0, a1, a2, a3, d4, c4, c2, kind);
+        if (R > 3) c3 = gemm_row(b + 3 * rb, a0, a1, a2, a3, d4, c4, c3, kind);
+    }
+    __m256 acc[4] = {c0, c1, c2, c3};
+    for (int r = 0; r < R; r++) {
+        __m128 s = _mm_add_ps(_mm256_castps256_ps128(acc[r]), _mm256_extractf128_ps(acc[r], 1));
+        float o[4];
+        _mm_storeu_ps(o, s);
+        for (int j = 0; j < nt; j++) y[(size_t)j * ys + r] = o[j];
+    }
+}
+
+static inline __attribute__((always_inline)) void
+gemm_packed(const void *W, size_t rb, const void *packed, float *y, size_t ys, int64_t n, int64_t nrows,
+            int32_t ntok, const int kind)
+{
+    const int64_t nb = n / 32;
+    const int32_t groups = (ntok + 3) / 4;
+    int32_t chunk = (int32_t)(GEMM_CHUNK_BYTES / ((size_t)nb * sizeof(gemm_pk)));
+    if (chunk < 1) chunk = 1;
+    const gemm_pk *pk = packed;
+    for (int32_t g0 = 0; g0 < groups; g0 += chunk) {
+        int32_t g1 = g0 + chunk < groups ? g0 + chunk : groups;
+        int64_t r = 0;
+        for (; r + 4 <= nrows; r += 4) {
+            const uint8_t *w = (const uint8_t *)W + (size_t)r * rb;
+            for (int32_t g = g0; g < g1; g++) {
+                int nt = ntok - 4 * g < 4 ? ntok - 4 * g : 4;
+                gemm_tile(w, rb, pk + (size_t)g * nb, y + (size_t)(4 * g) * ys + r, ys, nb, nt, 4, kind);
+            }
+        }
+        for (; r < nrows; r++) {
+            const uint8_t *w = (const uint8_t *)W + (size_t)r * rb;
+            for (int32_t g = g0; g < g1; g++) {
+                int nt = ntok - 4 * g < 4 ? ntok - 4 * g : 4;
+                gemm_tile(w, rb, pk + (size_t)g * nb, y + (size_t)(4 * g) * ys + r, ys, nb, nt, 1, kind);
+            }
+        }
+    }
+}
+
+static void gemmp_q8_0(const void *W, size_t rb, const void *packed, float *y, size_t ys, int64_t n,
+                       int64_t nrows, int32_t ntok)
+{
+    gemm_packed(W, rb, packed, y, ys, n, nrows, ntok, KIND_Q8_0);
+}
+
+static void gemmp_q4_0(const void *W, size_t rb, const void *packed, float *y, size_t ys, int64_t n,
+                       int64_t nrows, int32_t ntok)
+{
+    gemm_packed(W, rb, packed, y, ys, n, nrows, ntok, KIND_Q4_0);
+}
+
+static void gemmp_q5_0(const void *W, size_t rb, const void *packed, float *y, size_t ys, int64_t n,
+                       int64_t nrows, int32_t ntok)
+{
+    gemm_packed(W, rb, packed, y, ys, n, nrows, ntok, KIND_Q5_0);
+}
+
+void quant__avx2_gemm_fill(quant__kernels *k)
+{
+    k->pack[QK_Q8_0] = k->pack[QK_Q4_0] = k->pack[QK_Q5_0] = pack_q8_0;
+    k->gemmp[QK_Q8_0] = gemmp_q8_0;
+    k->gemmp[QK_Q4_0] = gemmp_q4_0;
+    k->gemmp[QK_Q5_0] = gemmp_q5_0;
+}

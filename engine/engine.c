@@ -46,7 +46,8 @@ void engine_params_default(engine_params *p) {
 }
 
 _Static_assert((int)ENGINE_KV_F32 == (int)KV_F32 && (int)ENGINE_KV_F16 == (int)KV_F16 &&
-               (int)ENGINE_KV_Q8_0 == (int)KV_Q8_0, "engine_kv_type mirrors kv_type");
+               (int)ENGINE_KV_Q8_0 == (int)KV_Q8_0 && (int)ENGINE_KV_Q12_0 == (int)KV_Q12_0,
+               "engine_kv_type mirrors kv_type");
 _Static_assert((int)ENGINE_KV_FULL == (int)KV_POLICY_FULL && (int)ENGINE_KV_WINDOW == (int)KV_POLICY_WINDOW,
                "engine_kv_policy mirrors kv_policy");
 

@@ -36,9 +36,9 @@ typedef struct engine_params {
 } engine_params;
 
 /* KV element types and policies (same values as kv_cache.h's enums). */
-enum engine_kv_type { ENGINE_KV_F32 = 0, ENGINE_KV_F16 = 1, ENGINE_KV_Q8_0 = 2 };
+enum engine_kv_type { ENGINE_KV_F32 = 0, ENGINE_KV_F16 = 1, ENGINE_KV_Q8_0 = 2, ENGINE_KV_Q12_0 = 3 };
 enum engine_kv_policy { ENGINE_KV_FULL = 0, ENGINE_KV_WINDOW = 1 };
-/* Name <-> value: "f32" "f16" "q8_0"; "full" "window". -1 / NULL when unknown. */
+/* Name <-> value: "f32" "f16" "q8_0" "q12_0"; "full" "window". -1 / NULL when unknown. */
 int engine_kv_type_from_name(const char *s);
 const char *engine_kv_type_name(int t);
 int engine_kv_policy_from_name(const char *s);
@@ -61,7 +61,7 @@ typedef struct engine_info {
     float rope_factor;         /* its factor (1 when none) */
     int32_t rope_orig_ctx;     /* rope.scaling.original_context_length or 0 */
     /* KV pool (the memory plan): */
-    const char *kv_type;       /* "f32", "f16", "q8_0" */
+    const char *kv_type;       /* "f32", "f16", "q8_0", "q12_0" */
     int32_t kv_block_tokens;
     int64_t kv_blocks;         /* blocks in the pool */
     uint64_t kv_bytes_per_block;

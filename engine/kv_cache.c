@@ -58,17 +58,19 @@ struct kv_cache {
     size_t page;
 };
 
-static const char *const type_names[] = {"f32", "f16", "q8_0"};
+static const char *const type_names[] = {"f32", "f16", "q8_0", "q12_0"};
+#define KV_N_TYPES 4
 static const char *const policy_names[] = {"full", "window"};
 
-const char *kv_type_name(enum kv_type t) { return (unsigned)t < 3 ? type_names[t] : NULL; }
+const char *kv_type_name(enum kv_type t) { return (unsigned)t < KV_N_TYPES ? type_names[t] : NULL; }
 const char *kv_policy_name(enum kv_policy p) { return (unsigned)p < 2 ? policy_names[p] : NULL; }
 
 int kv_type_from_name(const char *s) {
     if (!s) return -1;
-    for (int i = 0; i < 3; i++)
+    for (int i = 0; i < KV_N_TYPES; i++)
         if (!strcasecmp(s, type_names[i])) return i;
     if (!strcasecmp(s, "q8")) return KV_Q8_0;
+    if (!strcasecmp(s, "q12")) return KV_Q12_0;
     return -1;
 }
 
@@ -92,11 +94,22 @@ void kv_cache_params_default(kv_cache_params *p, int32_t n_layer, int32_t kv_dim
     p->prefix_cache = 1;
 }
 
+/* Quantised rows: kv_dim int8 values (q8_0: the value; q12_0: its high 8
+ * bits), padded to 4 bytes; q12_0 then kv_dim low nibbles (two per byte),
+ * padded to 4 bytes; then one scale per group: f32 for q8_0, f16 for q12_0
+ * (whose scales would otherwise cost a third of a row for 8-wide heads). */
+static size_t kv_pad4(size_t n) { return (n + 3) & ~(size_t)3; }
+static size_t kv_lo_off(int32_t kv_dim) { return kv_pad4((size_t)kv_dim); }
+static size_t kv_scale_off(enum kv_type t, int32_t kv_dim) {
+    return t == KV_Q12_0 ? kv_lo_off(kv_dim) + kv_pad4(((size_t)kv_dim + 1) / 2) : kv_pad4((size_t)kv_dim);
+}
+
 static size_t kv_row_bytes(enum kv_type t, int32_t kv_dim, int32_t group) {
     switch (t) {
     case KV_F32: return (size_t)kv_dim * 4;
     case KV_F16: return (size_t)kv_dim * 2;
-    case KV_Q8_0: return (((size_t)kv_dim + 3) & ~(size_t)3) + 4 * (size_t)((kv_dim + group - 1) / group);
+    case KV_Q8_0: return kv_scale_off(t, kv_dim) + 4 * (size_t)((kv_dim + group - 1) / group);
+    case KV_Q12_0: return kv_pad4(kv_scale_off(t, kv_dim) + 2 * (size_t)((kv_dim + group - 1) / group));
     }
     return 0;
 }
@@ -668,7 +681,8 @@ static uint8_t *kv_row(const kv_cache *kv, int32_t seq, int32_t layer, int32_t p
 int32_t kv_cache_span_get(const kv_cache *kv, int32_t seq, int32_t layer, int32_t pos, kv_span *out) {
     out->type = kv->type;
     out->stride = kv->row_bytes;
-    out->scale_off = ((size_t)kv->kv_dim + 3) & ~(size_t)3;
+    out->scale_off = kv_scale_off(kv->type, kv->kv_dim);
+    out->lo_off = kv_lo_off(kv->kv_dim);
     out->group = kv->group;
     out->k = kv_row(kv, seq, layer, pos, 0);
     out->v = kv_row(kv, seq, layer, pos, 1);
@@ -685,29 +699,55 @@ int32_t kv_cache_span(const kv_cache *kv, int32_t seq, int32_t layer, int32_t po
     return sp.n;
 }
 
-static void kv_q8_store(uint8_t *row, const float *x, int32_t n, int32_t group) {
+/* q8_0 (qmax 127) and q12_0 (qmax 2047) rows: integers in [-qmax, qmax]
+ * times a scale per group. q12_0 keeps the high 8 bits (arithmetic shift)
+ * in the int8 plane and the low 4 bits in the nibble plane, so
+ * value = (hi * 16 + lo) * scale. */
+static void kv_q_store(uint8_t *row, const float *x, int32_t n, int32_t group, enum kv_type t) {
+    const float qmax = t == KV_Q12_0 ? 2047.0f : 127.0f;
     int8_t *q = (int8_t *)row;
-    float *d = (float *)(row + (((size_t)n + 3) & ~(size_t)3));
+    uint8_t *lo = row + kv_lo_off(n);
+    float *d = (float *)(row + kv_scale_off(t, n));
+    uint16_t *d16 = (uint16_t *)(row + kv_scale_off(t, n));
     for (int32_t g = 0; g * group < n; g++) {
         int32_t i0 = g * group, i1 = i0 + group < n ? i0 + group : n;
         float amax = 0;
         for (int32_t i = i0; i < i1; i++) amax = fmaxf(amax, fabsf(x[i]));
         /* The scale with the least squared error among a few at or just
-         * below amax / 127 (clipping the largest value by less than half a
+         * below amax / qmax (clipping the largest value by less than half a
          * step can pay off for the rest of the group). */
-        float best_sc = amax / 127.0f, best_err = INFINITY;
+        float best_sc = amax / qmax, best_err = INFINITY;
         for (int32_t k = 0; k < 8 && amax > 0; k++) {
-            float sc = amax / (127.0f + 0.125f * (float)k), inv = 1.0f / sc, err = 0;
+            float sc = amax / (qmax + 0.125f * (float)k), inv = 1.0f / sc, err = 0;
             for (int32_t i = i0; i < i1; i++) {
-                float r = fminf(fmaxf(rintf(x[i] * inv), -127.0f), 127.0f);
+                float r = fminf(fmaxf(rintf(x[i] * inv), -qmax), qmax);
                 float e = x[i] - r * sc;
                 err += e * e;
             }
             if (err < best_err) { best_err = err; best_sc = sc; }
         }
+        if (t == KV_Q12_0) {
+            /* The values are quantised against the f16 scale actually
+             * stored, rounded up (a smaller one would clip the largest
+             * value by up to two steps). */
+            uint16_t h = quant_fp32_to_fp16(best_sc);
+            if (quant_fp16_to_fp32(h) < best_sc && h < 0x7bff) h++;
+            d16[g] = h;
+            best_sc = quant_fp16_to_fp32(h);
+        } else {
+            d[g] = best_sc;
+        }
         float inv = best_sc > 0 ? 1.0f / best_sc : 0.0f;
-        d[g] = best_sc;
-        for (int32_t i = i0; i < i1; i++) q[i] = (int8_t)fminf(fmaxf(rintf(x[i] * inv), -127.0f), 127.0f);
+        for (int32_t i = i0; i < i1; i++) {
+            int32_t r = (int32_t)fminf(fmaxf(rintf(x[i] * inv), -qmax), qmax);
+            if (t != KV_Q12_0) {
+                q[i] = (int8_t)r;
+                continue;
+            }
+            q[i] = (int8_t)(r >> 4); /* floor: r = q * 16 + (r & 15) */
+            uint8_t nib = (uint8_t)(r & 15);
+            lo[i / 2] = i % 2 ? (uint8_t)((lo[i / 2] & 0x0f) | nib << 4) : (uint8_t)((lo[i / 2] & 0xf0) | nib);
+        }
     }
 }
 
@@ -719,7 +759,8 @@ static void kv_store_row(const kv_cache *kv, uint8_t *row, const float *x) {
         for (int32_t i = 0; i < kv->kv_dim; i++) h[i] = quant_fp32_to_fp16(x[i]);
         break;
     }
-    case KV_Q8_0: kv_q8_store(row, x, kv->kv_dim, kv->group); break;
+    case KV_Q8_0:
+    case KV_Q12_0: kv_q_store(row, x, kv->kv_dim, kv->group, kv->type); break;
     }
 }
 
@@ -731,6 +772,8 @@ void kv_cache_store(kv_cache *kv, int32_t seq, int32_t layer, int32_t pos, const
 /* AVX2/F16C conversions (kv_cache_avx2.c), used after a CPU check. */
 void kv__f16_to_f32_avx2(const uint16_t *src, float *dst, int32_t n);
 void kv__q8_to_f32_avx2(const int8_t *q, const float *d, int32_t group, int32_t col0, int32_t n, float *dst);
+void kv__q12_to_f32_avx2(const int8_t *q, const uint8_t *lo, const uint16_t *d, int32_t group, int32_t col0,
+                         int32_t n, float *dst);
 
 static int kv_has_avx2(void) {
     static int cached = -1;
@@ -766,6 +809,21 @@ void kv_span_rows_f32(const kv_span *sp, const uint8_t *rows, int32_t n_rows, in
                 break;
             }
             for (int32_t c = 0; c < n_cols; c++) o[c] = (float)q[col0 + c] * d[(col0 + c) / sp->group];
+            break;
+        }
+        case KV_Q12_0: {
+            const int8_t *q = (const int8_t *)row;
+            const uint8_t *lo = row + sp->lo_off;
+            const uint16_t *d = (const uint16_t *)(row + sp->scale_off);
+            if (simd) {
+                kv__q12_to_f32_avx2(q, lo, d, sp->group, col0, n_cols, o);
+                break;
+            }
+            for (int32_t c = 0; c < n_cols; c++) {
+                int32_t i = col0 + c;
+                int32_t r = q[i] * 16 + ((lo[i / 2] >> (4 * (i % 2))) & 15);
+                o[c] = (float)r * quant_fp16_to_fp32(d[i / sp->group]);
+            }
             break;
         }
         }

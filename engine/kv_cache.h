@@ -4,8 +4,11 @@
  * block_tokens consecutive positions of ALL layers, K and V:
  *     block = [n_layer][2 (K, V)][block_tokens][row]
  * where a row is kv_dim values (n_head_kv * head_dim) in the cache's element
- * type: f32, f16, or q8_0 (kv_dim int8 values, padded to 4 bytes, followed by
- * one f32 scale per 32 values -- per head when heads are narrower than 32). The pool's size is a memory budget; block
+ * type: f32, f16, q8_0 (kv_dim int8 values, padded to 4 bytes, followed by
+ * one f32 scale per 32 values -- per head when heads are narrower than 32),
+ * or q12_0 (12-bit integers: kv_dim int8 high parts padded to 4 bytes, kv_dim
+ * low nibbles padded to 4 bytes, then one f16 scale per group as q8_0's,
+ * padded to 4 bytes). The pool's size is a memory budget; block
  * memory is mapped lazily and given back to the OS when a block is freed, so
  * the memory actually held follows what sequences use.
  *
@@ -45,10 +48,10 @@
 
 typedef struct kv_cache kv_cache; /* opaque */
 
-enum kv_type { KV_F32 = 0, KV_F16 = 1, KV_Q8_0 = 2 };
+enum kv_type { KV_F32 = 0, KV_F16 = 1, KV_Q8_0 = 2, KV_Q12_0 = 3 };
 enum kv_policy { KV_POLICY_FULL = 0, KV_POLICY_WINDOW = 1 };
 
-/* "f32", "f16", "q8_0" (NULL for an unknown value). */
+/* "f32", "f16", "q8_0", "q12_0" (NULL for an unknown value). */
 const char *kv_type_name(enum kv_type t);
 /* The type named s, or -1. */
 int kv_type_from_name(const char *s);
@@ -171,9 +174,10 @@ typedef struct kv_span {
     int32_t n;
     enum kv_type type;
     size_t stride;
-    size_t scale_off;       /* q8_0: bytes from a row's start to its f32 scales */
-    int32_t group;          /* q8_0: values per scale */
+    size_t scale_off;       /* q8_0 / q12_0: bytes from a row's start to its scales (f32 / f16) */
+    int32_t group;          /* q8_0 / q12_0: values per scale */
     const uint8_t *k, *v;
+    size_t lo_off;          /* q12_0: bytes from a row's start to its low nibbles */
 } kv_span;
 
 /* The span at position pos (which must be reserved and held) of `layer`:

@@ -34,7 +34,7 @@ static void bench_usage(FILE *to) {
             "  -s SEQS   sequences decoded together in each tg step (default 1, max 64);\n"
             "            tg tok/s then counts the tokens of all of them\n"
             "  --batch N max tokens per forward step (default 512)\n"
-            "  --kv-type T, --kv-block N  KV cache element type (f32, f16, q8_0) and block size\n"
+            "  --kv-type T, --kv-block N  KV cache element type (f32, f16, q8_0, q12_0) and block size\n"
             "  --json    one JSON object instead of the table\n"
             "  --schema FILE  instead: -n greedy steps without and with FILE's JSON Schema mask;\n"
             "            compile time, tok/s both ways, mask time per token\n"
@@ -248,7 +248,7 @@ int cli_bench(int argc, char **argv) {
         else if (!strcmp(a, "--kv-type")) {
             kv_type = engine_kv_type_from_name(val);
             if (kv_type < 0) {
-                fprintf(stderr, "qkvd bench: --kv-type must be f32, f16 or q8_0, got '%s'\n", val);
+                fprintf(stderr, "qkvd bench: --kv-type must be f32, f16, q8_0 or q12_0, got '%s'\n", val);
                 return 2;
             }
         }

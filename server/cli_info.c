@@ -80,7 +80,7 @@ int cli_info(int argc, char **argv) {
         } else if (!strcmp(a, "--kv-type")) {
             kv_type = kv_type_from_name(val);
             if (kv_type < 0) {
-                fprintf(stderr, "qkvd info: --kv-type must be f32, f16 or q8_0, got '%s'\n", val);
+                fprintf(stderr, "qkvd info: --kv-type must be f32, f16, q8_0 or q12_0, got '%s'\n", val);
                 return 2;
             }
         } else if (!strcmp(a, "--kv-block") || !strcmp(a, "--kv-memory") || !strcmp(a, "--max-seqs")) {

@@ -18,7 +18,7 @@ static void logprobs_usage(FILE *to) {
             "usage: qkvd logprobs -m MODEL.gguf --tokens 1,2,3 [--top K] [-t THREADS] [--ctx N] [--kv-type T]\n"
             "  prints {\"logprobs\": [[[id, logprob], ...], ...]}: for every input position, the\n"
             "  top K (default 5) next-token log-probs (log-softmax over the whole vocabulary)\n"
-            "  --kv-type T     KV cache element type: f32 (default), f16 or q8_0\n");
+            "  --kv-type T     KV cache element type: f32 (default), f16, q8_0 or q12_0\n");
 }
 
 /* Parse "1,2,3" into a malloc'ed array (owned by the caller); -1 on bad input. */
@@ -68,7 +68,7 @@ int cli_logprobs(int argc, char **argv) {
         else if (!strcmp(a, "--kv-type")) {
             kv_type = engine_kv_type_from_name(val);
             if (kv_type < 0) {
-                fprintf(stderr, "qkvd logprobs: --kv-type must be f32, f16 or q8_0, got '%s'\n", val);
+                fprintf(stderr, "qkvd logprobs: --kv-type must be f32, f16, q8_0 or q12_0, got '%s'\n", val);
                 return 2;
             }
         } else {

@@ -37,7 +37,7 @@ static const opt_def options[] = {
     {"max-running", 0, OPT_INT, OFF(max_running), "0", 0, 4096, "sequences running at once (0: max-seqs); more wait in the queue"},
     {"prefill-chunk", 0, OPT_INT, OFF(prefill_chunk), "256", 1, 1 << 20, "largest prompt chunk one step feeds per sequence (decode tokens of others share the step)"},
     {"kv-memory", 0, OPT_LONG, OFF(kv_memory), "0", 0, 1 << 30, "KV cache pool in MiB (0: room for max-seqs x ctx tokens); memory is taken as blocks are used"},
-    {"kv-type", 0, OPT_STR, OFF(kv_type), "f32", 0, 0, "KV cache element type: f32, f16 or q8_0 (int8, a scale per 32 values)"},
+    {"kv-type", 0, OPT_STR, OFF(kv_type), "f32", 0, 0, "KV cache element type: f32, f16, q8_0 (int8, a scale per 32 values) or q12_0 (12-bit, same scales)"},
     {"kv-block", 0, OPT_INT, OFF(kv_block), "16", 1, 256, "tokens per KV block (the unit of allocation and prefix sharing)"},
     {"kv-policy", 0, OPT_STR, OFF(kv_policy), "full", 0, 0, "default KV policy: full, or window (keep kv-sinks first + kv-window last tokens)"},
     {"kv-window", 0, OPT_INT, OFF(kv_window), "1024", 1, 1 << 24, "kv-policy window: last tokens every query sees"},
@@ -134,7 +134,7 @@ static int opt_set(serve_config *cfg, const opt_def *o, const char *val, const c
             return -1;
         }
         if (!strcmp(o->name, "kv-type") && engine_kv_type_from_name(val) < 0) {
-            snprintf(err, errlen, "%s: --kv-type must be f32, f16 or q8_0, got '%s'", source, val);
+            snprintf(err, errlen, "%s: --kv-type must be f32, f16, q8_0 or q12_0, got '%s'", source, val);
             return -1;
         }
         if (!strcmp(o->name, "kv-policy") && engine_kv_policy_from_name(val) < 0) {

@@ -39,7 +39,7 @@ typedef struct serve_config {
     int max_running;         /* sequences running at once; 0 = max_seqs */
     int prefill_chunk;       /* prompt tokens per sequence per step */
     long kv_memory;          /* KV pool, MiB; 0 = max_seqs x ctx tokens */
-    char *kv_type;           /* "f32", "f16", "q8_0" */
+    char *kv_type;           /* "f32", "f16", "q8_0", "q12_0" */
     int kv_block;            /* tokens per KV block */
     char *kv_policy;         /* "full" or "window" */
     int kv_window, kv_sinks; /* window policy */

@@ -3,7 +3,7 @@
 # is served from the prefix cache with the same output; a KV pool too small
 # for the concurrent requests pre-empts and recomputes, and every output
 # (greedy, sampled with a seed, n = 2) equals a server with plenty of memory;
-# the window policy runs past its window; f16 / q8_0 caches serve (plain
+# the window policy runs past its window; f16 / q8_0 / q12_0 caches serve (plain
 # softmax and other attention kinds); the start-up memory plan is logged; a
 # prompt larger than the pool is a 400.
 set -u
@@ -106,8 +106,8 @@ python3 -c 'import json,sys; t=json.load(open(sys.argv[1])); sys.exit(0 if len(t
 check window_policy_generates $? "$(head -c 200 "$TMP/win")"
 stop
 
-# f16 / q8_0 caches serve text that starts like f32's.
-for t in f16 q8_0; do
+# f16 / q8_0 / q12_0 caches serve text that starts like f32's.
+for t in f16 q8_0 q12_0; do
   start --kv-type $t
   grep -q "KV $t" "$TMP/log"
   check "kv_type_${t}_plan" $? "$(grep 'memory plan' "$TMP/log")"

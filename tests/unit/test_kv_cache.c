@@ -55,7 +55,7 @@ static kv_cache *make(int32_t seqs, int64_t blocks, enum kv_type t) {
     kv_cache_params_default(&p, NL, DIM, CTX, seqs);
     p.type = t;
     p.block_tokens = BT;
-    size_t row = t == KV_F32 ? DIM * 4 : t == KV_F16 ? DIM * 2 : 40 + 4 * 2;
+    size_t row = t == KV_F32 ? DIM * 4 : t == KV_F16 ? DIM * 2 : t == KV_Q8_0 ? 40 + 4 * 2 : 40 + 20 + 2 * 2;
     if (blocks > 0) p.memory_bytes = (uint64_t)blocks * NL * 2 * BT * row;
     char err[256];
     kv_cache *kv = kv_cache_create_params(&p, err, sizeof err);
@@ -304,12 +304,12 @@ static void test_window(void **state) {
     kv_cache_free(kv);
 }
 
-/* f16 and q8_0 rows read back within their precision. */
+/* f16, q8_0 and q12_0 rows read back within their precision. */
 static void test_types(void **state) {
     (void)state;
-    const enum kv_type types[2] = {KV_F16, KV_Q8_0};
-    const float tol[2] = {1e-3f, 1.0f / 100.0f};
-    for (int ti = 0; ti < 2; ti++) {
+    const enum kv_type types[3] = {KV_F16, KV_Q8_0, KV_Q12_0};
+    const float tol[3] = {1e-3f, 1.0f / 100.0f, 1.0f / 1500.0f};
+    for (int ti = 0; ti < 3; ti++) {
         kv_cache *kv = make(1, 0, types[ti]);
         assert_int_equal(kv_cache_type(kv), types[ti]);
         int32_t a = kv_cache_seq_create(kv);
@@ -318,6 +318,8 @@ static void test_types(void **state) {
         kv_cache_free(kv);
     }
     assert_int_equal(kv_type_from_name("q8_0"), KV_Q8_0);
+    assert_int_equal(kv_type_from_name("q12_0"), KV_Q12_0);
+    assert_string_equal(kv_type_name(KV_Q12_0), "q12_0");
     assert_int_equal(kv_type_from_name("f16"), KV_F16);
     assert_int_equal(kv_type_from_name("f64"), -1);
     assert_int_equal(kv_policy_from_name("window"), KV_POLICY_WINDOW);
@@ -327,6 +329,54 @@ static void test_types(void **state) {
     char err[256] = "";
     assert_null(kv_cache_create_params(&p, err, sizeof err));
     assert_non_null(strstr(err, "budget"));
+}
+
+/* q8_0 / q12_0 rows of signed values of very different magnitudes per head
+ * (head_dim 8: a scale each): every value within one step (amax / qmax: the
+ * scale search may clip the largest by under a step) of its group, and reading from an odd column (the scalar path) gives
+ * exactly what reading from column 0 (the vector path) gives. */
+static void test_quant_rows(void **state) {
+    (void)state;
+    enum { QD = 72, QHD = 8 };
+    const enum kv_type types[2] = {KV_Q8_0, KV_Q12_0};
+    const float qmax[2] = {127.0f, 2047.0f};
+    for (int ti = 0; ti < 2; ti++) {
+        kv_cache_params p;
+        kv_cache_params_default(&p, 1, QD, 32, 1);
+        p.type = types[ti];
+        p.head_dim = QHD;
+        kv_cache *kv = kv_cache_create_params(&p, NULL, 0);
+        assert_non_null(kv);
+        int32_t a = kv_cache_seq_create(kv);
+        assert_int_equal(kv_cache_seq_reserve(kv, a, 20), 0);
+        float k[20][QD], v[QD] = {0};
+        uint64_t r = 12345 + (uint64_t)ti;
+        for (int pos = 0; pos < 20; pos++) {
+            for (int i = 0; i < QD; i++) {
+                r = r * 6364136223846793005ULL + 1442695040888963407ULL;
+                float u = (float)(r >> 40) / (float)(1 << 24) * 2.0f - 1.0f;
+                k[pos][i] = u * powf(10.0f, (float)((i / QHD) % 5) - 2.0f); /* 1e-2 .. 1e2 per head */
+            }
+            kv_cache_store(kv, a, 0, pos, k[pos], v);
+        }
+        kv_cache_seq_set_len(kv, a, 20);
+        float row[QD], row1[QD];
+        for (int pos = 0; pos < 20; pos++) {
+            kv_span sp;
+            kv_cache_span_get(kv, a, 0, pos, &sp);
+            kv_span_rows_f32(&sp, sp.k, 1, 0, QD, row);
+            kv_span_rows_f32(&sp, sp.k, 1, 1, QD - 1, row1);
+            for (int g = 0; g < QD / QHD; g++) {
+                float amax = 0;
+                for (int i = g * QHD; i < (g + 1) * QHD; i++) amax = fmaxf(amax, fabsf(k[pos][i]));
+                for (int i = g * QHD; i < (g + 1) * QHD; i++) {
+                    assert_true(fabsf(row[i] - k[pos][i]) <= amax / qmax[ti]);
+                    if (i > 0) assert_true(row1[i - 1] == row[i]);
+                }
+            }
+        }
+        kv_cache_free(kv);
+    }
 }
 
 /* Randomised: sequences grow from a few shared token stems (prefix hits),
@@ -460,6 +510,7 @@ int main(void) {
         cmocka_unit_test(test_lifecycle),     cmocka_unit_test(test_copy_on_write),
         cmocka_unit_test(test_prefix_cache),  cmocka_unit_test(test_lru_order),
         cmocka_unit_test(test_window),        cmocka_unit_test(test_types),
+        cmocka_unit_test(test_quant_rows),
         cmocka_unit_test(test_randomised),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

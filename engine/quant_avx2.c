@@ -436,33 +436,18 @@ static float dot_q6_K(const void *w, const void *act, int64_t n)
  * one shift+AND their high nibbles; the activations are permuted once to
  * match. The quants are used unsigned (0..15 or 0..31), so maddubs needs no
  * sign juggling; Q4_0/Q5_0's offset becomes -off * sum(qy), computed once
- * for the four rows, as are the activation loads and scales. Q4_1/Q5_1 add
+ * for the four rows, as are the activation loads and scales, and the
+ * eight weight scales of a step are converted together. Q4_1/Q5_1 add
  * m * s per block. Four independent accumulators hide the FMA latency.
  *
  * The layouts differ only in field offsets, so one always-inline body is
  * specialised per type by constant arguments. */
-static inline __m256 dx_pair(uint16_t a, uint16_t b)
-{
-    __m128 d = _mm_cvtph_ps(_mm_insert_epi16(_mm_cvtsi32_si128(a), b, 1));
-    return _mm256_permutevar8x32_ps(_mm256_castps128_ps256(d), _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1));
-}
-
 static inline __m256i load_2x16(const uint8_t *a, const uint8_t *b)
 {
     return _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)a)),
                                    _mm_loadu_si128((const __m128i *)b), 1);
 }
 
-
-/* 0x10 in byte k where bit k of w is set */
-static inline __m256i bit4_32(uint32_t w)
-{
-    const __m256i shuf = _mm256_set_epi64x(0x0303030303030303, 0x0202020202020202,
-                                           0x0101010101010101, 0x0000000000000000);
-    __m256i bytes = _mm256_shuffle_epi8(_mm256_set1_epi32((int)w), shuf);
-    bytes = _mm256_or_si256(bytes, _mm256_set1_epi64x(0x7fbfdfeff7fbfdfe));
-    return _mm256_and_si256(_mm256_cmpeq_epi8(bytes, _mm256_set1_epi64x(-1)), _mm256_set1_epi8(0x10));
-}
 
 /* The four rows of a group are contiguous, so the group is a linear run of
  * 4*rb bytes read through four interleaved pointers. The hardware
@@ -479,8 +464,53 @@ static inline void prefetch_run(const uint8_t *p, int bytes)
         __asm__ volatile("prefetcht0 %0" : : "m"(*(const char *)(p + o)));
 }
 
+/* The scales of blocks i and i+1 of the four rows, times the activation
+ * scales: [r0b0 r0b1 r1b0 r1b1 r2b0 r2b1 r3b0 r3b1]. One fp16 convert and
+ * one multiply for all eight; row k's pair is then one permute (d_row).
+ * Per row that is 2 uops where converting each pair apart took 7. */
+static inline __m256 d_rows4(const uint8_t *W, size_t rb, size_t bs, int64_t i, __m256 dy8)
+{
+    const uint8_t *b = W + (size_t)i * bs;
+    __m128i h = _mm_cvtsi32_si128(ld16(b));
+    h = _mm_insert_epi16(h, ld16(b + bs), 1);
+    h = _mm_insert_epi16(h, ld16(b + rb), 2);
+    h = _mm_insert_epi16(h, ld16(b + rb + bs), 3);
+    h = _mm_insert_epi16(h, ld16(b + 2 * rb), 4);
+    h = _mm_insert_epi16(h, ld16(b + 2 * rb + bs), 5);
+    h = _mm_insert_epi16(h, ld16(b + 3 * rb), 6);
+    h = _mm_insert_epi16(h, ld16(b + 3 * rb + bs), 7);
+    return _mm256_mul_ps(_mm256_cvtph_ps(h), dy8);
+}
+
+/* Row k's two block scales from d_rows4: block i in the low lane, i+1 in the high. */
+static inline __m256 d_row(__m256 d8, int k)
+{
+    return _mm256_permutevar8x32_ps(d8, _mm256_setr_epi32(2 * k, 2 * k, 2 * k, 2 * k, 2 * k + 1, 2 * k + 1,
+                                                          2 * k + 1, 2 * k + 1));
+}
+
+/* The 5th bits of two Q5 blocks (qh words h0, h1) as 0x10 bytes, in the
+ * lane layout of gemv4_small: *lo gets elements 0..15 of block i (low lane)
+ * and of block i+1 (high lane), *hi elements 16..31. The 64 bits are
+ * broadcast once and each half is one byte shuffle + test (13 uops for the
+ * pair, against 20 expanding each 32-bit word apart). */
+static inline void q5_hbits2(uint32_t h0, uint32_t h1, __m256i *lo, __m256i *hi)
+{
+    const __m256i v = _mm256_broadcastq_epi64(_mm_insert_epi32(_mm_cvtsi32_si128((int)h0), (int)h1, 1));
+    const __m256i bm = _mm256_set1_epi64x(0x8040201008040201ll), b4 = _mm256_set1_epi8(0x10);
+    const __m256i cl = _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1,
+                                        4, 4, 4, 4, 4, 4, 4, 4, 5, 5, 5, 5, 5, 5, 5, 5);
+    const __m256i ch = _mm256_setr_epi8(2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3,
+                                        6, 6, 6, 6, 6, 6, 6, 6, 7, 7, 7, 7, 7, 7, 7, 7);
+    __m256i l = _mm256_and_si256(_mm256_shuffle_epi8(v, cl), bm);
+    __m256i h = _mm256_and_si256(_mm256_shuffle_epi8(v, ch), bm);
+    *lo = _mm256_and_si256(_mm256_cmpeq_epi8(l, bm), b4);
+    *hi = _mm256_and_si256(_mm256_cmpeq_epi8(h, bm), b4);
+}
+
 /* bs: block bytes; qs_off/qh_off (-1: none)/m_off (-1: none): field offsets;
- * off: the type's zero point (8, 16 or 0); ybs/yqs_off: activation block. */
+ * off: the type's zero point (8, 16 or 0); ybs/yqs_off: activation block.
+ * Every type has its fp16 scale d first. */
 static inline __attribute__((always_inline)) void
 gemv4_small(const uint8_t *W, size_t rb, const uint8_t *y, float *out, int64_t nb,
             const int bs, const int qs_off, const int qh_off, const int m_off, const int off,
@@ -507,7 +537,9 @@ gemv4_small(const uint8_t *W, size_t rb, const uint8_t *y, float *out, int64_t n
             corr = _mm256_add_epi16(_mm256_maddubs_epi16(vo, qyl), _mm256_maddubs_epi16(vo, qyh)); /* int16 */
 #endif
         }
-        __m256 dy = _mm256_setr_m128(_mm_set1_ps(fp16_to_f32(ld16(yb0))), _mm_set1_ps(fp16_to_f32(ld16(yb1))));
+        /* [dy0 dy1] repeated for the four rows */
+        __m128 dyp = _mm_cvtph_ps(_mm_insert_epi16(_mm_cvtsi32_si128(ld16(yb0)), ld16(yb1), 1));
+        __m256 d8 = d_rows4(W, rb, bs, i, _mm256_setr_m128(_mm_movelh_ps(dyp, dyp), _mm_movelh_ps(dyp, dyp)));
         float s0 = 0, s1 = 0;
         if (m_off >= 0) {
             s0 = fp16_to_f32(ld16(yb0 + 2));
@@ -519,9 +551,10 @@ gemv4_small(const uint8_t *W, size_t rb, const uint8_t *y, float *out, int64_t n
             __m256i v = load_2x16(b0 + qs_off, b1 + qs_off);
             __m256i lo = _mm256_and_si256(v, m4), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
             if (qh_off >= 0) {
-                uint32_t h0 = ld32(b0 + qh_off), h1 = ld32(b1 + qh_off);
-                lo = _mm256_or_si256(lo, bit4_32((h0 & 0xFFFF) | (h1 << 16)));
-                hi = _mm256_or_si256(hi, bit4_32((h0 >> 16) | (h1 & 0xFFFF0000u)));
+                __m256i hl, hh;
+                q5_hbits2(ld32(b0 + qh_off), ld32(b1 + qh_off), &hl, &hh);
+                lo = _mm256_or_si256(lo, hl);
+                hi = _mm256_or_si256(hi, hh);
             }
 #ifdef QUANT_VNNI
             __m256i p = dpbusd(dot_us8(lo, qyl), hi, qyh);
@@ -534,8 +567,7 @@ gemv4_small(const uint8_t *W, size_t rb, const uint8_t *y, float *out, int64_t n
                 p = _mm256_sub_epi16(p, corr);
             p = _mm256_madd_epi16(p, _mm256_set1_epi16(1));
 #endif
-            __m256 d = _mm256_mul_ps(dx_pair(ld16(b0), ld16(b1)), dy);
-            acc[k] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p), acc[k]);
+            acc[k] = _mm256_fmadd_ps(d_row(d8, k), _mm256_cvtepi32_ps(p), acc[k]);
             if (m_off >= 0)
                 summ[k] += fp16_to_f32(ld16(b0 + m_off)) * s0 + fp16_to_f32(ld16(b1 + m_off)) * s1;
         }
@@ -613,35 +645,44 @@ static void gemv_q5_1(const void *W, size_t rb, const void *act, float *y, int64
 
 /* Four Q8_0 rows, two blocks per step: the two blocks' 8-lane integer sums
  * are folded into one vector with hadd, so one convert and one FMA serve
- * both; activation loads and scales are shared by the four rows. */
+ * both. The activation side is shared by the four rows: maddubs wants one
+ * unsigned operand, so |y| is taken once and each row only moves y's sign
+ * onto its quants (one vpsignb instead of two per block), and the eight
+ * weight scales of a step are converted together (d_rows4). */
 static void gemv4_q8_0(const uint8_t *W, size_t rb, const block_q8_0 *y, float *out, int64_t nb)
 {
-    const block_q8_0 *x0 = (const block_q8_0 *)W, *x1 = (const block_q8_0 *)(W + rb);
-    const block_q8_0 *x2 = (const block_q8_0 *)(W + 2 * rb), *x3 = (const block_q8_0 *)(W + 3 * rb);
-    const __m256i pat = _mm256_setr_epi32(0, 0, 1, 1, 0, 0, 1, 1);
+    const size_t bs = sizeof(block_q8_0);
+    const __m256i ones = _mm256_set1_epi16(1);
     __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
     int64_t i = 0;
     const uint8_t *next = W + 4 * rb;
     for (; i + 2 <= nb; i += 2) {
-        prefetch_run(next + 4 * sizeof(block_q8_0) * i, 8 * sizeof(block_q8_0));
+        prefetch_run(next + 4 * bs * (size_t)i, 8 * (int)bs);
         __m256i y0 = _mm256_loadu_si256((const __m256i *)y[i].qs);
         __m256i y1 = _mm256_loadu_si256((const __m256i *)y[i + 1].qs);
+        __m256i u0 = _mm256_sign_epi8(y0, y0), u1 = _mm256_sign_epi8(y1, y1);
         __m128 dyp = _mm_cvtph_ps(_mm_insert_epi16(_mm_cvtsi32_si128(y[i].d), y[i + 1].d, 1));
-        __m256 dy = _mm256_permutevar8x32_ps(_mm256_castps128_ps256(dyp), pat);
-#define Q8_0_ROW2(x, a)                                                                             \
+        __m256 d8 = d_rows4(W, rb, bs, i, _mm256_setr_m128(_mm_movelh_ps(dyp, dyp), _mm_movelh_ps(dyp, dyp)));
+        /* hadd leaves block i's sums in lanes 0-1 and 4-5, block i+1's in 2-3 and 6-7 */
+#define Q8_0_ROW2(k, a)                                                                             \
         do {                                                                                        \
-            __m256i p0 = dot_ss8(_mm256_loadu_si256((const __m256i *)x[i].qs), y0);                 \
-            __m256i p1 = dot_ss8(_mm256_loadu_si256((const __m256i *)x[i + 1].qs), y1);             \
-            __m128 dxp = _mm_cvtph_ps(_mm_insert_epi16(_mm_cvtsi32_si128(x[i].d), x[i + 1].d, 1));  \
-            __m256 d = _mm256_mul_ps(_mm256_permutevar8x32_ps(_mm256_castps128_ps256(dxp), pat), dy); \
+            const block_q8_0 *x = (const block_q8_0 *)(W + (size_t)(k) * rb) + i;                   \
+            __m256i x0 = _mm256_sign_epi8(_mm256_loadu_si256((const __m256i *)x[0].qs), y0);        \
+            __m256i x1 = _mm256_sign_epi8(_mm256_loadu_si256((const __m256i *)x[1].qs), y1);        \
+            __m256i p0 = _mm256_madd_epi16(_mm256_maddubs_epi16(u0, x0), ones);                     \
+            __m256i p1 = _mm256_madd_epi16(_mm256_maddubs_epi16(u1, x1), ones);                     \
+            __m256 d = _mm256_permutevar8x32_ps(d8, _mm256_setr_epi32(2 * (k), 2 * (k), 2 * (k) + 1, 2 * (k) + 1, \
+                                                                     2 * (k), 2 * (k), 2 * (k) + 1, 2 * (k) + 1)); \
             a = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(_mm256_hadd_epi32(p0, p1)), a);              \
         } while (0)
-        Q8_0_ROW2(x0, a0);
-        Q8_0_ROW2(x1, a1);
-        Q8_0_ROW2(x2, a2);
-        Q8_0_ROW2(x3, a3);
+        Q8_0_ROW2(0, a0);
+        Q8_0_ROW2(1, a1);
+        Q8_0_ROW2(2, a2);
+        Q8_0_ROW2(3, a3);
 #undef Q8_0_ROW2
     }
+    const block_q8_0 *x0 = (const block_q8_0 *)W, *x1 = (const block_q8_0 *)(W + rb);
+    const block_q8_0 *x2 = (const block_q8_0 *)(W + 2 * rb), *x3 = (const block_q8_0 *)(W + 3 * rb);
     out[0] = hsum_ps(a0);
     out[1] = hsum_ps(a1);
     out[2] = hsum_ps(a2);

@@ -46,7 +46,20 @@ struct matmul {
     int32_t n_tok;
     int64_t rows_per_task[MM_MAX_MATS];
     int32_t task_start[MM_MAX_MATS + 1];
+    /* Activation preparation of the current job: per distinct
+     * vec_dot_type, the matrix whose type quantises it and whether the
+     * result is also packed. */
+    int n_prep;
+    int prep_mat[MM_MAX_MATS];
+    int prep_packed[MM_MAX_MATS];
 };
+
+/* Tokens per activation-preparation task (a multiple of the packed GEMM's
+ * four-token group), and the token count from which preparation runs on
+ * the pool: a 512-token prompt chunk spends a few percent of a step
+ * quantising, which one thread alone would leave the other core idle for. */
+#define MM_PREP_TOKENS 16
+#define MM_PREP_PAR_MIN 64
 
 static int32_t env_tokens(const char *name, int32_t dflt) {
     const char *env = getenv(name);
@@ -165,6 +178,27 @@ static void mm_task(void *ctx, int32_t task, int32_t thread) {
     }
 }
 
+/* Quantise (and pack) tokens [t0, t1) for every prepared activation type;
+ * t0 is a multiple of four. */
+static void mm_prep_range(matmul *m, int32_t t0, int32_t t1) {
+    for (int a = 0; a < m->n_prep; a++) {
+        const mm_matrix *W = m->W[m->prep_mat[a]];
+        int64_t K = W->n_cols;
+        for (int32_t t = t0; t < t1; t++)
+            quant_prepare_act(W->type, m->x + (size_t)t * (size_t)K, m->act[a] + (size_t)t * m->act_stride, K);
+        if (m->prep_packed[a])
+            quant_pack_act(W->type, m->act[a] + (size_t)t0 * m->act_stride, m->act_stride, K, t1 - t0,
+                           m->packed + (t0 ? quant_packed_act_size(W->type, K, t0) : 0));
+    }
+}
+
+static void mm_prep_task(void *ctx, int32_t task, int32_t thread) {
+    (void)thread;
+    matmul *m = ctx;
+    int32_t t0 = task * MM_PREP_TOKENS, t1 = t0 + MM_PREP_TOKENS;
+    mm_prep_range(m, t0, t1 < m->n_tok ? t1 : m->n_tok);
+}
+
 void matmul_run(matmul *m, int32_t n_mats, const mm_matrix *const *W, const float *x,
                 int32_t n_tok, float *const *y) {
     if (n_mats <= 0 || n_tok <= 0) return;
@@ -174,6 +208,7 @@ void matmul_run(matmul *m, int32_t n_mats, const mm_matrix *const *W, const floa
     m->n_tok = n_tok;
     int32_t tasks = 0;
     int n_act = 0, packed_act = -1;
+    m->n_prep = 0;
     enum qk_type act_types[MM_MAX_MATS];
     for (int j = 0; j < n_mats; j++) {
         m->W[j] = W[j];
@@ -204,19 +239,17 @@ void matmul_run(matmul *m, int32_t n_mats, const mm_matrix *const *W, const floa
             rows = total / ((int64_t)m->n_threads * 8);
             rows = (rows + 15) & ~(int64_t)15;
             if (rows < MM_GEMV_ROWS_MIN) rows = MM_GEMV_ROWS_MIN;
-            /* Quantise the activations once per distinct vec_dot_type. */
+            /* Quantise the activations once per distinct vec_dot_type
+             * (after the loop, see below). */
             if (a == n_act) {
                 act_types[n_act++] = vt;
-                for (int32_t t = 0; t < n_tok; t++)
-                    quant_prepare_act(W[j]->type, x + (size_t)t * (size_t)W[j]->n_cols,
-                                      m->act[a] + (size_t)t * m->act_stride, W[j]->n_cols);
+                m->prep_mat[a] = j;
+                m->prep_packed[a] = 0;
             }
             m->act_of[j] = m->act[a];
             if (mode == MM_PACKED) {
-                if (packed_act < 0) {
-                    quant_pack_act(W[j]->type, m->act[a], m->act_stride, W[j]->n_cols, n_tok, m->packed);
-                    packed_act = a;
-                }
+                m->prep_packed[a] = 1;
+                packed_act = a;
                 m->act_of[j] = m->packed;
             }
         }
@@ -224,5 +257,12 @@ void matmul_run(matmul *m, int32_t n_mats, const mm_matrix *const *W, const floa
         tasks += (int32_t)((W[j]->n_rows + rows - 1) / rows);
     }
     m->task_start[n_mats] = tasks;
+    m->n_prep = n_act;
+    if (n_act > 0) {
+        if (n_tok >= MM_PREP_PAR_MIN && m->n_threads > 1)
+            threadpool_run(m->tp, (n_tok + MM_PREP_TOKENS - 1) / MM_PREP_TOKENS, mm_prep_task, m);
+        else
+            mm_prep_range(m, 0, n_tok);
+    }
     threadpool_run(m->tp, tasks, mm_task, m);
 }

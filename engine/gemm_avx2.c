@@ -116,7 +116,7 @@ gemm_row(const uint8_t *b, __m256i a0, __m256i a1, __m256i a2, __m256i a3, __m25
  * nt (<= 4) tokens' outputs. */
 static inline __attribute__((always_inline)) void
 gemm_tile(const uint8_t *W, size_t rb, const gemm_pk *pk, float *y, size_t ys, int64_t nb, int nt,
-          const int R, const int kind)
+          const uint8_t *pf, const int R, const int kind)
 {
     const size_t bs = kind == KIND_Q5_0 ? sizeof(block_q5_0)
                       : kind == KIND_Q4_0 ? sizeof(block_q4_0) : sizeof(block_q8_0);
@@ -132,6 +132,14 @@ gemm_tile(const uint8_t *W, size_t rb, const gemm_pk *pk, float *y, size_t ys, i
         if (kind != KIND_Q8_0)
             c4 = _mm256_slli_epi32(_mm256_load_si256((const __m256i *)p->s), kind == KIND_Q5_0 ? 4 : 3);
         const uint8_t *b = W + (size_t)i * bs;
+        if (pf) {
+            /* the next tile's rows, one cache line per row every other block */
+            const uint8_t *q = pf + (size_t)i * bs;
+            _mm_prefetch((const char *)q, _MM_HINT_T0);
+            _mm_prefetch((const char *)(q + rb), _MM_HINT_T0);
+            _mm_prefetch((const char *)(q + 2 * rb), _MM_HINT_T0);
+            _mm_prefetch((const char *)(q + 3 * rb), _MM_HINT_T0);
+        }
         c0 = gemm_row(b, a0, a1, a2, a3, d4, c4, c0, kind);
         if (R > 1) c1 = gemm_row(b + rb, a0, a1, a2, a3, d4, c4, c1, kind);
         if (R > 2) c2 = gemm_row(b + 2 * rb, a0, a1, a2, a3, d4, c4, c2, kind);
@@ -160,16 +168,22 @@ gemm_packed(const void *W, size_t rb, const void *packed, float *y, size_t ys, i
         int64_t r = 0;
         for (; r + 4 <= nrows; r += 4) {
             const uint8_t *w = (const uint8_t *)W + (size_t)r * rb;
+            /* While the first token group runs on this tile (its rows come
+             * from memory), prefetch the next tile's rows: on a matrix too
+             * big for L2 (the 50k-row output) the hardware prefetcher alone
+             * left the tile loop waiting on DRAM. */
+            const uint8_t *next = r + 8 <= nrows ? w + 4 * rb : NULL;
             for (int32_t g = g0; g < g1; g++) {
                 int nt = ntok - 4 * g < 4 ? ntok - 4 * g : 4;
-                gemm_tile(w, rb, pk + (size_t)g * nb, y + (size_t)(4 * g) * ys + r, ys, nb, nt, 4, kind);
+                gemm_tile(w, rb, pk + (size_t)g * nb, y + (size_t)(4 * g) * ys + r, ys, nb, nt,
+                          g == g0 ? next : NULL, 4, kind);
             }
         }
         for (; r < nrows; r++) {
             const uint8_t *w = (const uint8_t *)W + (size_t)r * rb;
             for (int32_t g = g0; g < g1; g++) {
                 int nt = ntok - 4 * g < 4 ? ntok - 4 * g : 4;
-                gemm_tile(w, rb, pk + (size_t)g * nb, y + (size_t)(4 * g) * ys + r, ys, nb, nt, 1, kind);
+                gemm_tile(w, rb, pk + (size_t)g * nb, y + (size_t)(4 * g) * ys + r, ys, nb, nt, NULL, 1, kind);
             }
         }
     }

@@ -37,6 +37,42 @@ enum fwd_op {
 #define FWD_TOK_LINEAR 2  /* linear attention: K/V feed the state, not the cache */
 #define FWD_TOK_HWFA 4    /* hwfa: the last layer's K/V also go to the full side store */
 
+/* A single-token decode step (one item, one token, logits out) runs as ONE
+ * phased pool job (threadpool_run_phased) instead of ~5 jobs per layer: per
+ * layer the phases below, in order, then FD_FINAL and FD_OUT. Serial phases
+ * (one task: norms, RoPE and the KV store, activation quantisation) run on
+ * whichever thread gets there first while the other waits at the next
+ * phase; a phase change costs a cache-line hand-off instead of a job
+ * publish, a wake-up and a wait. Same kernels and arithmetic as the
+ * general path. */
+enum fd_phase_kind {
+    FD_PRE,       /* serial: x += tmp, xn = norm (not layer 0); quantise xn for Q/K/V */
+    FD_QKV,       /* GEMV rows of wq, wk, wv */
+    FD_POST,      /* serial: biases, RoPE, K/V into the cache */
+    FD_ATTN,      /* one task per head */
+    FD_ATTQ,      /* serial: quantise att for wo */
+    FD_WO,        /* GEMV rows of wo */
+    FD_FFN_NORM,  /* serial: x += tmp, xn = norm; quantise for gate/up */
+    FD_GU,        /* GEMV rows of gate, up */
+    FD_SILU,      /* serial: g = silu(g) * u; quantise g for down */
+    FD_DOWN,      /* GEMV rows of down */
+    FD_PER_LAYER,
+    FD_FINAL = FD_PER_LAYER, /* serial, after the last layer: final norm, quantise */
+    FD_OUT                   /* GEMV rows of the output matrix */
+};
+
+/* Matrix groups of the GEMV phases; their row split is the same in every layer. */
+enum { FD_PLAN_QKV, FD_PLAN_WO, FD_PLAN_GU, FD_PLAN_DOWN, FD_PLAN_OUT, FD_N_PLANS };
+/* GEMV tasks per thread and phase: enough to balance two cores when one is
+ * briefly descheduled, few enough that claiming them stays cheap. */
+#define FD_TASKS_PER_THREAD 4
+
+typedef struct fd_plan {
+    int32_t n_mats;
+    int64_t rows;                       /* per task, a multiple of 16 */
+    int32_t task_start[MM_MAX_MATS + 1];
+} fd_plan;
+
 typedef struct fwd_chunk { /* ATTN_Q_CHUNK or fewer query rows of one item */
     int32_t seq, t0, n, pos0;
 } fwd_chunk;
@@ -75,7 +111,16 @@ struct forward {
     enum fwd_op op;
     int32_t n_tok, layer;
     const float *norm_w;
+    /* Single-token decode as one phased pool job (fwd_decode1). */
+    int decode1;                  /* enabled (env QKVD_DECODE_PHASED=0 turns it off) */
+    fd_plan plan[FD_N_PLANS];     /* row split of each matrix group */
+    int32_t *fd_end;              /* [n_layer * FD_PER_LAYER + 2] phase ends */
+    int32_t fd_n_phases;
+    uint8_t *dact[MM_MAX_MATS];   /* quantised activations per distinct vec_dot_type */
+    const uint8_t *dact_of[MM_MAX_MATS]; /* of each matrix of the next GEMV phase */
 };
+
+static int fwd_decode1_init(forward *f, int64_t max_cols);
 
 matmul *forward_matmul(forward *f) { return f->mm; }
 
@@ -88,6 +133,8 @@ void forward_free(forward *f) {
     free(f->tmp); free(f->g); free(f->u); free(f->rope_cos); free(f->rope_sin);
     free(f->inv_freq); free(f->tok_flags); free(f->lin_items); free(f->lin_t0); free(f->tok); free(f->tok_seq); free(f->tok_pos); free(f->chunks);
     free(f->attn_scratch); free(f->out_rows); free(f->hid); free(f->embd); free(f->logits);
+    free(f->fd_end);
+    for (int i = 0; i < MM_MAX_MATS; i++) free(f->dact[i]);
     free(f);
 }
 
@@ -147,6 +194,7 @@ forward *forward_create(const model *m, threadpool *tp, int32_t max_tok, int32_t
     if (f->attn_scratch_floats < linear_scratch_floats(hp->head_dim))
         f->attn_scratch_floats = linear_scratch_floats(hp->head_dim);
     f->attn_scratch = fwd_alloc((size_t)f->n_threads, f->attn_scratch_floats);
+    if (fwd_decode1_init(f, max_cols) != 0) goto oom;
     if (!f->mm || !f->x || !f->xn || !f->tmp || !f->q || !f->att || !f->k || !f->v || !f->g ||
         !f->u || !f->rope_cos || !f->rope_sin || !f->inv_freq || !f->tok || !f->tok_seq ||
         !f->tok_pos || !f->tok_flags || !f->lin_items || !f->lin_t0 || !f->chunks || !f->out_rows || !f->hid || !f->embd || !f->attn_scratch)
@@ -167,6 +215,61 @@ oom:
     snprintf(err, errlen, "out of memory allocating activation buffers for %d tokens", max_tok);
     forward_free(f);
     return NULL;
+}
+
+/* Split n_mats matrices of the given row counts into tasks of a common
+ * row count, FD_TASKS_PER_THREAD per thread over the group. */
+static void fd_plan_make(fd_plan *pl, int32_t n_threads, int32_t n_mats, const int64_t *rows) {
+    int64_t total = 0;
+    for (int32_t j = 0; j < n_mats; j++) total += rows[j];
+    int64_t r = total / ((int64_t)n_threads * FD_TASKS_PER_THREAD);
+    r = (r + 15) & ~(int64_t)15;
+    if (r < 16) r = 16;
+    pl->n_mats = n_mats;
+    pl->rows = r;
+    pl->task_start[0] = 0;
+    for (int32_t j = 0; j < n_mats; j++)
+        pl->task_start[j + 1] = pl->task_start[j] + (int32_t)((rows[j] + r - 1) / r);
+}
+
+/* Plans, phase ends and activation buffers of the single-token decode job.
+ * The attention phase has one task per head (one query row). Returns
+ * -ENOMEM on allocation failure. */
+static int fwd_decode1_init(forward *f, int64_t max_cols) {
+    const model_hparams *hp = &f->m->hp;
+    const char *env = getenv("QKVD_DECODE_PHASED");
+    f->decode1 = !(env && strcmp(env, "0") == 0);
+    int64_t qkv[3] = {f->qd, f->kd, f->kd}, wo[1] = {hp->n_embd}, gu[2] = {hp->n_ff, hp->n_ff};
+    int64_t out[1] = {hp->n_vocab};
+    fd_plan_make(&f->plan[FD_PLAN_QKV], f->n_threads, 3, qkv);
+    fd_plan_make(&f->plan[FD_PLAN_WO], f->n_threads, 1, wo);
+    fd_plan_make(&f->plan[FD_PLAN_GU], f->n_threads, 2, gu);
+    fd_plan_make(&f->plan[FD_PLAN_DOWN], f->n_threads, 1, wo);
+    fd_plan_make(&f->plan[FD_PLAN_OUT], f->n_threads, 1, out);
+    f->fd_n_phases = hp->n_layer * FD_PER_LAYER + 2;
+    f->fd_end = calloc((size_t)f->fd_n_phases, sizeof(int32_t));
+    if (!f->fd_end) return -ENOMEM;
+    int32_t t = 0;
+    for (int32_t p = 0; p < f->fd_n_phases; p++) {
+        int32_t k = p >= hp->n_layer * FD_PER_LAYER ? FD_PER_LAYER + (p - hp->n_layer * FD_PER_LAYER) : p % FD_PER_LAYER;
+        switch (k) {
+        case FD_QKV: t += f->plan[FD_PLAN_QKV].task_start[3]; break;
+        case FD_ATTN: t += hp->n_head; break;
+        case FD_WO: t += f->plan[FD_PLAN_WO].task_start[1]; break;
+        case FD_GU: t += f->plan[FD_PLAN_GU].task_start[2]; break;
+        case FD_DOWN: t += f->plan[FD_PLAN_DOWN].task_start[1]; break;
+        case FD_OUT: t += f->plan[FD_PLAN_OUT].task_start[1]; break;
+        default: t += 1; break; /* serial */
+        }
+        f->fd_end[p] = t;
+    }
+    /* f32 is the widest activation format */
+    size_t bytes = ((size_t)max_cols * sizeof(float) + 64 + 63) & ~(size_t)63;
+    for (int i = 0; i < MM_MAX_MATS; i++) {
+        f->dact[i] = aligned_alloc(64, bytes);
+        if (!f->dact[i]) return -ENOMEM;
+    }
+    return 0;
 }
 
 static void fwd_rmsnorm(float *out, const float *x, const float *w, int32_t n, float eps) {
@@ -324,6 +427,92 @@ static void fwd_out_chunks(forward *f, const engine_item *items, int32_t n_items
     }
 }
 
+/* Quantise x once per distinct vec_dot_type of the n matrices W and point
+ * dact_of at each matrix's copy (a serial phase: the GEMV phase after it
+ * reads them). */
+static void fd_quantise(forward *f, int32_t n, const mm_matrix *const *W, const float *x) {
+    enum qk_type types[MM_MAX_MATS];
+    int n_act = 0;
+    for (int32_t j = 0; j < n; j++) {
+        enum qk_type vt = quant_traits(W[j]->type)->vec_dot_type;
+        int a = 0;
+        while (a < n_act && types[a] != vt) a++;
+        if (a == n_act) {
+            types[n_act++] = vt;
+            quant_prepare_act(W[j]->type, x, f->dact[a], W[j]->n_cols);
+        }
+        f->dact_of[j] = f->dact[a];
+    }
+}
+
+/* One task of a GEMV phase: a row block of one matrix of the group. */
+static void fd_gemv(forward *f, const fd_plan *pl, const mm_matrix *const *W, float *const *y, int32_t task) {
+    int32_t j = 0;
+    while (j + 1 < pl->n_mats && task >= pl->task_start[j + 1]) j++;
+    int64_t r0 = (int64_t)(task - pl->task_start[j]) * pl->rows, r1 = r0 + pl->rows;
+    if (r1 > W[j]->n_rows) r1 = W[j]->n_rows;
+    quant_gemv_rows(W[j]->type, W[j]->data, f->dact_of[j], y[j], W[j]->n_cols, r0, r1);
+}
+
+/* x += tmp; xn = rmsnorm(x) * w for the step's single row. */
+static void fd_add_norm(forward *f, const float *w) {
+    f->op = FWD_OP_ADD_NORM;
+    f->norm_w = w;
+    fwd_rows(f, 0, 1);
+}
+
+static void fd_phase(void *ctx, int32_t phase, int32_t task, int32_t thread) {
+    forward *f = ctx;
+    const model *m = f->m;
+    const model_hparams *hp = &m->hp;
+    int32_t il = phase / FD_PER_LAYER, k = phase % FD_PER_LAYER;
+    if (il >= hp->n_layer) {
+        il = hp->n_layer - 1;
+        k = FD_PER_LAYER + (phase - hp->n_layer * FD_PER_LAYER);
+    }
+    const model_layer *L = &m->layers[il];
+    const mm_matrix *qkv[3] = {&L->wq, &L->wk, &L->wv}, *wo[1] = {&L->wo}, *gu[2] = {&L->gate, &L->up};
+    const mm_matrix *dn[1] = {&L->down}, *out[1] = {&m->output};
+    switch (k) {
+    case FD_PRE:
+        f->layer = il;
+        if (il > 0) fd_add_norm(f, L->attn_norm);
+        fd_quantise(f, 3, qkv, f->xn);
+        break;
+    case FD_QKV: {
+        float *y[3] = {f->q, f->k, f->v};
+        fd_gemv(f, &f->plan[FD_PLAN_QKV], qkv, y, task);
+        break;
+    }
+    case FD_POST:
+        f->op = FWD_OP_QKV_POST;
+        fwd_rows(f, 0, 1);
+        break;
+    case FD_ATTN: fwd_attn_task(f, task, thread); break;
+    case FD_ATTQ: fd_quantise(f, 1, wo, f->att); break;
+    case FD_WO: fd_gemv(f, &f->plan[FD_PLAN_WO], wo, &f->tmp, task); break;
+    case FD_FFN_NORM:
+        fd_add_norm(f, L->ffn_norm);
+        fd_quantise(f, 2, gu, f->xn);
+        break;
+    case FD_GU: {
+        float *y[2] = {f->g, f->u};
+        fd_gemv(f, &f->plan[FD_PLAN_GU], gu, y, task);
+        break;
+    }
+    case FD_SILU:
+        vec_silu_mul(f->g, f->u, (size_t)hp->n_ff);
+        fd_quantise(f, 1, dn, f->g);
+        break;
+    case FD_DOWN: fd_gemv(f, &f->plan[FD_PLAN_DOWN], dn, &f->tmp, task); break;
+    case FD_FINAL:
+        fd_add_norm(f, m->output_norm);
+        fd_quantise(f, 1, out, f->xn);
+        break;
+    case FD_OUT: fd_gemv(f, &f->plan[FD_PLAN_OUT], out, &f->logits, task); break;
+    }
+}
+
 int forward_step(forward *f, kv_cache *kv, engine_item *items, int32_t n_items) {
     const model *m = f->m;
     const model_hparams *hp = &m->hp;
@@ -398,6 +587,12 @@ int forward_step(forward *f, kv_cache *kv, engine_item *items, int32_t n_items) 
 
     fwd_run_rows(f, FWD_OP_EMBED, T, NULL);
     fwd_run_rows(f, FWD_OP_NORM, T, m->layers[0].attn_norm);
+    if (f->decode1 && n_items == 1 && T == 1 && items[0].out == ENGINE_OUT_LAST && f->n_lin == 0 &&
+        f->n_chunks == 1) {
+        threadpool_run_phased(f->tp, f->fd_n_phases, f->fd_end, fd_phase, f);
+        items[0].logits = f->logits;
+        return 0;
+    }
     /* In the last layer only the rows that produce output matter once
      * their K/V are stored: attention, FFN and the final norm run on those
      * rows alone (a prompt chunk with ENGINE_OUT_LAST saves 1/n_layer of

@@ -50,6 +50,11 @@ struct threadpool {
     _Atomic int32_t sleepers; /* workers blocked in futex_wait */
     _Atomic int32_t stop;
     int64_t spin_ns;          /* worker spin budget between jobs */
+    /* The current phased job (threadpool_run_phased), else unused. */
+    threadpool_phase_fn phase_fn;
+    void *phase_ctx;
+    const int32_t *phase_end;
+    int32_t n_phases;
 };
 
 typedef struct tp_worker_arg {
@@ -184,6 +189,49 @@ void threadpool_free(threadpool *tp) {
 
 int32_t threadpool_n_threads(const threadpool *tp) { return tp->n_threads; }
 
+/* Wait until the first `n` tasks of the current job have finished: spin,
+ * then yield (the thread running the last of them may need this CPU). */
+static void tp_wait_done(threadpool *tp, int32_t n) {
+    unsigned spins = 0;
+    while (atomic_load_explicit(&tp->tasks_done, memory_order_acquire) < n) {
+        if (++spins > TP_WAIT_SPINS) sched_yield(); else tp_cpu_relax();
+    }
+}
+
+/* The task function of a phased job: find the task's phase, wait for the
+ * phases before it, run it. Tasks of a phase can only finish after every
+ * earlier phase has, so "tasks_done >= phase_end[p - 1]" means exactly
+ * that the earlier phases are complete. */
+static void tp_phase_task(void *ctx, int32_t task, int32_t thread) {
+    threadpool *tp = ctx;
+    const int32_t *end = tp->phase_end;
+    int32_t lo = 0, hi = tp->n_phases - 1;
+    while (lo < hi) { /* first phase whose end is beyond task */
+        int32_t mid = (lo + hi) / 2;
+        if (end[mid] > task) hi = mid; else lo = mid + 1;
+    }
+    int32_t start = lo > 0 ? end[lo - 1] : 0;
+    if (start > 0) tp_wait_done(tp, start);
+    tp->phase_fn(tp->phase_ctx, lo, task - start, thread);
+}
+
+void threadpool_run_phased(threadpool *tp, int32_t n_phases, const int32_t *phase_end,
+                           threadpool_phase_fn fn, void *ctx) {
+    if (n_phases <= 0 || phase_end[n_phases - 1] <= 0) return;
+    if (tp->n_threads == 1) { /* in order, nothing to wait for */
+        for (int32_t p = 0, t = 0; p < n_phases; p++)
+            for (int32_t start = t; t < phase_end[p]; t++) fn(ctx, p, t - start, 0);
+        return;
+    }
+    tp->phase_fn = fn;
+    tp->phase_ctx = ctx;
+    tp->phase_end = phase_end;
+    tp->n_phases = n_phases;
+    /* A worker reads these only inside the job, which it joins after the
+     * release store of the claim word in threadpool_run. */
+    threadpool_run(tp, phase_end[n_phases - 1], tp_phase_task, tp);
+}
+
 void threadpool_run(threadpool *tp, int32_t n_tasks, threadpool_fn fn, void *ctx) {
     if (n_tasks <= 0) return;
     if (tp->n_threads == 1 || n_tasks == 1) {
@@ -208,10 +256,7 @@ void threadpool_run(threadpool *tp, int32_t n_tasks, threadpool_fn fn, void *ctx
     atomic_store_explicit(&tp->gen, g, memory_order_seq_cst);
     if (atomic_load(&tp->sleepers) > 0) tp_futex_wake_all(&tp->gen);
     tp_work(tp, g, 0);
-    unsigned spins = 0;
-    while (atomic_load_explicit(&tp->tasks_done, memory_order_acquire) < n_tasks) {
-        /* Only a task a worker is still running is waited for; if that
-         * worker was descheduled, give it the core. */
-        if (++spins > TP_WAIT_SPINS) sched_yield(); else tp_cpu_relax();
-    }
+    /* Only a task a worker is still running is waited for; if that worker
+     * was descheduled, give it the core. */
+    tp_wait_done(tp, n_tasks);
 }

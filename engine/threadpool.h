@@ -30,4 +30,19 @@ int32_t threadpool_n_threads(const threadpool *tp);
  * have finished. The caller takes part. */
 void threadpool_run(threadpool *tp, int32_t n_tasks, threadpool_fn fn, void *ctx);
 
+/* A task of a phased job: task_in_phase in [0, tasks of that phase). */
+typedef void (*threadpool_phase_fn)(void *ctx, int32_t phase, int32_t task_in_phase, int32_t thread);
+
+/* Run a chain of dependent phases as ONE job: phase p has
+ * phase_end[p] - phase_end[p - 1] tasks (phase_end[-1] = 0; phase_end
+ * ascends, a phase may have one task for serial work), and no task of phase
+ * p starts before every task of the phases before it has finished. Tasks are
+ * claimed in order, so a thread that runs out of work in a phase moves on
+ * and waits at the start of the next one: a barrier costs a few cache-line
+ * transfers, not a job hand-off (a single-token decode step is ~11 phases
+ * per layer). phase_end (not copied) must stay valid until the call
+ * returns. The caller takes part. */
+void threadpool_run_phased(threadpool *tp, int32_t n_phases, const int32_t *phase_end,
+                           threadpool_phase_fn fn, void *ctx);
+
 #endif

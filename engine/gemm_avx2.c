@@ -1,5 +1,6 @@
 /* gemm_avx2.c -- many-token int8 GEMM for the 32-element block types
- * (Q8_0, Q4_0, Q5_0) against packed Q8_0 activations.
+ * (Q8_0, Q4_0, Q5_0) against packed Q8_0 activations, and for Q4_K
+ * against packed Q8_K activations.
  *
  * Used for batched decode (one token per sequence, many sequences) and for
  * prompt chunks. The activations of four tokens are interleaved block by
@@ -207,10 +208,129 @@ static void gemmp_q5_0(const void *W, size_t rb, const void *packed, float *y, s
     gemm_packed(W, rb, packed, y, ys, n, nrows, ntok, KIND_Q5_0);
 }
 
+/* ---- Q4_K weights against Q8_K activations ---------------------------- */
+
+/* Q8_K activations in the same records: one scale per 256 elements, so the
+ * eight records of a Q8_K block share d; s is the 32-element sum (two of
+ * the block's 16-element bsums). */
+static void pack_q8_K(const void *act, size_t act_stride, int64_t n, int32_t ntok, void *dst)
+{
+    const int64_t nb = n / 32;
+    const int32_t groups = (ntok + 3) / 4;
+    gemm_pk *p = dst;
+    for (int32_t g = 0; g < groups; g++) {
+        for (int64_t i = 0; i < nb; i++, p++) {
+            for (int j = 0; j < 4; j++) {
+                int32_t t = 4 * g + j;
+                if (t < ntok) {
+                    const block_q8_K *b =
+                        (const block_q8_K *)((const uint8_t *)act + (size_t)t * act_stride) + i / 8;
+                    int sub = (int)(i % 8);
+                    _mm256_store_si256((__m256i *)p->q[j], _mm256_loadu_si256((const __m256i *)(b->qs + 32 * sub)));
+                    p->d[j] = p->d[j + 4] = b->d;
+                    p->s[j] = b->bsums[2 * sub] + b->bsums[2 * sub + 1];
+                } else {
+                    _mm256_store_si256((__m256i *)p->q[j], _mm256_setzero_si256());
+                    p->d[j] = p->d[j + 4] = 0.0f;
+                    p->s[j] = 0;
+                }
+                p->s[j + 4] = 0;
+            }
+        }
+    }
+}
+
+/* A Q4_K row's per-block constants, unpacked once per row and token chunk:
+ * the eight 6-bit sub-block scales as int16 (both halves), d, and the
+ * eight mins times dmin. */
+typedef struct {
+    __m256i sc;
+    float d;
+    float m[8];
+} q4k_rowblk;
+
+/* Rows of at most this many Q4_K blocks (16384 columns) take the packed
+ * path (quant_packed_act_size reports 0 for wider ones). */
+#define Q4K_MAX_NB 64
+
+/* One Q4_K row x one four-token group. Per 256-element block the eight
+ * sub-blocks' products are scaled by their 6-bit scales inside madd and
+ * summed as integers (the Q8_K activation scale is shared by the block),
+ * so the fold and the float work happen once per block, not per
+ * sub-block; the min term (dmin * m_j * sum of the sub-block's
+ * activations) accumulates in float on the side. */
+static inline __attribute__((always_inline)) void
+gemm_row_q4_K(const block_q4_K *x, const q4k_rowblk *rs, const gemm_pk *pk, float *y, size_t ys, int64_t nbk,
+              int nt)
+{
+    const __m256i m4 = _mm256_set1_epi8(0xF);
+    __m256 acc = _mm256_setzero_ps();
+    for (int64_t b = 0; b < nbk; b++) {
+        const gemm_pk *p = pk + 8 * b;
+        __m256i i0 = _mm256_setzero_si256(), i1 = i0, i2 = i0, i3 = i0;
+        __m256 macc = _mm256_setzero_ps();
+#pragma GCC unroll 8
+        for (int j = 0; j < 8; j++) {
+            __m256i bits = _mm256_loadu_si256((const __m256i *)(x[b].qs + 32 * (j / 2)));
+            __m256i q = j % 2 ? _mm256_and_si256(_mm256_srli_epi16(bits, 4), m4) : _mm256_and_si256(bits, m4);
+            __m256i sc = bcast16(rs[b].sc, j);
+            const gemm_pk *pj = p + j;
+            /* |q0*a0 + q1*a1| <= 2*15*127; times a scale <= 63, summed
+             * over 8 sub-blocks: far inside int32 */
+            i0 = _mm256_add_epi32(i0, _mm256_madd_epi16(_mm256_maddubs_epi16(q, _mm256_load_si256((const __m256i *)pj->q[0])), sc));
+            i1 = _mm256_add_epi32(i1, _mm256_madd_epi16(_mm256_maddubs_epi16(q, _mm256_load_si256((const __m256i *)pj->q[1])), sc));
+            i2 = _mm256_add_epi32(i2, _mm256_madd_epi16(_mm256_maddubs_epi16(q, _mm256_load_si256((const __m256i *)pj->q[2])), sc));
+            i3 = _mm256_add_epi32(i3, _mm256_madd_epi16(_mm256_maddubs_epi16(q, _mm256_load_si256((const __m256i *)pj->q[3])), sc));
+            macc = _mm256_fmadd_ps(_mm256_set1_ps(rs[b].m[j]),
+                                   _mm256_cvtepi32_ps(_mm256_load_si256((const __m256i *)pj->s)), macc);
+        }
+        __m256 d4 = _mm256_load_ps(p->d);
+        acc = _mm256_fmadd_ps(_mm256_mul_ps(d4, _mm256_set1_ps(rs[b].d)), _mm256_cvtepi32_ps(fold4(i0, i1, i2, i3)),
+                              acc);
+        acc = _mm256_fnmadd_ps(d4, macc, acc);
+    }
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
+    float o[4];
+    _mm_storeu_ps(o, s);
+    for (int j = 0; j < nt; j++) y[(size_t)j * ys] = o[j];
+}
+
+static void gemmp_q4_K(const void *W, size_t rb, const void *packed, float *y, size_t ys, int64_t n,
+                       int64_t nrows, int32_t ntok)
+{
+    const int64_t nbk = n / QK_K, nb = n / 32;
+    if (nbk > Q4K_MAX_NB)
+        return; /* quant_packed_act_size keeps such widths off this path */
+    const int32_t groups = (ntok + 3) / 4;
+    int32_t chunk = (int32_t)(GEMM_CHUNK_BYTES / ((size_t)nb * sizeof(gemm_pk)));
+    if (chunk < 1) chunk = 1;
+    const gemm_pk *pk = packed;
+    q4k_rowblk rs[Q4K_MAX_NB];
+    for (int32_t g0 = 0; g0 < groups; g0 += chunk) {
+        int32_t g1 = g0 + chunk < groups ? g0 + chunk : groups;
+        for (int64_t r = 0; r < nrows; r++) {
+            const block_q4_K *x = (const block_q4_K *)((const uint8_t *)W + (size_t)r * rb);
+            for (int64_t b = 0; b < nbk; b++) {
+                __m256i ms = k4_scales_mins(x[b].scales);
+                rs[b].sc = _mm256_permute2x128_si256(ms, ms, 0x00);
+                rs[b].d = fp16_to_f32(x[b].d);
+                __m256 mins = _mm256_cvtepi32_ps(_mm256_cvtepi16_epi32(_mm256_extracti128_si256(ms, 1)));
+                _mm256_storeu_ps(rs[b].m, _mm256_mul_ps(mins, _mm256_set1_ps(fp16_to_f32(x[b].dmin))));
+            }
+            for (int32_t g = g0; g < g1; g++) {
+                int nt = ntok - 4 * g < 4 ? ntok - 4 * g : 4;
+                gemm_row_q4_K(x, rs, pk + (size_t)g * nb, y + (size_t)(4 * g) * ys + r, ys, nbk, nt);
+            }
+        }
+    }
+}
+
 void quant__avx2_gemm_fill(quant__kernels *k)
 {
     k->pack[QK_Q8_0] = k->pack[QK_Q4_0] = k->pack[QK_Q5_0] = pack_q8_0;
     k->gemmp[QK_Q8_0] = gemmp_q8_0;
     k->gemmp[QK_Q4_0] = gemmp_q4_0;
     k->gemmp[QK_Q5_0] = gemmp_q5_0;
+    k->pack[QK_Q4_K] = pack_q8_K;
+    k->gemmp[QK_Q4_K] = gemmp_q4_K;
 }

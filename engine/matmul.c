@@ -87,9 +87,9 @@ matmul *matmul_create(threadpool *tp, int64_t max_cols, int32_t max_tok) {
         m->act[i] = aligned_alloc(64, m->act_stride * (size_t)m->gemv_max_tok);
         if (!m->act[i]) { matmul_free(m); return NULL; }
     }
-    /* Sized for the Q8_0 family, the only packed activation type; 0 when
-     * the active kernels have no packed GEMM (scalar) or the width is not
-     * a multiple of 32. */
+    /* One packed activation type per call (Q8_0 or Q8_K records, both 1.5
+     * bytes per element); 0 when the active kernels have no packed GEMM
+     * (scalar) or the width is not a multiple of 32. */
     m->packed_bytes = quant_packed_act_size(QK_Q8_0, max_cols, m->max_tok);
     if (m->packed_bytes) {
         m->packed = aligned_alloc(64, (m->packed_bytes + 63) & ~(size_t)63);
@@ -178,6 +178,17 @@ static void mm_task(void *ctx, int32_t task, int32_t thread) {
     }
 }
 
+/* Prompt chunks: whether the packed int8 GEMM beats dequantise + sgemm for
+ * a type. Measured (CPU seconds of a pp run, 2 threads, same binary, the
+ * packed path on and off): Q8_0 1b 8.3-8.8 vs 9.9-11.1 s, 135m even;
+ * Q4_K (1b Q4_K_M) 9.1-9.3 vs 10.1-10.5 s; Q4_0 and Q5_0 (135m Q4_0 and
+ * Q4_K_M, whose 576-column matrices are Q5_0) 5.7-7.9 vs 4.8-6.6 s, so
+ * those keep sgemm for prompts and use the packed kernel for batches below
+ * the sgemm threshold only. */
+static int mm_packed_beats_sgemm(enum qk_type t) {
+    return t == QK_Q8_0 || t == QK_Q4_K;
+}
+
 /* Quantise (and pack) tokens [t0, t1) for every prepared activation type;
  * t0 is a multiple of four. */
 static void mm_prep_range(matmul *m, int32_t t0, int32_t t1) {
@@ -219,6 +230,7 @@ void matmul_run(matmul *m, int32_t n_mats, const mm_matrix *const *W, const floa
         while (a < n_act && act_types[a] != vt) a++;
         enum mm_mode mode = n_tok >= m->gemm_threshold ? MM_SGEMM : MM_GEMV;
         if (m->packed && n_tok >= m->packed_min_tok && (packed_act < 0 || packed_act == a) &&
+            (mode == MM_GEMV || mm_packed_beats_sgemm(W[j]->type)) &&
             quant_packed_act_size(W[j]->type, W[j]->n_cols, n_tok) > 0)
             mode = MM_PACKED;
         m->mode[j] = mode;

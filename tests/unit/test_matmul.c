@@ -76,15 +76,15 @@ static void check_type(threadpool *tp, enum qk_type t, int64_t K, int64_t N) {
 static void test_packed_matches_scalar(void **state) {
     (void)state;
     quant_init();
-    enum qk_type types[] = {QK_Q8_0, QK_Q4_0, QK_Q5_0};
-    const int64_t K = 320, N = 23;
+    enum qk_type types[] = {QK_Q8_0, QK_Q4_0, QK_Q5_0, QK_Q4_K};
+    const int64_t K = 512, N = 23;
     for (size_t ti = 0; ti < sizeof types / sizeof types[0]; ti++) {
         enum qk_type t = types[ti];
         if (quant_packed_act_size(t, K, 4) == 0) {
             print_message("skip: no packed GEMM for %s with kernels %s\n", quant_type_name(t), quant_kernel_name());
             continue;
         }
-        size_t rb = quant_row_size(t, K), as = quant_row_size(QK_Q8_0, K);
+        size_t rb = quant_row_size(t, K), as = quant_row_size(quant_traits(t)->vec_dot_type, K);
         uint8_t *W = malloc(rb * (size_t)N);
         float *row = malloc((size_t)K * sizeof(float));
         uint32_t s = 11;

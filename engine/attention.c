@@ -75,58 +75,75 @@ static const float *attn_rows(const kv_span *sp, const uint8_t *rows, int32_t n,
     return buf;
 }
 
-void attention_causal(const kv_cache *kv, int32_t seq, int32_t layer, const attn_shape *s,
-                      int32_t head, const float *q, size_t q_stride, int32_t n_q, int32_t pos0,
-                      float *out, size_t out_stride, float *scratch) {
+void attention_causal_group(const kv_cache *kv, int32_t seq, int32_t layer, const attn_shape *s,
+                            int32_t head0, int32_t n_heads, const float *q, size_t q_stride, int32_t n_q,
+                            int32_t pos0, float *out, size_t out_stride, float *scratch) {
     const int32_t hd = s->head_dim;
-    const int32_t kvh = head / (s->n_head / s->n_head_kv);
+    const int32_t kvh = head0 / (s->n_head / s->n_head_kv);
     const kv_policy_cfg pol = kv_cache_seq_policy(kv, seq);
     attn_keys r;
     attn_key_ranges(&pol, pos0, n_q, &r);
     const int32_t n_keys = r.n;
-    float *S = scratch; /* [n_q][n_keys] scores, then probabilities */
-    float *kbuf = scratch + (size_t)n_q * n_keys;
+    const size_t per_head = (size_t)n_q * n_keys;
+    float *S = scratch; /* [n_heads][n_q][n_keys] scores, then probabilities */
+    float *kbuf = scratch + (size_t)n_heads * per_head;
     float *vbuf = kbuf + (size_t)kv_cache_block_tokens(kv) * hd;
     kv_span sp;
     int ld;
 
-    /* Scores, span by span; query t only needs keys <= pos0 + t, so a span
-     * starting at p skips rows t < p - pos0. Decode uses direct kernels:
-     * BLAS call overhead would dominate these small products. */
+    /* Scores, span by span (each span's K rows read, or converted, once for
+     * all heads); query t only needs keys <= pos0 + t, so a span starting
+     * at p skips rows t < p - pos0. Decode uses direct kernels: BLAS call
+     * overhead would dominate these small products. */
     for (int32_t k = 0; k < r.n_rng; k++)
         for (int32_t p = r.lo[k]; p < r.hi[k];) {
             int32_t len = kv_cache_span_get(kv, seq, layer, p, &sp);
             if (len > r.hi[k] - p) len = r.hi[k] - p;
             const float *kr = attn_rows(&sp, sp.k, len, kvh, hd, kbuf, &ld);
             int32_t col = r.base[k] + p - r.lo[k];
-            if (n_q == 1) {
-                vec_dot_rows(q, kr, (size_t)ld, (size_t)len, (size_t)hd, s->scale, S + col);
-            } else {
-                int32_t t0 = p > pos0 ? p - pos0 : 0;
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n_q - t0, len, hd, s->scale,
-                            q + (size_t)t0 * q_stride, (int)q_stride, kr, ld, 0.0f,
-                            S + (size_t)t0 * n_keys + col, n_keys);
+            for (int32_t g = 0; g < n_heads; g++) {
+                const float *qg = q + (size_t)g * hd;
+                float *Sg = S + (size_t)g * per_head;
+                if (n_q == 1) {
+                    vec_dot_rows(qg, kr, (size_t)ld, (size_t)len, (size_t)hd, s->scale, Sg + col);
+                } else {
+                    int32_t t0 = p > pos0 ? p - pos0 : 0;
+                    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n_q - t0, len, hd, s->scale,
+                                qg + (size_t)t0 * q_stride, (int)q_stride, kr, ld, 0.0f,
+                                Sg + (size_t)t0 * n_keys + col, n_keys);
+                }
             }
             p += len;
         }
-    for (int32_t t = 0; t < n_q; t++) {
-        attn_softmax_row(S + (size_t)t * n_keys, &r, &pol, pos0 + t);
-        memset(out + (size_t)t * out_stride, 0, (size_t)hd * sizeof(float));
-    }
+    for (int32_t g = 0; g < n_heads; g++)
+        for (int32_t t = 0; t < n_q; t++) {
+            attn_softmax_row(S + (size_t)g * per_head + (size_t)t * n_keys, &r, &pol, pos0 + t);
+            memset(out + (size_t)g * hd + (size_t)t * out_stride, 0, (size_t)hd * sizeof(float));
+        }
     for (int32_t k = 0; k < r.n_rng; k++)
         for (int32_t p = r.lo[k]; p < r.hi[k];) {
             int32_t len = kv_cache_span_get(kv, seq, layer, p, &sp);
             if (len > r.hi[k] - p) len = r.hi[k] - p;
             const float *vr = attn_rows(&sp, sp.v, len, kvh, hd, vbuf, &ld);
             int32_t col = r.base[k] + p - r.lo[k];
-            if (n_q == 1) {
-                vec_axpy_rows(out, vr, (size_t)ld, (size_t)len, (size_t)hd, S + col);
-            } else {
-                int32_t t0 = p > pos0 ? p - pos0 : 0;
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n_q - t0, hd, len, 1.0f,
-                            S + (size_t)t0 * n_keys + col, n_keys, vr, ld, 1.0f,
-                            out + (size_t)t0 * out_stride, (int)out_stride);
+            for (int32_t g = 0; g < n_heads; g++) {
+                const float *Sg = S + (size_t)g * per_head;
+                float *og = out + (size_t)g * hd;
+                if (n_q == 1) {
+                    vec_axpy_rows(og, vr, (size_t)ld, (size_t)len, (size_t)hd, Sg + col);
+                } else {
+                    int32_t t0 = p > pos0 ? p - pos0 : 0;
+                    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n_q - t0, hd, len, 1.0f,
+                                Sg + (size_t)t0 * n_keys + col, n_keys, vr, ld, 1.0f,
+                                og + (size_t)t0 * out_stride, (int)out_stride);
+                }
             }
             p += len;
         }
+}
+
+void attention_causal(const kv_cache *kv, int32_t seq, int32_t layer, const attn_shape *s,
+                      int32_t head, const float *q, size_t q_stride, int32_t n_q, int32_t pos0,
+                      float *out, size_t out_stride, float *scratch) {
+    attention_causal_group(kv, seq, layer, s, head, 1, q, q_stride, n_q, pos0, out, out_stride, scratch);
 }

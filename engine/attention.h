@@ -61,4 +61,16 @@ void attention_causal(const kv_cache *kv, int32_t seq, int32_t layer, const attn
                       int32_t head, const float *q, size_t q_stride, int32_t n_q, int32_t pos0,
                       float *out, size_t out_stride, float *scratch);
 
+/* attention_causal for n_heads query heads head0 .. head0 + n_heads - 1
+ * that share one KV head (grouped-query attention): head g's query rows
+ * start at q + g * head_dim and its output at out + g * head_dim (same
+ * strides). Each block of the KV head's rows is read -- for f16 / q8_0 /
+ * q12_0 caches, converted -- once for all of them; every head's result is
+ * bit-identical to attention_causal's. scratch holds
+ * attention_scratch_floats_kv(n_q * n_heads, keys, head_dim, block_tokens)
+ * floats. */
+void attention_causal_group(const kv_cache *kv, int32_t seq, int32_t layer, const attn_shape *s,
+                            int32_t head0, int32_t n_heads, const float *q, size_t q_stride, int32_t n_q,
+                            int32_t pos0, float *out, size_t out_stride, float *scratch);
+
 #endif

@@ -235,6 +235,13 @@ static void kind_rerope_row(const kv_cache *kv, int32_t seq, int32_t layer, cons
     });
 }
 
+int attention_kind_plain(const attn_params *p, const attn_model_info *mi, int32_t layer) {
+    if (attn_dynamic_exact(p, &mi->rope)) return 0;
+    if (p->kind == ATTN_REROPE || p->kind == ATTN_LEAKY_REROPE) return 0;
+    if ((p->kind == ATTN_WINDOW || p->kind == ATTN_HWFA) && attn_layer_windowed(p, layer, mi->n_layer)) return 0;
+    return !(p->logn || p->kind == ATTN_LOGN);
+}
+
 void attention_kind_rows(const kv_cache *kv, int32_t seq, int32_t layer, const attn_shape *s,
                          const attn_model_info *mi, const attn_params *p, int32_t head,
                          const float *q, size_t q_stride, int32_t n_q, int32_t pos0, float *out,

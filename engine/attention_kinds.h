@@ -55,6 +55,10 @@ size_t attention_kind_scratch_floats(int32_t n_q, int32_t n_keys, int32_t head_d
 /* The log-n query factor max(1, ln(pos + 1) / ln(n_ctx_train)). */
 float attention_logn_factor(int32_t pos, int32_t n_ctx_train);
 
+/* 1 when attention_kind_rows runs kind p in layer `layer` as plain causal
+ * softmax (attention_causal): callers may then use attention_causal_group. */
+int attention_kind_plain(const attn_params *p, const attn_model_info *mi, int32_t layer);
+
 /* Like attention_causal (same arguments and layout), under kind p in layer
  * `layer`. For rerope kinds q must be UNROTATED and the cache must hold
  * unrotated keys; for the others q and keys are rotated as usual. p->kind

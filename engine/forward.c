@@ -392,6 +392,20 @@ static void fwd_attn_task(void *ctx, int32_t task, int32_t thread) {
                               f->att + (size_t)c->t0 * f->qd + (size_t)h * hd, (size_t)f->qd, scratch);
         return;
     }
+    int32_t group = n_head / f->shape.n_head_kv;
+    if (group > 1 && kv_cache_type(f->kv) != KV_F32 && c->n * group <= ATTN_Q_CHUNK &&
+        attention_kind_plain(ap, &f->ami, f->layer)) {
+        /* Converted caches, few query rows (decode): the group's first
+         * head's task runs all heads of its KV head, so each block of K/V
+         * rows is converted once instead of once per query head (same
+         * results; f32 rows are read in place, so per-head tasks keep
+         * their parallelism there). */
+        if (h % group) return;
+        attention_causal_group(f->kv, c->seq, f->layer, &f->shape, h, group,
+                               f->q + (size_t)c->t0 * f->qd + (size_t)h * hd, (size_t)f->qd, c->n, c->pos0,
+                               f->att + (size_t)c->t0 * f->qd + (size_t)h * hd, (size_t)f->qd, scratch);
+        return;
+    }
     attention_kind_rows(f->kv, c->seq, f->layer, &f->shape, &f->ami, fwd_seq_params(f, c->seq), h,
                         f->q + (size_t)c->t0 * f->qd + (size_t)h * hd, (size_t)f->qd, c->n, c->pos0,
                         f->att + (size_t)c->t0 * f->qd + (size_t)h * hd, (size_t)f->qd, scratch);

@@ -273,6 +273,49 @@ static void test_kinds_typed_cache(void **state) {
     }
 }
 
+/* attention_causal_group (the heads sharing a KV head at once, each block
+ * of K/V converted once) gives every head bit for bit what
+ * attention_causal gives it, on every cache type, for decode rows and
+ * prefill chunks. */
+static void test_causal_group(void **state) {
+    (void)state;
+    const enum kv_type types[4] = {KV_F32, KV_F16, KV_Q8_0, KV_Q12_0};
+    const int group = NH / NKV;
+    attn_shape sh = {NH, NKV, HD, 1.0f / sqrtf((float)HD)};
+    size_t sf = attention_scratch_floats_kv(ATTN_Q_CHUNK * group, N, HD, KV_BLOCK_MAX);
+    float *scratch = malloc(sf * sizeof(float));
+    static float a[N][QD], b[N][QD];
+    for (int ti = 0; ti < 4; ti++) {
+        kv_cache_params kp;
+        kv_cache_params_default(&kp, 1, KD, N, 1);
+        kp.type = types[ti];
+        kp.head_dim = HD;
+        kp.block_tokens = 8;
+        kv_cache *kv = kv_cache_create_params(&kp, NULL, 0);
+        assert_non_null(kv);
+        int32_t seq = kv_cache_seq_create(kv);
+        assert_int_equal(kv_cache_seq_reserve(kv, seq, N), 0);
+        for (int j = 0; j < N; j++) kv_cache_store(kv, seq, 0, j, K[j], V[j]);
+        kv_cache_seq_set_len(kv, seq, N);
+        const int steps[3] = {1, 5, ATTN_Q_CHUNK};
+        for (int si = 0; si < 3; si++) {
+            memset(a, 0, sizeof a);
+            memset(b, 0, sizeof b);
+            for (int i0 = 0; i0 < N; i0 += steps[si]) {
+                int n = N - i0 < steps[si] ? N - i0 : steps[si];
+                for (int h = 0; h < NH; h++)
+                    attention_causal(kv, seq, 0, &sh, h, &Q[i0][h * HD], QD, n, i0, &a[i0][h * HD], QD, scratch);
+                for (int h = 0; h < NH; h += group)
+                    attention_causal_group(kv, seq, 0, &sh, h, group, &Q[i0][h * HD], QD, n, i0, &b[i0][h * HD], QD,
+                                           scratch);
+            }
+            assert_memory_equal(a, b, sizeof a);
+        }
+        kv_cache_free(kv);
+    }
+    free(scratch);
+}
+
 static void test_linear_forms(void **state) {
     (void)state;
     enum { T = 70, G = 2 };
@@ -593,6 +636,7 @@ int main(void) {
         cmocka_unit_test(test_rerope),
         cmocka_unit_test(test_logn_hwfa),
         cmocka_unit_test(test_kinds_typed_cache),
+        cmocka_unit_test(test_causal_group),
         cmocka_unit_test(test_linear_forms),
         cmocka_unit_test(test_params),
         cmocka_unit_test(test_engine_kinds),

@@ -66,6 +66,7 @@ struct grammar {
     struct gdfa *dfa;   /* sets of stacks met by the trie walks (grammar_dfa.c), under lock */
     int32_t *rep_canon; /* per element: the same place in its bounded repetition's top level, or -1 */
     int32_t *rep_level; /* per element: its repetition level (atoms it can still take) */
+    struct gstate_cache *sc; /* matcher states met, their masks and successors (state_cache.c) */
 };
 
 /* Free g's mask tables and precomputation scratch (token_mask.c). */
@@ -165,6 +166,31 @@ int grammar__bind_vocab(grammar *g, const grammar_vocab *v);
 /* The most specific table for the stack x of machine mc (built on first
  * use, kept in g); NULL on OOM. */
 gpos_mask *grammar__table_for_stack(grammar *g, const grammar_vocab *v, const gmachine *mc, uint32_t x);
+
+/* ---- matcher states shared by a grammar's matchers (state_cache.c) ----
+ * A state is a set of stacks written as words: per stack its positions top
+ * to bottom then GSC_END + the sentinel below, stacks in canonical order.
+ * All functions take g->lock. */
+
+#define GSC_END 0xFFFFFFF0u
+
+void grammar__state_cache_free(struct gstate_cache *c);
+uint64_t grammar__state_hash(const uint32_t *w, uint32_t len);
+/* The id of the state written in w[0..len) (interned if new), or -1 when it
+ * is not cached (too large, cache full, OOM). */
+int32_t grammar__state_intern(grammar *g, const uint32_t *w, uint32_t len, uint64_t hash, int complete);
+/* Copy state s's words into buf (cap words): 0, or -1. */
+int grammar__state_stacks(grammar *g, int32_t s, uint32_t *buf, uint32_t cap, uint32_t *len);
+/* Whether state s holds a complete value. */
+int grammar__state_complete(grammar *g, int32_t s);
+/* State s's stored mask: its count (then *bits or *ids, which stay valid
+ * while g lives) or -1 when not stored yet. */
+int32_t grammar__state_mask(grammar *g, int32_t s, const uint32_t **bits, const int32_t **ids);
+/* Store state s's mask (copied) once. */
+void grammar__state_set_mask(grammar *g, int32_t s, const uint32_t *mask, int32_t n_words, int32_t count);
+/* The state after token tok from s, or -1 when not known. */
+int32_t grammar__state_next(grammar *g, int32_t s, int32_t tok);
+void grammar__state_set_next(grammar *g, int32_t s, int32_t tok, int32_t next);
 
 /* ---- lazy DFA over sets of stacks (grammar_dfa.c) ---- */
 

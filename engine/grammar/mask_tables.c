@@ -74,6 +74,8 @@ void grammar__mask_free(grammar *g) {
     g->dfa = NULL;
     free(g->rep_canon);
     free(g->rep_level);
+    grammar__state_cache_free(g->sc);
+    g->sc = NULL;
     g->rep_canon = NULL;
     g->rep_level = NULL;
 }

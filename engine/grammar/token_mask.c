@@ -9,6 +9,9 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
 
 /* Portable popcount (the default x86-64 target has no POPCNT instruction
  * and the builtin becomes a library call). */
@@ -22,6 +25,43 @@ static inline int popcount32(uint32_t x) {
 /* dst |= src over n words (vectorised: the arrays never overlap). */
 static void or_words(uint32_t *restrict dst, const uint32_t *restrict src, int32_t n) {
     for (int32_t i = 0; i < n; i++) dst[i] |= src[i];
+}
+
+/* logits[0..n) = -inf, four floats per store (SSE2 is in every x86-64;
+ * the plain loop is not vectorised at -O2). */
+static void fill_neg_inf(float *logits, int32_t n) {
+    int32_t i = 0;
+#if defined(__SSE2__)
+    const __m128 ninf = _mm_set1_ps(-INFINITY);
+    for (; i + 16 <= n; i += 16) {
+        _mm_storeu_ps(logits + i, ninf);
+        _mm_storeu_ps(logits + i + 4, ninf);
+        _mm_storeu_ps(logits + i + 8, ninf);
+        _mm_storeu_ps(logits + i + 12, ninf);
+    }
+#endif
+    for (; i < n; i++) logits[i] = -INFINITY;
+}
+
+/* logits[k] = -inf where bit k of bits is clear, for k < 32. */
+static void mask_word(float *logits, uint32_t bits) {
+#if defined(__SSE2__)
+    static const uint32_t lanes[16][4] __attribute__((aligned(16))) = {
+        {0, 0, 0, 0}, {~0u, 0, 0, 0}, {0, ~0u, 0, 0}, {~0u, ~0u, 0, 0},
+        {0, 0, ~0u, 0}, {~0u, 0, ~0u, 0}, {0, ~0u, ~0u, 0}, {~0u, ~0u, ~0u, 0},
+        {0, 0, 0, ~0u}, {~0u, 0, 0, ~0u}, {0, ~0u, 0, ~0u}, {~0u, ~0u, 0, ~0u},
+        {0, 0, ~0u, ~0u}, {~0u, 0, ~0u, ~0u}, {0, ~0u, ~0u, ~0u}, {~0u, ~0u, ~0u, ~0u}};
+    const __m128 ninf = _mm_set1_ps(-INFINITY);
+    for (int q = 0; q < 8; q++, bits >>= 4) {
+        unsigned nib = bits & 15;
+        if (nib == 15) continue;
+        __m128 keep = _mm_load_ps((const float *)lanes[nib]);
+        __m128 x = _mm_loadu_ps(logits + 4 * q);
+        _mm_storeu_ps(logits + 4 * q, _mm_or_ps(_mm_and_ps(keep, x), _mm_andnot_ps(keep, ninf)));
+    }
+#else
+    for (uint32_t z = ~bits; z; z &= z - 1) logits[__builtin_ctz(z)] = -INFINITY;
+#endif
 }
 
 /* ---- vocabulary ---- */
@@ -165,6 +205,13 @@ struct grammar_matcher {
     int terminated;
     int failed;     /* OOM happened: everything is rejected */
     uint32_t *maskbuf; /* n_words, for apply */
+    /* the shared state cache (state_cache.c) */
+    int32_t state;  /* the current state's id, -1 when not cached */
+    int stale;      /* cur/mach hold an earlier state's stacks: rebuild from state before use */
+    int complete;   /* the current state holds a complete value */
+    uint32_t *ser; uint32_t ser_cap; /* the current stacks written as words */
+    uint32_t *span; uint32_t span_cap; /* per stack: offset and length in ser (canonical order) */
+    float *saved;   /* allowed logits while apply fills the rest */
 };
 
 void grammar_matcher_free(grammar_matcher *m) {
@@ -174,8 +221,99 @@ void grammar_matcher_free(grammar_matcher *m) {
     free(m->cur.v); free(m->next.v);
     if (m->dsets) for (int32_t d = 0; d < m->depth_cap; d++) free(m->dsets[d].v);
     free(m->dsets); free(m->dmark); free(m->maskbuf);
+    free(m->ser); free(m->span); free(m->saved);
     grammar_release(m->g);
     free(m);
+}
+
+static int set_has_complete(const gset *s) {
+    for (uint32_t i = 0; i < s->n; i++) if (s->v[i] == GNODE_COMPLETE) return 1;
+    return 0;
+}
+
+static int grow_u32(uint32_t **p, uint32_t *cap, uint32_t need) {
+    if (need <= *cap) return 0;
+    uint32_t nc = *cap ? *cap : 256;
+    while (nc < need) nc *= 2;
+    uint32_t *np = realloc(*p, nc * sizeof *np);
+    if (!np) return -1;
+    *p = np;
+    *cap = nc;
+    return 0;
+}
+
+/* The stacks of cur as words (see grammar_internal.h), stacks sorted so
+ * that equal sets write equal words. Returns the length, or 0 when the set
+ * is too large to cache (or OOM). */
+static uint32_t write_stacks(grammar_matcher *m) {
+    const gmachine *mc = &m->mach[m->cur_m];
+    uint32_t n = 0, ns = m->cur.n;
+    if (ns > 256 || grow_u32(&m->span, &m->span_cap, 2 * ns)) return 0;
+    for (uint32_t i = 0; i < ns; i++) {
+        uint32_t x = m->cur.v[i], start = n;
+        for (; x >= 2; x = mc->parent[x]) {
+            if (n >= 4096 || grow_u32(&m->ser, &m->ser_cap, n + 2)) return 0;
+            m->ser[n++] = mc->pos[x];
+        }
+        if (grow_u32(&m->ser, &m->ser_cap, n + 1)) return 0;
+        m->ser[n++] = GSC_END + x;
+        m->span[2 * i] = start;
+        m->span[2 * i + 1] = n - start;
+    }
+    /* insertion sort of the spans by (length, words) */
+    for (uint32_t i = 1; i < ns; i++) {
+        uint32_t o = m->span[2 * i], l = m->span[2 * i + 1], j = i;
+        while (j > 0) {
+            uint32_t po = m->span[2 * (j - 1)], pl = m->span[2 * (j - 1) + 1];
+            if (pl < l || (pl == l && memcmp(m->ser + po, m->ser + o, l * sizeof *m->ser) <= 0)) break;
+            m->span[2 * j] = po;
+            m->span[2 * j + 1] = pl;
+            j--;
+        }
+        m->span[2 * j] = o;
+        m->span[2 * j + 1] = l;
+    }
+    if (grow_u32(&m->ser, &m->ser_cap, 2 * n)) return 0;
+    uint32_t k = n;
+    for (uint32_t i = 0; i < ns; i++) {
+        memcpy(m->ser + k, m->ser + m->span[2 * i], m->span[2 * i + 1] * sizeof *m->ser);
+        k += m->span[2 * i + 1];
+    }
+    memmove(m->ser, m->ser + n, n * sizeof *m->ser);
+    return n;
+}
+
+/* After the real stacks changed: look the new set up in (or add it to) the
+ * grammar's state cache. */
+static void note_state(grammar_matcher *m) {
+    m->stale = 0;
+    m->complete = set_has_complete(&m->cur);
+    uint32_t n = m->failed ? 0 : write_stacks(m);
+    m->state = n ? grammar__state_intern(m->g, m->ser, n, grammar__state_hash(m->ser, n), m->complete) : -1;
+}
+
+/* Rebuild the real stacks of the current state when they are stale. */
+static int ensure_stacks(grammar_matcher *m) {
+    if (!m->stale) return 0;
+    uint32_t n = 0;
+    if (grow_u32(&m->ser, &m->ser_cap, 2 * 4096 + 2) || grammar__state_stacks(m->g, m->state, m->ser, m->ser_cap, &n)) {
+        m->failed = 1;
+        return -1;
+    }
+    m->cur_m = 0;
+    gmachine *mc = &m->mach[0];
+    grammar__machine_clear(mc);
+    m->cur.n = 0;
+    for (uint32_t i = 0; i < n;) {
+        uint32_t e = i;
+        while (m->ser[e] < GSC_END) e++;
+        uint32_t x = m->ser[e] - GSC_END;
+        for (uint32_t k = e; k-- > i && x != UINT32_MAX;) x = grammar__machine_node(mc, m->ser[k], x);
+        if (x == UINT32_MAX || grammar__set_push(&m->cur, x)) { m->failed = 1; return -1; }
+        i = e + 1;
+    }
+    m->stale = 0;
+    return 0;
 }
 
 void grammar_matcher_reset(grammar_matcher *m) {
@@ -184,6 +322,7 @@ void grammar_matcher_reset(grammar_matcher *m) {
     grammar__machine_clear(&m->mach[0]);
     m->cur.n = 0;
     m->failed = grammar__machine_start(&m->mach[0], &m->cur) != 0 || m->mach[0].oom;
+    note_state(m);
 }
 
 grammar_matcher *grammar_matcher_create(grammar *g, const grammar_vocab *v, int *rc) {
@@ -203,7 +342,8 @@ grammar_matcher *grammar_matcher_create(grammar *g, const grammar_vocab *v, int 
     m->dsets = calloc((size_t)m->depth_cap, sizeof *m->dsets);
     m->dmark = calloc((size_t)m->depth_cap, sizeof *m->dmark);
     m->maskbuf = malloc((size_t)(v ? v->n_words : 1) * sizeof *m->maskbuf);
-    if (!m->dsets || !m->dmark || !m->maskbuf || grammar__machine_init(&m->mach[0], g) || grammar__machine_init(&m->mach[1], g)) {
+    m->saved = malloc(((size_t)(v ? v->n_words : 1) / 4 + 1) * sizeof *m->saved);
+    if (!m->dsets || !m->dmark || !m->maskbuf || !m->saved || grammar__machine_init(&m->mach[0], g) || grammar__machine_init(&m->mach[1], g)) {
         grammar_matcher_free(m);
         if (rc) *rc = GRAMMAR_ERR_NOMEM;
         return NULL;
@@ -214,12 +354,7 @@ grammar_matcher *grammar_matcher_create(grammar *g, const grammar_vocab *v, int 
     return m;
 }
 
-static int set_has_complete(const gset *s) {
-    for (uint32_t i = 0; i < s->n; i++) if (s->v[i] == GNODE_COMPLETE) return 1;
-    return 0;
-}
-
-int grammar_matcher_is_complete(const grammar_matcher *m) { return !m->failed && set_has_complete(&m->cur); }
+int grammar_matcher_is_complete(const grammar_matcher *m) { return !m->failed && m->complete; }
 int grammar_matcher_is_terminated(const grammar_matcher *m) { return m->terminated; }
 
 /* Run the uncertain tokens of one stack top x on the real stack. */
@@ -256,11 +391,11 @@ static int check_uncertain(grammar_matcher *m, uint32_t x, const gpos_mask *pm, 
     return 0;
 }
 
-int32_t grammar_matcher_fill_mask(grammar_matcher *m, uint32_t *mask) {
+/* The mask computed from the real stacks (and stored with the state). */
+static int32_t compute_mask(grammar_matcher *m, uint32_t *mask) {
     const grammar_vocab *v = m->v;
-    if (!v) return 0;
     memset(mask, 0, (size_t)v->n_words * sizeof *mask);
-    if (m->terminated || m->failed) return 0;
+    if (ensure_stacks(m)) return 0;
     int complete = 0;
     for (uint32_t i = 0; i < m->cur.n; i++) {
         uint32_t x = m->cur.v[i];
@@ -281,25 +416,58 @@ int32_t grammar_matcher_fill_mask(grammar_matcher *m, uint32_t *mask) {
             if (v->eog[id]) mask[id >> 5] |= 1u << (id & 31);
     int32_t count = 0;
     for (int32_t w = 0; w < v->n_words; w++) count += popcount32(mask[w]);
+    if (m->state >= 0) grammar__state_set_mask(m->g, m->state, mask, v->n_words, count);
+    return count;
+}
+
+int32_t grammar_matcher_fill_mask(grammar_matcher *m, uint32_t *mask) {
+    const grammar_vocab *v = m->v;
+    if (!v) return 0;
+    if (m->terminated || m->failed) { memset(mask, 0, (size_t)v->n_words * sizeof *mask); return 0; }
+    const uint32_t *bits = NULL;
+    const int32_t *ids = NULL;
+    int32_t count = m->state >= 0 ? grammar__state_mask(m->g, m->state, &bits, &ids) : -1;
+    if (count < 0) return compute_mask(m, mask);
+    if (bits) memcpy(mask, bits, (size_t)v->n_words * sizeof *mask);
+    else {
+        memset(mask, 0, (size_t)v->n_words * sizeof *mask);
+        for (int32_t i = 0; i < count; i++) mask[ids[i] >> 5] |= 1u << (ids[i] & 31);
+    }
     return count;
 }
 
 int32_t grammar_matcher_apply(grammar_matcher *m, float *logits) {
     const grammar_vocab *v = m->v;
     if (!v) return 0;
-    uint32_t *buf = m->maskbuf;
-    int32_t count = grammar_matcher_fill_mask(m, buf);
+    const uint32_t *bits = NULL;
+    const int32_t *ids = NULL;
+    int32_t count = -1;
+    if (!m->terminated && !m->failed && m->state >= 0) count = grammar__state_mask(m->g, m->state, &bits, &ids);
+    if (count >= 0 && !bits) {
+        /* a stored list of few tokens: keep their logits, mask everything, put them back */
+        for (int32_t i = 0; i < count; i++) m->saved[i] = logits[ids[i]];
+        fill_neg_inf(logits, v->n_vocab);
+        for (int32_t i = 0; i < count; i++) logits[ids[i]] = m->saved[i];
+        return count;
+    }
+    const uint32_t *buf = bits;
+    if (count < 0) {
+        count = grammar_matcher_fill_mask(m, m->maskbuf);
+        buf = m->maskbuf;
+    }
     for (int32_t w = 0; w < v->n_words; w++) {
         uint32_t bits = buf[w];
         if (bits == 0xFFFFFFFFu) continue;
         int32_t lo = w * 32, hi = lo + 32 < v->n_vocab ? lo + 32 : v->n_vocab;
-        if (bits == 0 && hi - lo == 32) { /* the common case: a whole word masked (vectorised) */
-            for (int32_t k = 0; k < 32; k++) logits[lo + k] = -INFINITY;
+        if (bits == 0 && hi - lo == 32) { /* the common case: a whole word masked */
+            fill_neg_inf(logits + lo, 32);
             continue;
         }
-        /* Only the disallowed tokens of a mixed word (inside strings most are allowed). */
-        uint32_t z = ~bits;
-        if (hi - lo < 32) z &= (1u << (hi - lo)) - 1;
+        if (hi - lo == 32) { /* a mixed word: blend four lanes at a time */
+            mask_word(logits + lo, bits);
+            continue;
+        }
+        uint32_t z = ~bits & ((1u << (hi - lo)) - 1); /* the last, partial word */
         while (z) {
             logits[lo + __builtin_ctz(z)] = -INFINITY;
             z &= z - 1;
@@ -341,12 +509,27 @@ static int token_step(grammar_matcher *m, int32_t id, int dry_run) {
     const grammar_vocab *v = m->v;
     if (!v || m->terminated || m->failed || id < 0 || id >= v->n_vocab) return GRAMMAR_ERR_REJECTED;
     if (v->eog[id]) {
-        if (!set_has_complete(&m->cur)) return GRAMMAR_ERR_REJECTED;
+        if (!m->complete) return GRAMMAR_ERR_REJECTED;
         if (!dry_run) m->terminated = 1;
         return 0;
     }
     if (v->len[id] == 0) return GRAMMAR_ERR_REJECTED;
-    return advance(m, (const unsigned char *)v->bytes + v->off[id], v->len[id], NULL, dry_run);
+    int32_t prev = m->state;
+    if (!dry_run && prev >= 0) {
+        int32_t nx = grammar__state_next(m->g, prev, id);
+        if (nx >= 0) {
+            m->state = nx;
+            m->stale = 1;
+            m->complete = grammar__state_complete(m->g, nx);
+            return 0;
+        }
+    }
+    if (ensure_stacks(m)) return GRAMMAR_ERR_NOMEM;
+    int rc = advance(m, (const unsigned char *)v->bytes + v->off[id], v->len[id], NULL, dry_run);
+    if (rc || dry_run) return rc;
+    note_state(m);
+    if (prev >= 0 && m->state >= 0) grammar__state_set_next(m->g, prev, id, m->state);
+    return 0;
 }
 
 int grammar_matcher_accept_token(grammar_matcher *m, int32_t id) { return token_step(m, id, 0); }
@@ -356,5 +539,8 @@ int grammar_matcher_token_allowed(grammar_matcher *m, int32_t id) { return token
 int grammar_matcher_accept_bytes(grammar_matcher *m, const char *bytes, size_t n, size_t *bad_at) {
     if (bad_at) *bad_at = 0;
     if (m->terminated || m->failed) return GRAMMAR_ERR_REJECTED;
-    return advance(m, (const unsigned char *)bytes, n, bad_at, 0);
+    if (ensure_stacks(m)) return GRAMMAR_ERR_NOMEM;
+    int rc = advance(m, (const unsigned char *)bytes, n, bad_at, 0);
+    if (rc == 0 && n) note_state(m);
+    return rc;
 }

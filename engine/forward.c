@@ -63,9 +63,10 @@ enum fd_phase_kind {
 
 /* Matrix groups of the GEMV phases; their row split is the same in every layer. */
 enum { FD_PLAN_QKV, FD_PLAN_WO, FD_PLAN_GU, FD_PLAN_DOWN, FD_PLAN_OUT, FD_N_PLANS };
-/* GEMV tasks per thread and phase: enough to balance two cores when one is
- * briefly descheduled, few enough that claiming them stays cheap. */
-#define FD_TASKS_PER_THREAD 4
+/* GEMV tasks per thread and phase: a barrier waits on average half a task
+ * for the slower thread, so tasks are small (1/16 of a phase with 2
+ * threads); a claim is one CAS, cheap next to a 10-40 us phase. */
+#define FD_TASKS_PER_THREAD 8
 
 typedef struct fd_plan {
     int32_t n_mats;

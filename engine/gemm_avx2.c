@@ -96,11 +96,8 @@ gemm_row(const uint8_t *b, __m256i a0, __m256i a1, __m256i a2, __m256i a3, __m25
         /* 0..15 (Q4_0) or 0..31 (Q5_0) as unsigned bytes; the zero point
          * (8 or 16 times the token's quant sum) is subtracted after the fold.
          * |w0*a0 + w1*a1| <= 2*31*127: maddubs cannot saturate. */
-        __m256i w = kind == KIND_Q5_0
-                        ? _mm256_or_si256(nibbles_32(b + offsetof(block_q5_0, qs)),
-                                          _mm256_and_si256(bits_32(b + offsetof(block_q5_0, qh)),
-                                                           _mm256_set1_epi8(0x10)))
-                        : nibbles_32(b + offsetof(block_q4_0, qs));
+        __m256i w = kind == KIND_Q5_0 ? quants5_32(b + offsetof(block_q5_0, qs), b + offsetof(block_q5_0, qh))
+                                      : nibbles_32(b + offsetof(block_q4_0, qs));
         p0 = _mm256_madd_epi16(_mm256_maddubs_epi16(w, a0), ones);
         p1 = _mm256_madd_epi16(_mm256_maddubs_epi16(w, a1), ones);
         p2 = _mm256_madd_epi16(_mm256_maddubs_epi16(w, a2), ones);

@@ -872,9 +872,7 @@ gemm_row_32(const uint8_t *b, __m256i a0, __m256i a1, __m256i a2, __m256i a3, __
     __m256i p0, p1, p2, p3;
     if (is_q4) {
         /* 0..15 (Q4_0) or 0..31 (Q5_0): unsigned as is, the zero point is in cq */
-        __m256i w = is_q4 == 2 ? _mm256_or_si256(nibbles_32(b + offsetof(block_q5_0, qs)),
-                                                 _mm256_and_si256(bits_32(b + offsetof(block_q5_0, qh)),
-                                                                  _mm256_set1_epi8(0x10)))
+        __m256i w = is_q4 == 2 ? quants5_32(b + offsetof(block_q5_0, qs), b + offsetof(block_q5_0, qh))
                                : nibbles_32(b + offsetof(block_q4_0, qs));
         p0 = _mm256_madd_epi16(_mm256_maddubs_epi16(w, a0), ones);
         p1 = _mm256_madd_epi16(_mm256_maddubs_epi16(w, a1), ones);

@@ -50,6 +50,13 @@ static inline __m256i bits_32(const uint8_t *p)
     return _mm256_cmpeq_epi8(bytes, _mm256_set1_epi64x(-1));
 }
 
+/* The 32 five-bit quants (0..31) of a Q5_0/Q5_1 block: nibbles from qs,
+ * bit 4 from the 32-bit qh word. */
+static inline __m256i quants5_32(const uint8_t *qs, const uint8_t *qh)
+{
+    return _mm256_or_si256(nibbles_32(qs), _mm256_and_si256(bits_32(qh), _mm256_set1_epi8(0x10)));
+}
+
 /* Unpack Q4_K/Q5_K scales[12] into 8 scales then 8 mins, as 16 int16. */
 static inline __m256i k4_scales_mins(const uint8_t *s)
 {

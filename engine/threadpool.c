@@ -50,6 +50,9 @@ struct threadpool {
     _Atomic int32_t sleepers; /* workers blocked in futex_wait */
     _Atomic int32_t stop;
     int64_t spin_ns;          /* worker spin budget between jobs */
+    /* Until when (CLOCK_MONOTONIC ns) some thread of the pool last saw
+     * itself descheduled: the cores are shared with other work. */
+    _Atomic int64_t contended_until;
     /* The current phased job (threadpool_run_phased), else unused. */
     threadpool_phase_fn phase_fn;
     void *phase_ctx;
@@ -124,7 +127,10 @@ static void *tp_worker_main(void *p) {
             if (++spins % TP_SPIN_CHECK != 0) { tp_cpu_relax(); continue; }
             int64_t now = tp_now_ns();
             if (t0 == 0) t0 = now;
-            if (last && now - last > TP_PREEMPT_NS) contended_until = now + TP_CONTENDED_NS;
+            if (last && now - last > TP_PREEMPT_NS) {
+                contended_until = now + TP_CONTENDED_NS;
+                atomic_store_explicit(&tp->contended_until, contended_until, memory_order_relaxed);
+            }
             last = now;
             if (now - t0 < tp->spin_ns && now >= contended_until) continue;
             atomic_fetch_add(&tp->sleepers, 1);
@@ -194,8 +200,21 @@ int32_t threadpool_n_threads(const threadpool *tp) { return tp->n_threads; }
 static void tp_wait_done(threadpool *tp, int32_t n) {
     unsigned spins = 0;
     while (atomic_load_explicit(&tp->tasks_done, memory_order_acquire) < n) {
-        if (++spins > TP_WAIT_SPINS) sched_yield(); else tp_cpu_relax();
+        if (++spins <= TP_WAIT_SPINS) {
+            tp_cpu_relax();
+            continue;
+        }
+        /* A yield that takes long means another process had this CPU. */
+        int64_t t0 = tp_now_ns();
+        sched_yield();
+        int64_t t1 = tp_now_ns();
+        if (t1 - t0 > TP_PREEMPT_NS)
+            atomic_store_explicit(&tp->contended_until, t1 + TP_CONTENDED_NS, memory_order_relaxed);
     }
+}
+
+int threadpool_contended(threadpool *tp) {
+    return tp_now_ns() < atomic_load_explicit(&tp->contended_until, memory_order_relaxed);
 }
 
 /* The task function of a phased job: find the task's phase, wait for the

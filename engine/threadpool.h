@@ -45,4 +45,10 @@ typedef void (*threadpool_phase_fn)(void *ctx, int32_t phase, int32_t task_in_ph
 void threadpool_run_phased(threadpool *tp, int32_t n_phases, const int32_t *phase_end,
                            threadpool_phase_fn fn, void *ctx);
 
+/* 1 if, within the last 200 ms, a thread of the pool saw itself descheduled
+ * (a spin or yield that lost its CPU for over 40 us): the cores are shared
+ * with other work. Phased jobs then lose to separate jobs, whose workers
+ * sleep between them and rarely hold a task when preempted. */
+int threadpool_contended(threadpool *tp);
+
 #endif

@@ -44,6 +44,7 @@ typedef struct gpos_mask {
     int32_t *uncertain;   /* token ids in trie order */
     uint16_t *ulcp;       /* bytes shared with the previous uncertain token */
     int32_t n_uncertain;
+    int32_t partial;      /* the walk stopped at too many uncertain tokens: no data, use a deeper key */
 } gpos_mask;
 
 struct grammar {
@@ -166,6 +167,13 @@ int grammar__bind_vocab(grammar *g, const grammar_vocab *v);
 /* The most specific table for the stack x of machine mc (built on first
  * use, kept in g); NULL on OOM. */
 gpos_mask *grammar__table_for_stack(grammar *g, const grammar_vocab *v, const gmachine *mc, uint32_t x);
+
+/* Set in mask the uncertain tokens of pm that the real stack x of mc
+ * accepts, stepping them through the grammar's DFA (their common prefixes
+ * and the sets they reach are shared with every earlier check). 0 or -1 on
+ * OOM. */
+int grammar__check_uncertain(grammar *g, const grammar_vocab *v, const gmachine *mc, uint32_t x, const gpos_mask *pm,
+                             uint32_t *mask);
 
 /* ---- matcher states shared by a grammar's matchers (state_cache.c) ----
  * A state is a set of stacks written as words: per stack its positions top

@@ -42,6 +42,9 @@ static inline int popcount32(uint32_t x) {
 }
 
 
+/* Uncertain tokens above which a deeper key is tried. */
+#define DEEP_THRESHOLD 4096
+
 /* ---- per-position precomputation ---- */
 
 typedef struct gprecomp {
@@ -185,7 +188,7 @@ static int pm_finish(gpos_mask *pm, const grammar_vocab *v, const int32_t *ids, 
  * pc->ubuf, *nu counting them. Subtrees without such tokens are skipped.
  * 0 or -1 on OOM. */
 static int walk(grammar *g, const grammar_vocab *v, const uint32_t *key, int keylen, int32_t min_len, uint32_t *acc,
-                int32_t *nu) {
+                int32_t *nu, int32_t max_uncertain) {
     gprecomp *pc = g->pre;
     gdfa *dfa = g->dfa;
     int32_t s0 = grammar__dfa_state(dfa, start_node(g, &dfa->m, key, keylen));
@@ -208,6 +211,7 @@ static int walk(grammar *g, const grammar_vocab *v, const uint32_t *key, int key
                 int32_t hi = v->tn_end[k] < v->n_nodes ? v->tn_first[v->tn_end[k]] : v->n_sorted;
                 for (int32_t i = lo; i < hi; i++)
                     if (v->len[v->sorted[i]] >= min_len && push_uncertain(pc, nu, v->sorted[i])) return -1;
+                if (*nu > max_uncertain) return 1;
             }
             k = v->tn_end[k];
             continue;
@@ -224,14 +228,24 @@ static int walk(grammar *g, const grammar_vocab *v, const uint32_t *key, int key
     return 0;
 }
 
-/* The table of a key, by a full walk (under g->lock). NULL on OOM. */
-static gpos_mask *precompute(grammar *g, const grammar_vocab *v, const uint32_t *key, int keylen) {
+/* The table of a key, by a full walk (under g->lock). When more than
+ * max_uncertain tokens turn out uncertain the walk stops: the table is
+ * then only a marker (partial) that a deeper key is needed. NULL on OOM. */
+static gpos_mask *precompute(grammar *g, const grammar_vocab *v, const uint32_t *key, int keylen, int32_t max_uncertain) {
     if (precomp_init(g, v)) return NULL;
     gpos_mask *pm = calloc(1, sizeof *pm);
     if (!pm) return NULL;
     pm->accepted = calloc((size_t)v->n_words, sizeof *pm->accepted);
     int32_t nu = 0;
-    if (!pm->accepted || walk(g, v, key, keylen, 0, pm->accepted, &nu) || pm_finish(pm, v, g->pre->ubuf, nu)) {
+    int rc = pm->accepted ? walk(g, v, key, keylen, 0, pm->accepted, &nu, max_uncertain) : -1;
+    if (rc == 1) {
+        free(pm->accepted);
+        pm->accepted = NULL;
+        pm->partial = 1;
+        pm->n_uncertain = nu;
+        return pm;
+    }
+    if (rc || pm_finish(pm, v, g->pre->ubuf, nu)) {
         free_pm(pm);
         return NULL;
     }
@@ -257,7 +271,7 @@ static gpos_mask *derive(grammar *g, const grammar_vocab *v, const gpos_mask *ba
     for (int32_t i = 0; i < nlong; i++) pm->accepted[v->bylen[i] >> 5] &= ~(1u << (v->bylen[i] & 31));
     /* the long tokens' verdicts go to the front of ubuf, then base's short uncertain ones are merged in */
     int32_t nu = 0;
-    if (walk(g, v, key, keylen, k, pm->accepted, &nu)) { free_pm(pm); return NULL; }
+    if (walk(g, v, key, keylen, k, pm->accepted, &nu, INT32_MAX)) { free_pm(pm); return NULL; }
     int32_t nb = 0;
     for (int32_t i = 0; i < base->n_uncertain; i++) nb += v->len[base->uncertain[i]] < k;
     int32_t total = nu + nb;
@@ -449,9 +463,17 @@ static gpos_mask *table_locked(grammar *g, const grammar_vocab *v, const uint32_
     if (k != INT32_MAX) {
         gpos_mask *base = table_locked(g, v, ck, n);
         if (!base) return NULL;
-        pm = derive(g, v, base, key, n, k);
+        if (base->partial) {
+            /* no table there either: only the marker that a deeper key is needed */
+            pm = calloc(1, sizeof *pm);
+            if (pm) { pm->partial = 1; pm->n_uncertain = base->n_uncertain; }
+        } else {
+            pm = derive(g, v, base, key, n, k);
+        }
     } else {
-        pm = precompute(g, v, key, n);
+        /* a one-position table that would leave more than DEEP_THRESHOLD
+         * tokens to the run-time check is never used: stop its walk there */
+        pm = precompute(g, v, key, n, n == 1 ? DEEP_THRESHOLD : INT32_MAX);
     }
     if (!pm) return NULL;
     if (n == 1) __atomic_store_n(&g->pm[key[0]], pm, __ATOMIC_RELEASE);
@@ -480,8 +502,6 @@ static void free_pm(gpos_mask *pm) {
     free(pm->accepted); free(pm->uncertain); free(pm->ulcp); free(pm->acc_ids); free(pm);
 }
 
-/* Uncertain tokens above which a deeper key is tried. */
-#define DEEP_THRESHOLD 4096
 
 /* The most specific useful table for the stack x of machine mc. */
 gpos_mask *grammar__table_for_stack(grammar *g, const grammar_vocab *v, const gmachine *mc, uint32_t x) {
@@ -500,6 +520,48 @@ gpos_mask *grammar__table_for_stack(grammar *g, const grammar_vocab *v, const gm
         y = mc->parent[y];
     }
     return pm;
+}
+
+int grammar__check_uncertain(grammar *g, const grammar_vocab *v, const gmachine *mc, uint32_t x, const gpos_mask *pm,
+                             uint32_t *mask) {
+    pthread_mutex_lock(&g->lock);
+    int rc = -1;
+    if (precomp_init(g, v)) goto out;
+    gdfa *dfa = g->dfa;
+    gprecomp *pc = g->pre;
+    /* the real stack, interned in the DFA's machine: collect it top to bottom, build it bottom up */
+    uint32_t n = 0, y;
+    for (y = x; y >= 2; y = mc->parent[y]) {
+        if (grammar__set_push(&dfa->tmp, 0)) goto out; /* grow */
+        n++;
+    }
+    dfa->tmp.n = 0;
+    for (y = x; y >= 2; y = mc->parent[y]) dfa->tmp.v[dfa->tmp.n++] = mc->pos[y];
+    uint32_t node = y;
+    for (uint32_t k = n; k-- > 0 && node != UINT32_MAX;) node = grammar__machine_node(&dfa->m, dfa->tmp.v[k], node);
+    int32_t s0 = grammar__dfa_state(dfa, node);
+    if (s0 < 0) goto out;
+    int32_t *st = pc->state;
+    st[0] = s0;
+    int32_t have = 0; /* st[0..have] hold the previous token's prefix (GDFA_DEAD where it died) */
+    for (int32_t i = 0; i < pm->n_uncertain; i++) {
+        int32_t id = pm->uncertain[i];
+        int32_t d = pm->ulcp[i] < have ? pm->ulcp[i] : have;
+        if (mask[id >> 5] >> (id & 31) & 1) { have = d; continue; }
+        const unsigned char *b = (const unsigned char *)v->bytes + v->off[id];
+        int32_t len = v->len[id];
+        while (d < len && st[d] >= 0) {
+            int32_t t = grammar__dfa_step(dfa, st[d], b[d]);
+            if (t == GDFA_OOM) goto out;
+            st[++d] = t;
+        }
+        have = d;
+        if (d == len && st[d] >= 0) mask[id >> 5] |= 1u << (id & 31);
+    }
+    rc = 0;
+out:
+    pthread_mutex_unlock(&g->lock);
+    return rc;
 }
 
 int grammar_precompute(grammar *g, const grammar_vocab *v) {

@@ -199,9 +199,7 @@ struct grammar_matcher {
     int cur_m;
     gset cur;       /* stacks now, in mach[cur_m] */
     gset next;      /* scratch for accept */
-    gset *dsets;    /* per depth, token checks */
-    uint32_t *dmark;
-    int32_t depth_cap;
+    gset pong;      /* second scratch set for accept */
     int terminated;
     int failed;     /* OOM happened: everything is rejected */
     uint32_t *maskbuf; /* n_words, for apply */
@@ -219,8 +217,7 @@ void grammar_matcher_free(grammar_matcher *m) {
     grammar__machine_free(&m->mach[0]);
     grammar__machine_free(&m->mach[1]);
     free(m->cur.v); free(m->next.v);
-    if (m->dsets) for (int32_t d = 0; d < m->depth_cap; d++) free(m->dsets[d].v);
-    free(m->dsets); free(m->dmark); free(m->maskbuf);
+    free(m->pong.v); free(m->maskbuf);
     free(m->ser); free(m->span); free(m->saved);
     grammar_release(m->g);
     free(m);
@@ -338,12 +335,9 @@ grammar_matcher *grammar_matcher_create(grammar *g, const grammar_vocab *v, int 
     grammar_retain(g);
     m->g = g;
     m->v = v;
-    m->depth_cap = v ? v->max_len + 1 : 1;
-    m->dsets = calloc((size_t)m->depth_cap, sizeof *m->dsets);
-    m->dmark = calloc((size_t)m->depth_cap, sizeof *m->dmark);
     m->maskbuf = malloc((size_t)(v ? v->n_words : 1) * sizeof *m->maskbuf);
     m->saved = malloc(((size_t)(v ? v->n_words : 1) / 4 + 1) * sizeof *m->saved);
-    if (!m->dsets || !m->dmark || !m->maskbuf || !m->saved || grammar__machine_init(&m->mach[0], g) || grammar__machine_init(&m->mach[1], g)) {
+    if (!m->maskbuf || !m->saved || grammar__machine_init(&m->mach[0], g) || grammar__machine_init(&m->mach[1], g)) {
         grammar_matcher_free(m);
         if (rc) *rc = GRAMMAR_ERR_NOMEM;
         return NULL;
@@ -356,40 +350,6 @@ grammar_matcher *grammar_matcher_create(grammar *g, const grammar_vocab *v, int 
 
 int grammar_matcher_is_complete(const grammar_matcher *m) { return !m->failed && m->complete; }
 int grammar_matcher_is_terminated(const grammar_matcher *m) { return m->terminated; }
-
-/* Run the uncertain tokens of one stack top x on the real stack. */
-static int check_uncertain(grammar_matcher *m, uint32_t x, const gpos_mask *pm, uint32_t *mask) {
-    gmachine *mc = &m->mach[m->cur_m];
-    const grammar_vocab *v = m->v;
-    uint32_t base = mc->n;
-    m->dsets[0].n = 0;
-    if (grammar__set_push(&m->dsets[0], x)) return -1;
-    m->dmark[0] = base;
-    int32_t have = 0; /* dsets[0..have] are valid for the previous token */
-    for (int32_t i = 0; i < pm->n_uncertain; i++) {
-        int32_t id = pm->uncertain[i];
-        int32_t l = pm->ulcp[i] < have ? pm->ulcp[i] : have;
-        if (mask[id >> 5] >> (id & 31) & 1) { have = l; continue; }
-        if (m->dsets[l].n == 0) { have = l; continue; } /* a dead prefix */
-        const unsigned char *s = (const unsigned char *)v->bytes + v->off[id];
-        int32_t len = v->len[id], d = l;
-        while (d < len) {
-            grammar__machine_rollback(mc, m->dmark[d]);
-            gset *out = &m->dsets[d + 1];
-            out->n = 0;
-            int hit = 0;
-            grammar__machine_begin(mc);
-            if (grammar__machine_consume(mc, &m->dsets[d], s[d], out, &hit) || mc->oom) return -1;
-            d++;
-            m->dmark[d] = mc->n;
-            if (out->n == 0) break;
-        }
-        have = d;
-        if (d == len && m->dsets[d].n) mask[id >> 5] |= 1u << (id & 31);
-    }
-    grammar__machine_rollback(mc, base);
-    return 0;
-}
 
 /* The mask computed from the real stacks (and stored with the state). */
 static int32_t compute_mask(grammar_matcher *m, uint32_t *mask) {
@@ -405,7 +365,7 @@ static int32_t compute_mask(grammar_matcher *m, uint32_t *mask) {
         if (pm->accepted) or_words(mask + pm->w_lo, pm->accepted + pm->w_lo, pm->w_hi - pm->w_lo);
         else
             for (int32_t k = 0; k < pm->n_acc; k++) mask[pm->acc_ids[k] >> 5] |= 1u << (pm->acc_ids[k] & 31);
-        if (pm->n_uncertain && check_uncertain(m, x, pm, mask)) {
+        if (pm->n_uncertain && grammar__check_uncertain(m->g, v, &m->mach[m->cur_m], x, pm, mask)) {
             m->failed = 1;
             memset(mask, 0, (size_t)v->n_words * sizeof *mask);
             return 0;
@@ -481,8 +441,8 @@ static int advance(grammar_matcher *m, const unsigned char *s, size_t n, size_t 
     gmachine *mc = &m->mach[m->cur_m];
     uint32_t base = mc->n;
     gset *a = &m->next;
-    /* ping-pong between m->next and dsets[0] */
-    gset *in = &m->cur, *bufs[2] = {a, &m->dsets[0]};
+    /* ping-pong between m->next and m->pong */
+    gset *in = &m->cur, *bufs[2] = {a, &m->pong};
     for (size_t i = 0; i < n; i++) {
         gset *out = bufs[i & 1];
         out->n = 0;

@@ -532,16 +532,7 @@ static void fd_phase(void *ctx, int32_t phase, int32_t task, int32_t thread) {
         f->op = FWD_OP_QKV_POST;
         fwd_rows(f, 0, 1);
         break;
-    case FD_ATTN: {
-        fwd_attn_task(f, task, thread);
-        /* Attention works from cache while the memory bus idles; start
-         * streaming this head's share of wo, the next matrix, into cache. */
-        size_t bytes = (size_t)L->wo.n_rows * L->wo.row_bytes, share = bytes / (size_t)hp->n_head + 64;
-        const char *p = (const char *)L->wo.data + (size_t)task * (bytes / (size_t)hp->n_head);
-        for (size_t o = 0; o < share && (size_t)(p + o - (const char *)L->wo.data) < bytes; o += 64)
-            __builtin_prefetch(p + o, 0, 3);
-        break;
-    }
+    case FD_ATTN: fwd_attn_task(f, task, thread); break;
     case FD_ATTQ: fd_quantise(f, 1, wo, f->att); break;
     case FD_WO: fd_gemv(f, &f->plan[FD_PLAN_WO], wo, &f->tmp, task); break;
     case FD_FFN_NORM:

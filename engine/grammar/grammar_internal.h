@@ -154,11 +154,23 @@ struct grammar_vocab {
     int32_t n_nodes;
     int32_t max_len;
     uint16_t *tn_maxlen;  /* longest token (bytes) in the subtree */
+    struct gtnode *tn;    /* the same trie packed for the walks (mask_tables.c) */
     int32_t *rank;        /* token id -> index in sorted, -1 without bytes */
     int32_t *bylen;       /* tokens with bytes, longest first */
     int32_t *n_ge;        /* [L] tokens of at least L bytes (L <= max_len + 1): bylen[0 .. n_ge[L]) */
 };
 
+
+/* One trie node as the table walks read it: one 16-byte load per node. */
+typedef struct gtnode {
+    uint8_t byte;
+    uint8_t pad;
+    uint16_t depth;   /* bytes from the root */
+    uint16_t maxlen;  /* longest token in the subtree */
+    uint16_t ntok;    /* tokens ending here: sorted[first .. first + ntok) */
+    int32_t end;      /* preorder index past the subtree */
+    int32_t first;
+} gtnode;
 
 /* ---- mask tables (mask_tables.c) ---- */
 

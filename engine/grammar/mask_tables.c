@@ -195,31 +195,38 @@ static int walk(grammar *g, const grammar_vocab *v, const uint32_t *key, int key
     if (s0 < 0) return -1;
     pc->state[0] = s0;
     pc->ctx[0] = 0;
-    const uint8_t *tbyte = v->tn_byte;
-    const uint16_t *tdepth = v->tn_depth, *tmax = v->tn_maxlen;
+    const gtnode *tn = v->tn;
+    const int32_t *trans = dfa->trans;
+    const uint8_t *bclass = dfa->bclass, *flags = dfa->flags;
+    const int32_t nb = dfa->n_bclass;
     for (int32_t k = 0; k < v->n_nodes;) {
-        if (tmax[k] < min_len) { k = v->tn_end[k]; continue; }
-        int32_t d = tdepth[k];
+        const gtnode nd = tn[k];
+        if (nd.maxlen < min_len) { k = nd.end; continue; }
+        int32_t d = nd.depth;
         int32_t s = pc->state[d - 1];
-        int ctx = pc->ctx[d - 1] | (dfa->flags[s] & GDFA_HAS_BOTTOM);
-        int32_t t = grammar__dfa_step(dfa, s, tbyte[k]);
-        if (t == GDFA_OOM) return -1;
+        int ctx = pc->ctx[d - 1] | (flags[s] & GDFA_HAS_BOTTOM);
+        int32_t t = trans[(size_t)s * (size_t)nb + bclass[nd.byte]];
+        if (t == GDFA_UNKNOWN) {
+            t = grammar__dfa_step_slow(dfa, s, nd.byte);
+            if (t == GDFA_OOM) return -1;
+            trans = dfa->trans; /* the DFA may have grown */
+            flags = dfa->flags;
+        }
         if (t == GDFA_DEAD) {
             /* dead prefix: the whole subtree is rejected, or uncertain when a path left the frame */
             if (ctx) {
-                int32_t lo = v->tn_first[k];
-                int32_t hi = v->tn_end[k] < v->n_nodes ? v->tn_first[v->tn_end[k]] : v->n_sorted;
-                for (int32_t i = lo; i < hi; i++)
+                int32_t hi = nd.end < v->n_nodes ? tn[nd.end].first : v->n_sorted;
+                for (int32_t i = nd.first; i < hi; i++)
                     if (v->len[v->sorted[i]] >= min_len && push_uncertain(pc, nu, v->sorted[i])) return -1;
                 if (*nu > max_uncertain) return 1;
             }
-            k = v->tn_end[k];
+            k = nd.end;
             continue;
         }
         pc->state[d] = t;
         pc->ctx[d] = (uint8_t)(ctx != 0);
-        if (d >= min_len)
-            for (int32_t i = v->tn_first[k]; i < v->tn_first[k] + v->tn_ntok[k]; i++) {
+        if (nd.ntok && d >= min_len)
+            for (int32_t i = nd.first; i < nd.first + nd.ntok; i++) {
                 int32_t id = v->sorted[i];
                 acc[id >> 5] |= 1u << (id & 31);
             }
@@ -257,7 +264,7 @@ static gpos_mask *precompute(grammar *g, const grammar_vocab *v, const uint32_t 
  * level): base's verdicts are kept for those tokens, and only the longer
  * ones are walked. Under g->lock; NULL on OOM. */
 static gpos_mask *derive(grammar *g, const grammar_vocab *v, const gpos_mask *base, const uint32_t *key, int keylen,
-                         int32_t k) {
+                         int32_t k, int32_t max_uncertain) {
     if (precomp_init(g, v)) return NULL;
     gprecomp *pc = g->pre;
     gpos_mask *pm = calloc(1, sizeof *pm);
@@ -271,9 +278,17 @@ static gpos_mask *derive(grammar *g, const grammar_vocab *v, const gpos_mask *ba
     for (int32_t i = 0; i < nlong; i++) pm->accepted[v->bylen[i] >> 5] &= ~(1u << (v->bylen[i] & 31));
     /* the long tokens' verdicts go to the front of ubuf, then base's short uncertain ones are merged in */
     int32_t nu = 0;
-    if (walk(g, v, key, keylen, k, pm->accepted, &nu, INT32_MAX)) { free_pm(pm); return NULL; }
     int32_t nb = 0;
     for (int32_t i = 0; i < base->n_uncertain; i++) nb += v->len[base->uncertain[i]] < k;
+    int rc = walk(g, v, key, keylen, k, pm->accepted, &nu, max_uncertain == INT32_MAX ? INT32_MAX : max_uncertain - nb);
+    if (rc == 1) { /* as in precompute: only a marker */
+        free(pm->accepted);
+        pm->accepted = NULL;
+        pm->partial = 1;
+        pm->n_uncertain = nu + nb;
+        return pm;
+    }
+    if (rc) { free_pm(pm); return NULL; }
     int32_t total = nu + nb;
     while (pc->ucap < 2 * total + 1) {
         int32_t nc = pc->ucap ? pc->ucap * 2 : 256;
@@ -468,7 +483,7 @@ static gpos_mask *table_locked(grammar *g, const grammar_vocab *v, const uint32_
             pm = calloc(1, sizeof *pm);
             if (pm) { pm->partial = 1; pm->n_uncertain = base->n_uncertain; }
         } else {
-            pm = derive(g, v, base, key, n, k);
+            pm = derive(g, v, base, key, n, k, n == 1 ? DEEP_THRESHOLD : INT32_MAX);
         }
     } else {
         /* a one-position table that would leave more than DEEP_THRESHOLD

@@ -81,7 +81,7 @@ void grammar_vocab_free(grammar_vocab *v) {
     if (!v) return;
     free(v->bytes); free(v->off); free(v->len); free(v->eog); free(v->sorted);
     free(v->tn_byte); free(v->tn_depth); free(v->tn_end); free(v->tn_first); free(v->tn_ntok);
-    free(v->tn_maxlen); free(v->rank); free(v->bylen); free(v->n_ge);
+    free(v->tn_maxlen); free(v->tn); free(v->rank); free(v->bylen); free(v->n_ge);
     free(v);
 }
 
@@ -169,6 +169,11 @@ grammar_vocab *grammar_vocab_create(const tokenizer *t) {
             if (v->tn_maxlen[c] > mx) mx = v->tn_maxlen[c];
         v->tn_maxlen[k] = mx;
     }
+    v->tn = malloc(((size_t)v->n_nodes + 1) * sizeof *v->tn);
+    if (!v->tn) goto fail;
+    for (int32_t k = 0; k < v->n_nodes; k++)
+        v->tn[k] = (gtnode){v->tn_byte[k], 0, v->tn_depth[k], v->tn_maxlen[k],
+                            (uint16_t)(v->tn_ntok[k] < 65535 ? v->tn_ntok[k] : 65535), v->tn_end[k], v->tn_first[k]};
     for (int32_t id = 0; id < v->n_vocab; id++) v->rank[id] = -1;
     for (int32_t i = 0; i < v->n_sorted; i++) {
         v->rank[v->sorted[i]] = i;

@@ -2,9 +2,10 @@
  *
  * The kernel reaches K/V only through the KV cache's span interface
  * (kv_cache_span_get: runs of contiguous rows with their element type, f32
- * read in place, f16 / q8_0 converted a run at a time into scratch), and it
- * honours the sequence's KV policy: under KV_POLICY_WINDOW query i sees key j
- * only when j < sinks or i - j < window (the positions the cache keeps).
+ * read in place, f16 / q8_0 / q12_0 converted a run at a time into
+ * scratch), and it honours the sequence's KV policy: under KV_POLICY_WINDOW
+ * query i sees key j only when j < sinks or i - j < window (the positions
+ * the cache keeps).
  * Later attention kinds (rerope, linear, ...) get their own entry points here
  * on top of the same span interface and attn_key_ranges(). */
 #ifndef QKVD_ATTENTION_H

@@ -9,19 +9,24 @@
  * quant sums (for the Q4_0/Q5_0 zero point) and their 4 x 32 int8 values, so
  * the kernel streams one record per weight block.
  *
- * A tile is R weight rows x 4 tokens. Per weight block the R rows' bytes
- * are dotted with the four tokens (sign trick + maddubs + madd for Q8_0;
- * unsigned nibbles need no sign for Q4_0/Q5_0), and the four 8-lane sums
- * fold into one vector of [t0 t1 t2 t3 | t0 t1 t2 t3] with unpacks and adds
- * rather than vphaddd: on Zen 3 (llvm-mca -mcpu=znver3) the three hadds of
- * the earlier kernel cost more FP-pipe cycles than the multiplies. One
- * convert and one FMA per row and block then serve all four tokens.
+ * The kernel takes one weight row and up to four token groups (16 tokens)
+ * in one pass over the row: each weight block is decoded once (the sign
+ * trick for Q8_0; Q4_0/Q5_0 nibbles, used unsigned, need no sign) and
+ * dotted with every token while it is in registers, and each group's four
+ * 8-lane sums fold into one vector of [t0 t1 t2 t3 | t0 t1 t2 t3] with
+ * unpacks and adds rather than vphaddd: on Zen 3 (llvm-mca -mcpu=znver3)
+ * three hadds per group cost more FP-pipe cycles than the multiplies. One
+ * convert and one FMA per group and block then serve four tokens.
+ * Measured against 4-row x 4-token tiles (1 thread, 16 tokens, min of many
+ * runs, multiply-adds per TSC cycle): equal on cache-resident Q8_0
+ * matrices (16.5-17.3), Q4_0 14.2 -> 17.7 and Q5_0 11.9 -> 17.4 (the
+ * unpack is shared by 16 tokens, not 4), and 7.7 -> 9.1-11.9 on the
+ * 50257-row output matrix streaming from DRAM: the row is read once, in
+ * order, which the hardware prefetcher follows.
  *
  * Cache blocking: tokens are taken in chunks whose packed activations fit
- * in about half of L2, and for each chunk every row tile of the caller's
- * row range is swept, so a tile's weight rows (R x row bytes) stay in L1
- * across the chunk's token groups and each weight byte comes from memory
- * once per chunk. */
+ * in about half of L2, and every row of the caller's range is swept per
+ * chunk; a row (K bytes or less) stays in L1 across the chunk's groups. */
 #include "quant_internal.h"
 #include "simd_avx2.h"
 
@@ -110,45 +115,37 @@ gemm_row(const uint8_t *b, __m256i a0, __m256i a1, __m256i a2, __m256i a3, __m25
     return _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(h), acc);
 }
 
-/* R rows (R <= 4) x one token group over all nb blocks; writes the first
- * nt (<= 4) tokens' outputs. */
+/* One row x G token groups (G <= 4, a decode batch of up to 16 tokens) in
+ * a single pass over the row: each weight block is decoded once (the
+ * compiler shares gemm_row's loads and signs between the G calls) and
+ * used for every token while it is in registers, so the row streams from
+ * memory once, in order, with nothing else in between. */
 static inline __attribute__((always_inline)) void
-gemm_tile(const uint8_t *W, size_t rb, const gemm_pk *pk, float *y, size_t ys, int64_t nb, int nt,
-          const uint8_t *pf, const int R, const int kind)
+gemm_row_groups(const uint8_t *W, const gemm_pk *pk, int64_t nb, float *y, size_t ys, int32_t ntok, const int G,
+                const int kind)
 {
     const size_t bs = kind == KIND_Q5_0 ? sizeof(block_q5_0)
                       : kind == KIND_Q4_0 ? sizeof(block_q4_0) : sizeof(block_q8_0);
-    __m256 c0 = _mm256_setzero_ps(), c1 = c0, c2 = c0, c3 = c0;
+    __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
     for (int64_t i = 0; i < nb; i++) {
-        const gemm_pk *p = pk + i;
-        __m256i a0 = _mm256_load_si256((const __m256i *)p->q[0]);
-        __m256i a1 = _mm256_load_si256((const __m256i *)p->q[1]);
-        __m256i a2 = _mm256_load_si256((const __m256i *)p->q[2]);
-        __m256i a3 = _mm256_load_si256((const __m256i *)p->q[3]);
-        __m256 d4 = _mm256_load_ps(p->d);
-        __m256i c4 = _mm256_setzero_si256();
-        if (kind != KIND_Q8_0)
-            c4 = _mm256_slli_epi32(_mm256_load_si256((const __m256i *)p->s), kind == KIND_Q5_0 ? 4 : 3);
         const uint8_t *b = W + (size_t)i * bs;
-        if (pf) {
-            /* the next tile's rows, one cache line per row every other block */
-            const uint8_t *q = pf + (size_t)i * bs;
-            _mm_prefetch((const char *)q, _MM_HINT_T0);
-            _mm_prefetch((const char *)(q + rb), _MM_HINT_T0);
-            _mm_prefetch((const char *)(q + 2 * rb), _MM_HINT_T0);
-            _mm_prefetch((const char *)(q + 3 * rb), _MM_HINT_T0);
+#pragma GCC unroll 4
+        for (int g = 0; g < G; g++) {
+            const gemm_pk *p = pk + (size_t)g * nb + i;
+            __m256i c4 = _mm256_setzero_si256();
+            if (kind != KIND_Q8_0)
+                c4 = _mm256_slli_epi32(_mm256_load_si256((const __m256i *)p->s), kind == KIND_Q5_0 ? 4 : 3);
+            acc[g] = gemm_row(b, _mm256_load_si256((const __m256i *)p->q[0]), _mm256_load_si256((const __m256i *)p->q[1]),
+                              _mm256_load_si256((const __m256i *)p->q[2]), _mm256_load_si256((const __m256i *)p->q[3]),
+                              _mm256_load_ps(p->d), c4, acc[g], kind);
         }
-        c0 = gemm_row(b, a0, a1, a2, a3, d4, c4, c0, kind);
-        if (R > 1) c1 = gemm_row(b + rb, a0, a1, a2, a3, d4, c4, c1, kind);
-        if (R > 2) c2 = gemm_row(b + 2 * rb, a0, a1, a2, a3, d4, c4, c2, kind);
-        if (R > 3) c3 = gemm_row(b + 3 * rb, a0, a1, a2, a3, d4, c4, c3, kind);
     }
-    __m256 acc[4] = {c0, c1, c2, c3};
-    for (int r = 0; r < R; r++) {
-        __m128 s = _mm_add_ps(_mm256_castps256_ps128(acc[r]), _mm256_extractf128_ps(acc[r], 1));
+    for (int g = 0; g < G; g++) {
+        __m128 s = _mm_add_ps(_mm256_castps256_ps128(acc[g]), _mm256_extractf128_ps(acc[g], 1));
         float o[4];
         _mm_storeu_ps(o, s);
-        for (int j = 0; j < nt; j++) y[(size_t)j * ys + r] = o[j];
+        int nt = ntok - 4 * g < 4 ? ntok - 4 * g : 4;
+        for (int j = 0; j < nt; j++) y[(size_t)(4 * g + j) * ys] = o[j];
     }
 }
 
@@ -159,29 +156,21 @@ gemm_packed(const void *W, size_t rb, const void *packed, float *y, size_t ys, i
     const int64_t nb = n / 32;
     const int32_t groups = (ntok + 3) / 4;
     int32_t chunk = (int32_t)(GEMM_CHUNK_BYTES / ((size_t)nb * sizeof(gemm_pk)));
-    if (chunk < 1) chunk = 1;
-    const gemm_pk *pk = packed;
+    chunk = chunk < 4 ? 4 : chunk & ~3;
     for (int32_t g0 = 0; g0 < groups; g0 += chunk) {
         int32_t g1 = g0 + chunk < groups ? g0 + chunk : groups;
-        int64_t r = 0;
-        for (; r + 4 <= nrows; r += 4) {
+        for (int64_t r = 0; r < nrows; r++) {
             const uint8_t *w = (const uint8_t *)W + (size_t)r * rb;
-            /* While the first token group runs on this tile (its rows come
-             * from memory), prefetch the next tile's rows: on a matrix too
-             * big for L2 (the 50k-row output) the hardware prefetcher alone
-             * left the tile loop waiting on DRAM. */
-            const uint8_t *next = r + 8 <= nrows ? w + 4 * rb : NULL;
-            for (int32_t g = g0; g < g1; g++) {
-                int nt = ntok - 4 * g < 4 ? ntok - 4 * g : 4;
-                gemm_tile(w, rb, pk + (size_t)g * nb, y + (size_t)(4 * g) * ys + r, ys, nb, nt,
-                          g == g0 ? next : NULL, 4, kind);
-            }
-        }
-        for (; r < nrows; r++) {
-            const uint8_t *w = (const uint8_t *)W + (size_t)r * rb;
-            for (int32_t g = g0; g < g1; g++) {
-                int nt = ntok - 4 * g < 4 ? ntok - 4 * g : 4;
-                gemm_tile(w, rb, pk + (size_t)g * nb, y + (size_t)(4 * g) * ys + r, ys, nb, nt, NULL, 1, kind);
+            for (int32_t g = g0; g < g1; g += 4) {
+                const gemm_pk *pg = (const gemm_pk *)packed + (size_t)g * nb;
+                float *yg = y + (size_t)(4 * g) * ys + r;
+                int32_t nt = ntok - 4 * g;
+                switch (g1 - g) {
+                case 1: gemm_row_groups(w, pg, nb, yg, ys, nt, 1, kind); break;
+                case 2: gemm_row_groups(w, pg, nb, yg, ys, nt, 2, kind); break;
+                case 3: gemm_row_groups(w, pg, nb, yg, ys, nt, 3, kind); break;
+                default: gemm_row_groups(w, pg, nb, yg, ys, nt, 4, kind); break;
+                }
             }
         }
     }

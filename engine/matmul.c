@@ -73,9 +73,14 @@ matmul *matmul_create(threadpool *tp, int64_t max_cols, int32_t max_tok) {
     m->n_threads = threadpool_n_threads(tp);
     m->max_cols = max_cols;
     m->max_tok = max_tok > 0 ? max_tok : 1;
-    /* Types without a packed GEMM (F16, Q4_K, Q6_K, ...): per-token GEMV
-     * wins below ~32 tokens (measured, q4_0, 135m shape, before the packed
-     * kernels existed). */
+    /* Types without a packed GEMM (F16, Q6_K, ...): per-token GEMV wins
+     * below ~32 tokens (measured, q4_0, 135m shape, before the packed
+     * kernels existed). The types with one use it at every size from
+     * packed_min_tok: it beats dequantise + sgemm on prompts too (1 thread,
+     * min of many runs, multiply-adds per TSC cycle, 128 tokens of a
+     * 1536x576 matrix: Q8_0 12.6 vs 11.8, Q4_0 16.2 vs 15.0, Q5_0 15.1 vs
+     * 14.8; 64 tokens of 2048x2048: Q8_0 13.5 vs 10.2, Q4_0 15.3 vs 7.5,
+     * Q4_K 13.7 vs 10.6). */
     m->gemm_threshold = env_tokens("QKVD_GEMM_MIN_TOK", 32);
     /* The packed kernel pads to groups of four tokens; below four the
      * per-token GEMV reads the same weights at no padding cost. */
@@ -178,17 +183,6 @@ static void mm_task(void *ctx, int32_t task, int32_t thread) {
     }
 }
 
-/* Prompt chunks: whether the packed int8 GEMM beats dequantise + sgemm for
- * a type. Measured (CPU seconds of a pp run, 2 threads, same binary, the
- * packed path on and off): Q8_0 1b 8.3-8.8 vs 9.9-11.1 s, 135m even;
- * Q4_K (1b Q4_K_M) 9.1-9.3 vs 10.1-10.5 s; Q4_0 and Q5_0 (135m Q4_0 and
- * Q4_K_M, whose 576-column matrices are Q5_0) 5.7-7.9 vs 4.8-6.6 s, so
- * those keep sgemm for prompts and use the packed kernel for batches below
- * the sgemm threshold only. */
-static int mm_packed_beats_sgemm(enum qk_type t) {
-    return t == QK_Q8_0 || t == QK_Q4_K;
-}
-
 /* Quantise (and pack) tokens [t0, t1) for every prepared activation type;
  * t0 is a multiple of four. */
 static void mm_prep_range(matmul *m, int32_t t0, int32_t t1) {
@@ -230,7 +224,6 @@ void matmul_run(matmul *m, int32_t n_mats, const mm_matrix *const *W, const floa
         while (a < n_act && act_types[a] != vt) a++;
         enum mm_mode mode = n_tok >= m->gemm_threshold ? MM_SGEMM : MM_GEMV;
         if (m->packed && n_tok >= m->packed_min_tok && (packed_act < 0 || packed_act == a) &&
-            (mode == MM_GEMV || mm_packed_beats_sgemm(W[j]->type)) &&
             quant_packed_act_size(W[j]->type, W[j]->n_cols, n_tok) > 0)
             mode = MM_PACKED;
         m->mode[j] = mode;

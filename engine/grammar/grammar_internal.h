@@ -170,6 +170,8 @@ typedef struct gtnode {
     uint16_t ntok;    /* tokens ending here: sorted[first .. first + ntok) */
     int32_t end;      /* preorder index past the subtree */
     int32_t first;
+    int32_t tok;      /* the first token ending here, or n_words * 32 (a dummy bit past the vocabulary) */
+    int32_t pad2;
 } gtnode;
 
 /* ---- mask tables (mask_tables.c) ---- */

@@ -199,6 +199,7 @@ static int walk(grammar *g, const grammar_vocab *v, const uint32_t *key, int key
     const int32_t *trans = dfa->trans;
     const uint8_t *bclass = dfa->bclass, *flags = dfa->flags;
     const int32_t nb = dfa->n_bclass;
+    const int32_t dummy = v->n_words * 32;
     for (int32_t k = 0; k < v->n_nodes;) {
         const gtnode nd = tn[k];
         if (nd.maxlen < min_len) { k = nd.end; continue; }
@@ -225,9 +226,13 @@ static int walk(grammar *g, const grammar_vocab *v, const uint32_t *key, int key
         }
         pc->state[d] = t;
         pc->ctx[d] = (uint8_t)(ctx != 0);
-        if (nd.ntok && d >= min_len)
-            for (int32_t i = nd.first; i < nd.first + nd.ntok; i++) {
-                int32_t id = v->sorted[i];
+        /* the token ending here, without a branch (a node without one, or
+         * a token too short for this walk, sets a bit in the dummy word) */
+        int32_t id = d >= min_len ? nd.tok : dummy;
+        acc[id >> 5] |= 1u << (id & 31);
+        if (nd.ntok > 1 && d >= min_len) /* several tokens with the same bytes */
+            for (int32_t i = nd.first + 1; i < nd.first + nd.ntok; i++) {
+                id = v->sorted[i];
                 acc[id >> 5] |= 1u << (id & 31);
             }
         k++;
@@ -242,7 +247,7 @@ static gpos_mask *precompute(grammar *g, const grammar_vocab *v, const uint32_t 
     if (precomp_init(g, v)) return NULL;
     gpos_mask *pm = calloc(1, sizeof *pm);
     if (!pm) return NULL;
-    pm->accepted = calloc((size_t)v->n_words, sizeof *pm->accepted);
+    pm->accepted = calloc((size_t)v->n_words + 1, sizeof *pm->accepted); /* + the walk's dummy word */
     int32_t nu = 0;
     int rc = pm->accepted ? walk(g, v, key, keylen, 0, pm->accepted, &nu, max_uncertain) : -1;
     if (rc == 1) {
@@ -269,7 +274,7 @@ static gpos_mask *derive(grammar *g, const grammar_vocab *v, const gpos_mask *ba
     gprecomp *pc = g->pre;
     gpos_mask *pm = calloc(1, sizeof *pm);
     if (!pm) return NULL;
-    pm->accepted = calloc((size_t)v->n_words, sizeof *pm->accepted);
+    pm->accepted = calloc((size_t)v->n_words + 1, sizeof *pm->accepted); /* + the walk's dummy word */
     if (!pm->accepted) { free(pm); return NULL; }
     if (base->accepted) memcpy(pm->accepted, base->accepted, (size_t)v->n_words * sizeof *pm->accepted);
     else

@@ -173,7 +173,8 @@ grammar_vocab *grammar_vocab_create(const tokenizer *t) {
     if (!v->tn) goto fail;
     for (int32_t k = 0; k < v->n_nodes; k++)
         v->tn[k] = (gtnode){v->tn_byte[k], 0, v->tn_depth[k], v->tn_maxlen[k],
-                            (uint16_t)(v->tn_ntok[k] < 65535 ? v->tn_ntok[k] : 65535), v->tn_end[k], v->tn_first[k]};
+                            (uint16_t)(v->tn_ntok[k] < 65535 ? v->tn_ntok[k] : 65535), v->tn_end[k], v->tn_first[k],
+                            v->tn_ntok[k] ? v->sorted[v->tn_first[k]] : v->n_words * 32, 0};
     for (int32_t id = 0; id < v->n_vocab; id++) v->rank[id] = -1;
     for (int32_t i = 0; i < v->n_sorted; i++) {
         v->rank[v->sorted[i]] = i;

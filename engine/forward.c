@@ -117,6 +117,7 @@ struct forward {
     fd_plan plan[FD_N_PLANS];     /* row split of each matrix group */
     int32_t *fd_end;              /* [n_layer * FD_PER_LAYER + 2] phase ends */
     int32_t fd_n_phases;
+    int32_t fd_att_tasks;         /* attention phase tasks: runs of heads */
     uint8_t *dact[MM_MAX_MATS];   /* quantised activations per distinct vec_dot_type */
     const uint8_t *dact_of[MM_MAX_MATS]; /* of each matrix of the next GEMV phase */
 };
@@ -247,6 +248,7 @@ static int fwd_decode1_init(forward *f, int64_t max_cols) {
     fd_plan_make(&f->plan[FD_PLAN_GU], f->n_threads, 2, gu);
     fd_plan_make(&f->plan[FD_PLAN_DOWN], f->n_threads, 1, wo);
     fd_plan_make(&f->plan[FD_PLAN_OUT], f->n_threads, 1, out);
+    f->fd_att_tasks = f->n_threads < hp->n_head ? f->n_threads : hp->n_head;
     f->fd_n_phases = hp->n_layer * FD_PER_LAYER + 2;
     f->fd_end = calloc((size_t)f->fd_n_phases, sizeof(int32_t));
     if (!f->fd_end) return -ENOMEM;
@@ -255,7 +257,11 @@ static int fwd_decode1_init(forward *f, int64_t max_cols) {
         int32_t k = p >= hp->n_layer * FD_PER_LAYER ? FD_PER_LAYER + (p - hp->n_layer * FD_PER_LAYER) : p % FD_PER_LAYER;
         switch (k) {
         case FD_QKV: t += f->plan[FD_PLAN_QKV].task_start[3]; break;
-        case FD_ATTN: t += hp->n_head; break;
+        /* One task per thread, each a contiguous run of heads: the query
+         * heads of a KV group then run back to back on one core and find
+         * the group's K/V rows in its cache (with a task per head the two
+         * cores interleave and each fetch the rows). */
+        case FD_ATTN: t += f->fd_att_tasks; break;
         case FD_WO: t += f->plan[FD_PLAN_WO].task_start[1]; break;
         case FD_GU: t += f->plan[FD_PLAN_GU].task_start[2]; break;
         case FD_DOWN: t += f->plan[FD_PLAN_DOWN].task_start[1]; break;
@@ -532,7 +538,12 @@ static void fd_phase(void *ctx, int32_t phase, int32_t task, int32_t thread) {
         f->op = FWD_OP_QKV_POST;
         fwd_rows(f, 0, 1);
         break;
-    case FD_ATTN: fwd_attn_task(f, task, thread); break;
+    case FD_ATTN: { /* a contiguous run of heads per thread (see fwd_decode1_init) */
+        int32_t h0 = (int32_t)((int64_t)task * hp->n_head / f->fd_att_tasks);
+        int32_t h1 = (int32_t)((int64_t)(task + 1) * hp->n_head / f->fd_att_tasks);
+        for (int32_t h = h0; h < h1; h++) fwd_attn_task(f, h, thread);
+        break;
+    }
     case FD_ATTQ: fd_quantise(f, 1, wo, f->att); break;
     case FD_WO: fd_gemv(f, &f->plan[FD_PLAN_WO], wo, &f->tmp, task); break;
     case FD_FFN_NORM:

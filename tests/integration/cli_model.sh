@@ -38,7 +38,8 @@ const k = Object.keys(j);
 if (k.slice(0, 4).join() !== \"model,threads,pp,tg\") process.exit(1);
 if (j.threads !== 1 || j.pp.n !== 16 || j.tg.n !== 4) process.exit(1);
 if (!(j.pp.tok_s > 0) || !(j.tg.tok_s > 0) || typeof j.pp.std !== \"number\") process.exit(1);
-if (Object.keys(j.pp).join() !== \"n,tok_s,std\") process.exit(1);
+if (Object.keys(j.pp).join() !== \"n,tok_s,std,best\") process.exit(1);
+if (!(j.tg.best >= j.tg.tok_s) || !(j.pp.best >= j.pp.tok_s)) process.exit(1);
 " "$bj"'
 
 info=$("$BIN" info -m "$M" --budget 1G)

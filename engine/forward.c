@@ -220,11 +220,17 @@ oom:
 }
 
 /* Split n_mats matrices of the given row counts into tasks of a common
- * row count, FD_TASKS_PER_THREAD per thread over the group. */
-static void fd_plan_make(fd_plan *pl, int32_t n_threads, int32_t n_mats, const int64_t *rows) {
+ * row count: FD_TASKS_PER_THREAD per thread over the group, but no task
+ * over FD_TASK_MAX_BYTES of weights (row_bytes: the group's widest row),
+ * so the slower thread's last task -- what a barrier waits for -- stays
+ * short on big matrices too (a 1b gate/up task would be 1.2 MB). */
+#define FD_TASK_MAX_BYTES (256 * 1024)
+
+static void fd_plan_make(fd_plan *pl, int32_t n_threads, int32_t n_mats, const int64_t *rows, size_t row_bytes) {
     int64_t total = 0;
     for (int32_t j = 0; j < n_mats; j++) total += rows[j];
     int64_t r = total / ((int64_t)n_threads * FD_TASKS_PER_THREAD);
+    if (row_bytes > 0 && r > (int64_t)(FD_TASK_MAX_BYTES / row_bytes)) r = (int64_t)(FD_TASK_MAX_BYTES / row_bytes);
     r = (r + 15) & ~(int64_t)15;
     if (r < 16) r = 16;
     pl->n_mats = n_mats;
@@ -233,6 +239,8 @@ static void fd_plan_make(fd_plan *pl, int32_t n_threads, int32_t n_mats, const i
     for (int32_t j = 0; j < n_mats; j++)
         pl->task_start[j + 1] = pl->task_start[j] + (int32_t)((rows[j] + r - 1) / r);
 }
+
+static size_t fd_max_rb(size_t rb, const mm_matrix *W) { return W->row_bytes > rb ? W->row_bytes : rb; }
 
 /* Plans, phase ends and activation buffers of the single-token decode job.
  * The attention phase has one task per head (one query row). Returns
@@ -243,11 +251,19 @@ static int fwd_decode1_init(forward *f, int64_t max_cols) {
     f->decode1 = !(env && strcmp(env, "0") == 0);
     int64_t qkv[3] = {f->qd, f->kd, f->kd}, wo[1] = {hp->n_embd}, gu[2] = {hp->n_ff, hp->n_ff};
     int64_t out[1] = {hp->n_vocab};
-    fd_plan_make(&f->plan[FD_PLAN_QKV], f->n_threads, 3, qkv);
-    fd_plan_make(&f->plan[FD_PLAN_WO], f->n_threads, 1, wo);
-    fd_plan_make(&f->plan[FD_PLAN_GU], f->n_threads, 2, gu);
-    fd_plan_make(&f->plan[FD_PLAN_DOWN], f->n_threads, 1, wo);
-    fd_plan_make(&f->plan[FD_PLAN_OUT], f->n_threads, 1, out);
+    size_t rb_qkv = 0, rb_wo = 0, rb_gu = 0, rb_dn = 0;
+    for (int32_t il = 0; il < hp->n_layer; il++) {
+        const model_layer *L = &f->m->layers[il];
+        rb_qkv = fd_max_rb(fd_max_rb(fd_max_rb(rb_qkv, &L->wq), &L->wk), &L->wv);
+        rb_wo = fd_max_rb(rb_wo, &L->wo);
+        rb_gu = fd_max_rb(fd_max_rb(rb_gu, &L->gate), &L->up);
+        rb_dn = fd_max_rb(rb_dn, &L->down);
+    }
+    fd_plan_make(&f->plan[FD_PLAN_QKV], f->n_threads, 3, qkv, rb_qkv);
+    fd_plan_make(&f->plan[FD_PLAN_WO], f->n_threads, 1, wo, rb_wo);
+    fd_plan_make(&f->plan[FD_PLAN_GU], f->n_threads, 2, gu, rb_gu);
+    fd_plan_make(&f->plan[FD_PLAN_DOWN], f->n_threads, 1, wo, rb_dn);
+    fd_plan_make(&f->plan[FD_PLAN_OUT], f->n_threads, 1, out, f->m->output.row_bytes);
     f->fd_att_tasks = f->n_threads < hp->n_head ? f->n_threads : hp->n_head;
     f->fd_n_phases = hp->n_layer * FD_PER_LAYER + 2;
     f->fd_end = calloc((size_t)f->fd_n_phases, sizeof(int32_t));

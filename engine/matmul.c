@@ -15,6 +15,12 @@
 /* Weight bytes of a multi-token GEMV sub-block (half of a 32 KiB L1D). */
 #define MM_L1_BYTES (16 * 1024)
 
+/* Packed activation buffers: one per activation slot of a call, for the
+ * first two slots (a call's matrices have at most two packable
+ * vec_dot_types: Q8_0 for the 32-element types, Q8_K for Q4_K, as in a
+ * Q4_K_M model whose narrow matrices fall back to Q5_0). */
+#define MM_PACKED_SLOTS 2
+
 /* How one matrix of a call is multiplied. */
 enum mm_mode {
     MM_GEMV,   /* per-token GEMV, or quant_gemm_rows for a few tokens */
@@ -32,7 +38,7 @@ struct matmul {
     int32_t gemv_max_tok;     /* activation buffers hold this many tokens */
     size_t act_stride;        /* bytes per token in act buffers */
     uint8_t *act[MM_MAX_MATS];/* quantised activations per distinct vec_dot_type */
-    uint8_t *packed;          /* packed activations (one vec_dot_type per call) */
+    uint8_t *packed[MM_PACKED_SLOTS]; /* packed activations of act slots 0 and 1 */
     size_t packed_bytes;
     float *tiles;             /* [n_threads][tile_floats] */
     size_t tile_floats;
@@ -92,13 +98,12 @@ matmul *matmul_create(threadpool *tp, int64_t max_cols, int32_t max_tok) {
         m->act[i] = aligned_alloc(64, m->act_stride * (size_t)m->gemv_max_tok);
         if (!m->act[i]) { matmul_free(m); return NULL; }
     }
-    /* One packed activation type per call (Q8_0 or Q8_K records, both 1.5
-     * bytes per element); 0 when the active kernels have no packed GEMM
+    /* Q8_0 and Q8_K records are both 1.5 bytes per element; 0 when the active kernels have no packed GEMM
      * (scalar) or the width is not a multiple of 32. */
     m->packed_bytes = quant_packed_act_size(QK_Q8_0, max_cols, m->max_tok);
-    if (m->packed_bytes) {
-        m->packed = aligned_alloc(64, (m->packed_bytes + 63) & ~(size_t)63);
-        if (!m->packed) { matmul_free(m); return NULL; }
+    for (int i = 0; m->packed_bytes && i < MM_PACKED_SLOTS; i++) {
+        m->packed[i] = aligned_alloc(64, (m->packed_bytes + 63) & ~(size_t)63);
+        if (!m->packed[i]) { matmul_free(m); return NULL; }
     }
     m->tile_floats = (size_t)MM_TILE_ROWS * (size_t)max_cols;
     m->tiles = aligned_alloc(64, m->tile_floats * sizeof(float) * (size_t)m->n_threads);
@@ -109,7 +114,7 @@ matmul *matmul_create(threadpool *tp, int64_t max_cols, int32_t max_tok) {
 void matmul_free(matmul *m) {
     if (!m) return;
     for (int i = 0; i < MM_MAX_MATS; i++) free(m->act[i]);
-    free(m->packed);
+    for (int i = 0; i < MM_PACKED_SLOTS; i++) free(m->packed[i]);
     free(m->tiles);
     free(m);
 }
@@ -193,7 +198,7 @@ static void mm_prep_range(matmul *m, int32_t t0, int32_t t1) {
             quant_prepare_act(W->type, m->x + (size_t)t * (size_t)K, m->act[a] + (size_t)t * m->act_stride, K);
         if (m->prep_packed[a])
             quant_pack_act(W->type, m->act[a] + (size_t)t0 * m->act_stride, m->act_stride, K, t1 - t0,
-                           m->packed + (t0 ? quant_packed_act_size(W->type, K, t0) : 0));
+                           m->packed[a] + (t0 ? quant_packed_act_size(W->type, K, t0) : 0));
     }
 }
 
@@ -212,7 +217,7 @@ void matmul_run(matmul *m, int32_t n_mats, const mm_matrix *const *W, const floa
     m->x = x;
     m->n_tok = n_tok;
     int32_t tasks = 0;
-    int n_act = 0, packed_act = -1;
+    int n_act = 0;
     m->n_prep = 0;
     enum qk_type act_types[MM_MAX_MATS];
     for (int j = 0; j < n_mats; j++) {
@@ -223,7 +228,7 @@ void matmul_run(matmul *m, int32_t n_mats, const mm_matrix *const *W, const floa
         int a = 0;
         while (a < n_act && act_types[a] != vt) a++;
         enum mm_mode mode = n_tok >= m->gemm_threshold ? MM_SGEMM : MM_GEMV;
-        if (m->packed && n_tok >= m->packed_min_tok && (packed_act < 0 || packed_act == a) &&
+        if (a < MM_PACKED_SLOTS && m->packed[a] && n_tok >= m->packed_min_tok &&
             quant_packed_act_size(W[j]->type, W[j]->n_cols, n_tok) > 0)
             mode = MM_PACKED;
         m->mode[j] = mode;
@@ -254,8 +259,7 @@ void matmul_run(matmul *m, int32_t n_mats, const mm_matrix *const *W, const floa
             m->act_of[j] = m->act[a];
             if (mode == MM_PACKED) {
                 m->prep_packed[a] = 1;
-                packed_act = a;
-                m->act_of[j] = m->packed;
+                m->act_of[j] = m->packed[a];
             }
         }
         m->rows_per_task[j] = rows;

@@ -123,6 +123,65 @@ static void test_packed_matches_scalar(void **state) {
     }
 }
 
+/* One call with matrices of three types (Q5_0 and Q4_K packed from two
+ * activation types, Q6_K on the GEMV or sgemm path), as a Q4_K_M model's
+ * Q/K/V can be: every output matches its own double-precision product. */
+static void test_mixed_types_one_call(void **state) {
+    (void)state;
+    quant_init();
+    const int64_t K = 512, N = 37;
+    enum qk_type types[3] = {QK_Q5_0, QK_Q4_K, QK_Q6_K};
+    uint8_t *W[3];
+    float *deq[3];
+    mm_matrix mats[3];
+    const mm_matrix *mp[3];
+    float *row = malloc((size_t)K * sizeof(float));
+    uint32_t s = 5;
+    for (int j = 0; j < 3; j++) {
+        size_t rb = quant_row_size(types[j], K);
+        W[j] = malloc(rb * (size_t)N);
+        deq[j] = malloc((size_t)K * N * sizeof(float));
+        for (int64_t r = 0; r < N; r++) {
+            for (int64_t c = 0; c < K; c++) row[c] = frand(&s);
+            quant_quantize_row(types[j], row, W[j] + (size_t)r * rb, K);
+            quant_dequantize_row(types[j], W[j] + (size_t)r * rb, deq[j] + (size_t)r * K, K);
+        }
+        mats[j] = (mm_matrix){types[j], W[j], K, N, rb};
+        mp[j] = &mats[j];
+    }
+    threadpool *tp = threadpool_create(2);
+    assert_non_null(tp);
+    matmul *mm = matmul_create(tp, K, 64);
+    assert_non_null(mm);
+    int32_t counts[] = {5, 40};
+    for (int ci = 0; ci < 2; ci++) {
+        int32_t T = counts[ci];
+        float *x = malloc((size_t)T * K * sizeof(float)), *y[3];
+        for (int64_t i = 0; i < T * K; i++) x[i] = frand(&s);
+        for (int j = 0; j < 3; j++) y[j] = malloc((size_t)T * N * sizeof(float));
+        matmul_run(mm, 3, mp, x, T, y);
+        for (int j = 0; j < 3; j++)
+            for (int32_t tt = 0; tt < T; tt++)
+                for (int64_t r = 0; r < N; r++) {
+                    double ref = 0, mag = 0;
+                    for (int64_t c = 0; c < K; c++) {
+                        ref += (double)deq[j][(size_t)r * K + c] * x[(size_t)tt * K + c];
+                        mag += fabs((double)deq[j][(size_t)r * K + c] * x[(size_t)tt * K + c]);
+                    }
+                    double e = fabs(y[j][(size_t)tt * N + r] - ref) / (mag + 1e-9);
+                    if (e > 2e-2)
+                        fail_msg("%s in a mixed call, T=%d row %ld: relative error %.3g", quant_type_name(types[j]),
+                                 T, (long)r, e);
+                }
+        free(x);
+        for (int j = 0; j < 3; j++) free(y[j]);
+    }
+    matmul_free(mm);
+    threadpool_free(tp);
+    for (int j = 0; j < 3; j++) { free(W[j]); free(deq[j]); }
+    free(row);
+}
+
 static void test_all_types(void **state) {
     (void)state;
     quant_init();
@@ -141,6 +200,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_all_types),
         cmocka_unit_test(test_packed_matches_scalar),
+        cmocka_unit_test(test_mixed_types_one_call),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -31,6 +31,7 @@
 #include "simd_avx2.h"
 
 #include <stddef.h>
+#include <string.h>
 
 typedef struct {
     float d[8];     /* token scales: d[j] = d[j + 4] = scale of token j */
@@ -311,6 +312,101 @@ static void gemmp_q4_K(const void *W, size_t rb, const void *packed, float *y, s
     }
 }
 
+/* ---- F16 / BF16 weights against f32 activations ------------------------ */
+
+/* Batches on 16-bit float weights (quant_gemm_rows; matmul's GEMV mode, below
+ * the sgemm threshold): two rows x up to six tokens per pass, each 8-value
+ * chunk of a row converted to f32 once and multiplied into six tokens,
+ * instead of once per token as the per-token GEMV does. Two FMA chains per
+ * loaded activation vector keep the two FMA pipes fed without exceeding
+ * the two loads per cycle. */
+static inline __m256 ld16x8(const uint16_t *p, const int bf)
+{
+    __m128i h = _mm_loadu_si128((const __m128i *)p);
+    return bf ? _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16)) : _mm256_cvtph_ps(h);
+}
+
+static inline float w16_scalar(uint16_t h, const int bf)
+{
+    if (!bf)
+        return fp16_to_f32(h);
+    uint32_t u = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+static inline __attribute__((always_inline)) void
+gemm_w16_tile(const uint16_t *w0, const uint16_t *w1, const float *x, size_t xs, float *y, size_t ys, int64_t n,
+              const int R, const int T, const int bf)
+{
+    __m256 a[2][6];
+    for (int r = 0; r < 2; r++)
+        for (int t = 0; t < 6; t++) a[r][t] = _mm256_setzero_ps();
+    const int64_t n8 = n & ~(int64_t)7;
+    for (int64_t i = 0; i < n8; i += 8) {
+        __m256 v0 = ld16x8(w0 + i, bf), v1 = R > 1 ? ld16x8(w1 + i, bf) : v0;
+#pragma GCC unroll 6
+        for (int t = 0; t < T; t++) {
+            __m256 xv = _mm256_loadu_ps(x + (size_t)t * xs + i);
+            a[0][t] = _mm256_fmadd_ps(v0, xv, a[0][t]);
+            if (R > 1) a[1][t] = _mm256_fmadd_ps(v1, xv, a[1][t]);
+        }
+    }
+    for (int r = 0; r < R; r++) {
+        const uint16_t *w = r ? w1 : w0;
+        for (int t = 0; t < T; t++) {
+            float sum = hsum_ps(a[r][t]);
+            for (int64_t i = n8; i < n; i++) sum += w16_scalar(w[i], bf) * x[(size_t)t * xs + i];
+            y[(size_t)t * ys + r] = sum;
+        }
+    }
+}
+
+#define W16_TILE(R_, T_) gemm_w16_tile(w0, w1, xt, xs, yt, ys, n, R_, T_, bf)
+
+static inline __attribute__((always_inline)) void
+gemm_w16(const void *W, size_t rb, const void *act, size_t as, float *y, size_t ys, int64_t n, int64_t nrows,
+         int32_t ntok, const int bf)
+{
+    const size_t xs = as / sizeof(float);
+    for (int64_t r = 0; r < nrows; r += 2) {
+        const uint16_t *w0 = (const uint16_t *)((const uint8_t *)W + (size_t)r * rb);
+        const uint16_t *w1 = (const uint16_t *)((const uint8_t *)w0 + rb);
+        const int two = r + 1 < nrows;
+        for (int32_t t0 = 0; t0 < ntok; t0 += 6) {
+            const float *xt = (const float *)act + (size_t)t0 * xs;
+            float *yt = y + (size_t)t0 * ys + r;
+            switch ((ntok - t0 < 6 ? ntok - t0 : 6) * 2 + two) {
+            case 2: W16_TILE(1, 1); break;
+            case 3: W16_TILE(2, 1); break;
+            case 4: W16_TILE(1, 2); break;
+            case 5: W16_TILE(2, 2); break;
+            case 6: W16_TILE(1, 3); break;
+            case 7: W16_TILE(2, 3); break;
+            case 8: W16_TILE(1, 4); break;
+            case 9: W16_TILE(2, 4); break;
+            case 10: W16_TILE(1, 5); break;
+            case 11: W16_TILE(2, 5); break;
+            case 12: W16_TILE(1, 6); break;
+            default: W16_TILE(2, 6); break;
+            }
+        }
+    }
+}
+
+static void gemm_f16(const void *W, size_t rb, const void *act, size_t as, float *y, size_t ys, int64_t n,
+                     int64_t nrows, int32_t ntok)
+{
+    gemm_w16(W, rb, act, as, y, ys, n, nrows, ntok, 0);
+}
+
+static void gemm_bf16(const void *W, size_t rb, const void *act, size_t as, float *y, size_t ys, int64_t n,
+                      int64_t nrows, int32_t ntok)
+{
+    gemm_w16(W, rb, act, as, y, ys, n, nrows, ntok, 1);
+}
+
 void quant__avx2_gemm_fill(quant__kernels *k)
 {
     k->pack[QK_Q8_0] = k->pack[QK_Q4_0] = k->pack[QK_Q5_0] = pack_q8_0;
@@ -319,4 +415,6 @@ void quant__avx2_gemm_fill(quant__kernels *k)
     k->gemmp[QK_Q5_0] = gemmp_q5_0;
     k->pack[QK_Q4_K] = pack_q8_K;
     k->gemmp[QK_Q4_K] = gemmp_q4_K;
+    k->gemm[QK_F16] = gemm_f16;
+    k->gemm[QK_BF16] = gemm_bf16;
 }

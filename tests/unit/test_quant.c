@@ -495,9 +495,9 @@ static void test_gemm(void **state)
     rng_seed(5);
     fill_normal(w, nmax * rows, 0.1f);
     fill_normal(x, nmax * tmax, 1.0f);
-    static const int64_t ns[] = { 512, 544, 768 };
+    static const int64_t ns[] = { 512, 544, 768, 517 }; /* 517: float types only, a tail after the 8-wide chunks */
     static const int32_t toks[] = { 1, 2, 4, 5, 8, 9 };
-    for (size_t ni = 0; ni < 3; ni++) {
+    for (size_t ni = 0; ni < sizeof(ns) / sizeof(ns[0]); ni++) {
         const int64_t n = ns[ni];
         for (size_t k = 0; k < N_SUPPORTED; k++) {
             enum qk_type t = supported_types[k];

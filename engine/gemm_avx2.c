@@ -1,6 +1,6 @@
 /* gemm_avx2.c -- many-token int8 GEMM for the 32-element block types
- * (Q8_0, Q4_0, Q5_0) against packed Q8_0 activations, and for Q4_K
- * against packed Q8_K activations.
+ * (Q8_0, Q4_0, Q5_0) against packed Q8_0 activations, and for Q4_K and
+ * Q5_K against packed Q8_K activations.
  *
  * Used for batched decode (one token per sequence, many sequences) and for
  * prompt chunks. The activations of four tokens are interleaved block by
@@ -195,7 +195,7 @@ static void gemmp_q5_0(const void *W, size_t rb, const void *packed, float *y, s
     gemm_packed(W, rb, packed, y, ys, n, nrows, ntok, KIND_Q5_0);
 }
 
-/* ---- Q4_K weights against Q8_K activations ---------------------------- */
+/* ---- Q4_K and Q5_K weights against Q8_K activations -------------------- */
 
 /* Q8_K activations in the same records: one scale per 256 elements, so the
  * eight records of a Q8_K block share d; s is the 32-element sum (two of
@@ -247,9 +247,11 @@ typedef struct {
  * sub-block; the min term (dmin * m_j * sum of the sub-block's
  * activations) accumulates in float on the side. */
 static inline __attribute__((always_inline)) void
-gemm_row_q4_K(const block_q4_K *x, const q4k_rowblk *rs, const gemm_pk *pk, float *y, size_t ys, int64_t nbk,
-              int nt)
+gemm_row_q4_K(const uint8_t *x, size_t bsz, const q4k_rowblk *rs, const gemm_pk *pk, float *y, size_t ys,
+              int64_t nbk, int nt, const int five)
 {
+    const size_t qs_off = five ? offsetof(block_q5_K, qs) : offsetof(block_q4_K, qs);
+    const __m256i one8 = _mm256_set1_epi8(1);
     const __m256i m4 = _mm256_set1_epi8(0xF);
     __m256 acc = _mm256_setzero_ps();
     for (int64_t b = 0; b < nbk; b++) {
@@ -258,8 +260,16 @@ gemm_row_q4_K(const block_q4_K *x, const q4k_rowblk *rs, const gemm_pk *pk, floa
         __m256 macc = _mm256_setzero_ps();
 #pragma GCC unroll 8
         for (int j = 0; j < 8; j++) {
-            __m256i bits = _mm256_loadu_si256((const __m256i *)(x[b].qs + 32 * (j / 2)));
+            const uint8_t *xb = x + (size_t)b * bsz;
+            __m256i bits = _mm256_loadu_si256((const __m256i *)(xb + qs_off + 32 * (j / 2)));
             __m256i q = j % 2 ? _mm256_and_si256(_mm256_srli_epi16(bits, 4), m4) : _mm256_and_si256(bits, m4);
+            if (five) {
+                /* Q5_K: bit j of qh[l] is bit 4 of element l of sub-block j
+                 * (bits a 16-bit shift brings in from the next byte are
+                 * masked off) */
+                __m256i hb = _mm256_loadu_si256((const __m256i *)(xb + offsetof(block_q5_K, qh)));
+                q = _mm256_or_si256(q, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, j), one8), 4));
+            }
             __m256i sc = bcast16(rs[b].sc, j);
             const gemm_pk *pj = p + j;
             /* |q0*a0 + q1*a1| <= 2*15*127; times a scale <= 63, summed
@@ -282,12 +292,15 @@ gemm_row_q4_K(const block_q4_K *x, const q4k_rowblk *rs, const gemm_pk *pk, floa
     for (int j = 0; j < nt; j++) y[(size_t)j * ys] = o[j];
 }
 
-static void gemmp_q4_K(const void *W, size_t rb, const void *packed, float *y, size_t ys, int64_t n,
-                       int64_t nrows, int32_t ntok)
+static inline __attribute__((always_inline)) void
+gemmp_k45(const void *W, size_t rb, const void *packed, float *y, size_t ys, int64_t n, int64_t nrows,
+          int32_t ntok, const int five)
 {
     const int64_t nbk = n / QK_K, nb = n / 32;
     if (nbk > Q4K_MAX_NB)
         return; /* quant_packed_act_size keeps such widths off this path */
+    /* Q4_K and Q5_K share d, dmin and scales[12] at the same offsets */
+    const size_t bsz = five ? sizeof(block_q5_K) : sizeof(block_q4_K);
     const int32_t groups = (ntok + 3) / 4;
     int32_t chunk = (int32_t)(GEMM_CHUNK_BYTES / ((size_t)nb * sizeof(gemm_pk)));
     if (chunk < 1) chunk = 1;
@@ -296,20 +309,33 @@ static void gemmp_q4_K(const void *W, size_t rb, const void *packed, float *y, s
     for (int32_t g0 = 0; g0 < groups; g0 += chunk) {
         int32_t g1 = g0 + chunk < groups ? g0 + chunk : groups;
         for (int64_t r = 0; r < nrows; r++) {
-            const block_q4_K *x = (const block_q4_K *)((const uint8_t *)W + (size_t)r * rb);
+            const uint8_t *x = (const uint8_t *)W + (size_t)r * rb;
             for (int64_t b = 0; b < nbk; b++) {
-                __m256i ms = k4_scales_mins(x[b].scales);
+                const block_q4_K *h = (const block_q4_K *)(x + (size_t)b * bsz);
+                __m256i ms = k4_scales_mins(h->scales);
                 rs[b].sc = _mm256_permute2x128_si256(ms, ms, 0x00);
-                rs[b].d = fp16_to_f32(x[b].d);
+                rs[b].d = fp16_to_f32(h->d);
                 __m256 mins = _mm256_cvtepi32_ps(_mm256_cvtepi16_epi32(_mm256_extracti128_si256(ms, 1)));
-                _mm256_storeu_ps(rs[b].m, _mm256_mul_ps(mins, _mm256_set1_ps(fp16_to_f32(x[b].dmin))));
+                _mm256_storeu_ps(rs[b].m, _mm256_mul_ps(mins, _mm256_set1_ps(fp16_to_f32(h->dmin))));
             }
             for (int32_t g = g0; g < g1; g++) {
                 int nt = ntok - 4 * g < 4 ? ntok - 4 * g : 4;
-                gemm_row_q4_K(x, rs, pk + (size_t)g * nb, y + (size_t)(4 * g) * ys + r, ys, nbk, nt);
+                gemm_row_q4_K(x, bsz, rs, pk + (size_t)g * nb, y + (size_t)(4 * g) * ys + r, ys, nbk, nt, five);
             }
         }
     }
+}
+
+static void gemmp_q4_K(const void *W, size_t rb, const void *packed, float *y, size_t ys, int64_t n,
+                       int64_t nrows, int32_t ntok)
+{
+    gemmp_k45(W, rb, packed, y, ys, n, nrows, ntok, 0);
+}
+
+static void gemmp_q5_K(const void *W, size_t rb, const void *packed, float *y, size_t ys, int64_t n,
+                       int64_t nrows, int32_t ntok)
+{
+    gemmp_k45(W, rb, packed, y, ys, n, nrows, ntok, 1);
 }
 
 /* ---- F16 / BF16 weights against f32 activations ------------------------ */
@@ -415,6 +441,8 @@ void quant__avx2_gemm_fill(quant__kernels *k)
     k->gemmp[QK_Q5_0] = gemmp_q5_0;
     k->pack[QK_Q4_K] = pack_q8_K;
     k->gemmp[QK_Q4_K] = gemmp_q4_K;
+    k->pack[QK_Q5_K] = pack_q8_K;
+    k->gemmp[QK_Q5_K] = gemmp_q5_K;
     k->gemm[QK_F16] = gemm_f16;
     k->gemm[QK_BF16] = gemm_bf16;
 }

@@ -9,7 +9,7 @@
  *     weight's vec_dot_type, then threads take row blocks and dot every token
  *     against each block while it is hot in cache -- each weight byte is read
  *     from memory once per call;
- *   - four tokens or more, for Q8_0/Q4_0/Q5_0/Q4_K weights: the quantised
+ *   - four tokens or more, for Q8_0/Q4_0/Q5_0/Q4_K/Q5_K weights: the quantised
  *     activations are packed four tokens per record and threads run the
  *     int8 GEMM (gemm_avx2.c) over their row blocks -- batched decode and
  *     prompt chunks alike;
@@ -49,7 +49,7 @@ void matmul_free(matmul *m); /* accepts NULL */
  * a packed int8 GEMM (tunable for benches; env QKVD_GEMM_MIN_TOK). */
 void matmul_set_gemm_threshold(matmul *m, int32_t n_tok);
 /* Token count from which the packed int8 GEMM is used for the types that
- * have one (Q8_0, Q4_0, Q5_0, Q4_K with the AVX2 kernels; env
+ * have one (Q8_0, Q4_0, Q5_0, Q4_K, Q5_K with the AVX2 kernels; env
  * QKVD_PACKED_MIN_TOK). A value above max_tok turns it off. */
 void matmul_set_packed_min_tok(matmul *m, int32_t n_tok);
 

@@ -1163,8 +1163,8 @@ size_t quant_packed_act_size(enum qk_type t, int64_t n, int32_t ntok)
     const quant__kernels *k = kernels_get();
     if ((uint32_t)t >= QK_TYPE_MAX || !k->pack[t] || n <= 0 || n % 32 || ntok <= 0)
         return 0;
-    /* the Q4_K kernel unpacks a row's block constants on the stack */
-    if (t == QK_Q4_K && (n % QK_K || n / QK_K > 64))
+    /* the Q4_K/Q5_K kernel unpacks a row's block constants on the stack */
+    if ((t == QK_Q4_K || t == QK_Q5_K) && (n % QK_K || n / QK_K > 64))
         return 0;
     /* one 192-byte record per group of four tokens and 32-element block */
     return (size_t)((ntok + 3) / 4) * (size_t)(n / 32) * 192;

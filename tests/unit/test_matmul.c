@@ -76,7 +76,7 @@ static void check_type(threadpool *tp, enum qk_type t, int64_t K, int64_t N) {
 static void test_packed_matches_scalar(void **state) {
     (void)state;
     quant_init();
-    enum qk_type types[] = {QK_Q8_0, QK_Q4_0, QK_Q5_0, QK_Q4_K};
+    enum qk_type types[] = {QK_Q8_0, QK_Q4_0, QK_Q5_0, QK_Q4_K, QK_Q5_K};
     const int64_t K = 512, N = 23;
     for (size_t ti = 0; ti < sizeof types / sizeof types[0]; ti++) {
         enum qk_type t = types[ti];

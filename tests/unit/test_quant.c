@@ -479,6 +479,41 @@ static void test_gemv(void **state)
     free(w); free(x); free(W); free(aq);
 }
 
+/* gemv at the integer extremes: rows whose quants all sit at the bottom of
+ * the range (constant -1) or at the top but one (-1 then +1s), against
+ * activations of constant +-1 (quantised to +-127 everywhere). The 4-row
+ * kernels fold int16 sums before widening; this is where they would
+ * overflow. */
+static void test_gemv_extremes(void **state)
+{
+    (void)state;
+    const int64_t n = 512, rows = 8;
+    float *w = malloc(sizeof(float) * n * rows), *x = malloc(sizeof(float) * n);
+    uint8_t *W = malloc((size_t)n * rows * 4), *aq = malloc(n * 4 + 64);
+    float y[8], yref[8];
+    for (int64_t r = 0; r < rows; r++)
+        for (int64_t i = 0; i < n; i++)
+            w[r * n + i] = (r & 1) ? (i % 32 == 0 ? -1.0f : 1.0f) : -1.0f;
+    for (int sign = -1; sign <= 1; sign += 2) {
+        for (int64_t i = 0; i < n; i++) x[i] = (float)sign;
+        for (size_t k = 0; k < N_SUPPORTED; k++) {
+            enum qk_type t = supported_types[k];
+            size_t rb = quant_row_size(t, n);
+            for (int64_t r = 0; r < rows; r++) quant_quantize_row(t, w + r * n, W + r * rb, n);
+            quant_prepare_act(t, x, aq, n);
+            quant_force_scalar(1);
+            for (int64_t r = 0; r < rows; r++) yref[r] = quant_vec_dot(t, W + r * rb, aq, n);
+            quant_force_scalar(0);
+            quant_gemv_rows(t, W, aq, y, n, 0, rows);
+            for (int64_t r = 0; r < rows; r++)
+                if (fabsf(y[r] - yref[r]) > 1e-4f * (1.0f + fabsf(yref[r])))
+                    fail_msg("%s gemv extreme row %d sign %d: %g vs scalar %g", quant_type_name(t), (int)r, sign,
+                             (double)y[r], (double)yref[r]);
+        }
+    }
+    free(w); free(x); free(W); free(aq);
+}
+
 /* Batched decode: quant_gemm_rows over a row range and several tokens equals
  * the scalar per-token dot (SIMD tiles of 4 tokens and 4 rows, leftover
  * tokens and rows, odd block counts), and leaves other rows alone. */
@@ -703,6 +738,7 @@ int main(void)
         cmocka_unit_test(test_simd_vs_scalar),
         cmocka_unit_test(test_dequant_simd),
         cmocka_unit_test(test_gemv),
+        cmocka_unit_test(test_gemv_extremes),
         cmocka_unit_test(test_gemm),
         cmocka_unit_test(test_shared_models),
     };

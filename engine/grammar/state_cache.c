@@ -22,7 +22,7 @@
 #include <string.h>
 
 /* Memory bound per grammar: states, stacks, masks and transitions. */
-#define GSC_MAX_BYTES ((size_t)8 << 20)
+#define GSC_MAX_BYTES ((size_t)4 << 20)
 /* A stack set written with more words than this is not cached. */
 #define GSC_MAX_WORDS 4096
 

@@ -40,16 +40,16 @@ enum fwd_op {
 /* A single-token decode step (one item, one token, logits out) runs as ONE
  * phased pool job (threadpool_run_phased) instead of ~5 jobs per layer: per
  * layer the phases below, in order, then FD_FINAL and FD_OUT. Serial phases
- * (one task: norms, RoPE and the KV store, activation quantisation) run on
- * whichever thread gets there first while the other waits at the next
- * phase; a phase change costs a cache-line hand-off instead of a job
- * publish, a wake-up and a wait. Same kernels and arithmetic as the
- * general path. */
+ * (norms, RoPE and the KV store, activation quantisation) run on whichever
+ * thread gets there first while another prefetches the next matrices and
+ * then waits at the next phase; a phase change costs a cache-line hand-off
+ * instead of a job publish, a wake-up and a wait. Same kernels and
+ * arithmetic as the general path. */
 enum fd_phase_kind {
     FD_PRE,       /* serial: x += tmp, xn = norm (not layer 0); quantise xn for Q/K/V */
     FD_QKV,       /* GEMV rows of wq, wk, wv */
     FD_POST,      /* serial: biases, RoPE, K/V into the cache */
-    FD_ATTN,      /* one task per head */
+    FD_ATTN,      /* a contiguous run of heads per thread */
     FD_ATTQ,      /* serial: quantise att for wo */
     FD_WO,        /* GEMV rows of wo */
     FD_FFN_NORM,  /* serial: x += tmp, xn = norm; quantise for gate/up */
@@ -243,8 +243,7 @@ static void fd_plan_make(fd_plan *pl, int32_t n_threads, int32_t n_mats, const i
 static size_t fd_max_rb(size_t rb, const mm_matrix *W) { return W->row_bytes > rb ? W->row_bytes : rb; }
 
 /* Plans, phase ends and activation buffers of the single-token decode job.
- * The attention phase has one task per head (one query row). Returns
- * -ENOMEM on allocation failure. */
+ * Returns -ENOMEM on allocation failure. */
 static int fwd_decode1_init(forward *f, int64_t max_cols) {
     const model_hparams *hp = &f->m->hp;
     const char *env = getenv("QKVD_DECODE_PHASED");

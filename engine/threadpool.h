@@ -3,10 +3,13 @@
  * threadpool_run() hands n_tasks independent tasks to the workers AND the
  * calling thread; tasks are claimed dynamically (an atomic counter), so a
  * slow core does not hold the others back. Workers spin briefly between jobs
- * (a decode step issues ~5 jobs per layer, microseconds apart) and then sleep
- * on a futex, so an idle engine costs no CPU. No thread is created per job.
+ * (a multi-token step issues ~5 jobs per layer, microseconds apart) and then
+ * sleep on a futex, so an idle engine costs no CPU. No thread is created per
+ * job. threadpool_run_phased() runs a chain of dependent phases (a whole
+ * single-token decode step) as one job.
  *
- * One thread at a time may call threadpool_run (the engine's worker thread). */
+ * One thread at a time may call threadpool_run / threadpool_run_phased (the
+ * engine's worker thread). */
 #ifndef QKVD_THREADPOOL_H
 #define QKVD_THREADPOOL_H
 

@@ -188,6 +188,15 @@ static void mm_task(void *ctx, int32_t task, int32_t thread) {
     }
 }
 
+/* Types whose quant_gemm_rows tile kernel beats dequantise + sgemm at any
+ * token count, so prompts use it too. Q6_K (1 thread, min of several runs,
+ * multiply-adds per TSC cycle, 2048x2048): 64 tokens 7.0 vs 5.1, 128 tokens
+ * 12.6 vs 11.2, 256 tokens 12.5 vs 11.9, 512 tokens 16.0 vs 11.0; F16's
+ * tile lost (64 tokens 6.1 vs 7.0) and keeps sgemm. */
+static int mm_tile_beats_sgemm(enum qk_type t) {
+    return t == QK_Q6_K;
+}
+
 /* Quantise (and pack) tokens [t0, t1) for every prepared activation type;
  * t0 is a multiple of four. */
 static void mm_prep_range(matmul *m, int32_t t0, int32_t t1) {
@@ -227,7 +236,7 @@ void matmul_run(matmul *m, int32_t n_mats, const mm_matrix *const *W, const floa
         enum qk_type vt = quant_traits(W[j]->type)->vec_dot_type;
         int a = 0;
         while (a < n_act && act_types[a] != vt) a++;
-        enum mm_mode mode = n_tok >= m->gemm_threshold ? MM_SGEMM : MM_GEMV;
+        enum mm_mode mode = n_tok >= m->gemm_threshold && !mm_tile_beats_sgemm(W[j]->type) ? MM_SGEMM : MM_GEMV;
         if (a < MM_PACKED_SLOTS && m->packed[a] && n_tok >= m->packed_min_tok &&
             quant_packed_act_size(W[j]->type, W[j]->n_cols, n_tok) > 0)
             mode = MM_PACKED;

@@ -13,7 +13,7 @@
  *     activations are packed four tokens per record and threads run the
  *     int8 GEMM (gemm_avx2.c) over their row blocks -- batched decode and
  *     prompt chunks alike;
- *   - many tokens, other types (F16, K quants): threads take row tiles,
+ *   - many tokens, other types (F16, BF16, Q6_K keeps its int8 tile): threads take row tiles,
  *     dequantize the tile to f32 in a per-thread buffer and multiply with
  *     cblas_sgemm (OpenBLAS kept single-threaded: our pool owns the cores).
  * Several matrices that share the same input (Q/K/V, gate/up) go in one call:

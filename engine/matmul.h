@@ -5,17 +5,19 @@
  * n_cols floats; outputs y are n_tok rows of n_rows floats.
  *
  * Three strategies, chosen per matrix by the number of tokens and the type:
- *   - one or a few tokens (decode): activations are quantised once into the
- *     weight's vec_dot_type, then threads take row blocks and dot every token
- *     against each block while it is hot in cache -- each weight byte is read
- *     from memory once per call;
+ *   - one or a few tokens (decode), and Q6_K at any count: activations are
+ *     quantised once into the weight's vec_dot_type, then threads take row
+ *     blocks and dot every token against each block while it is hot in
+ *     cache (a multi-token tile kernel where the type has one) -- each
+ *     weight byte is read from memory once per call;
  *   - four tokens or more, for Q8_0/Q4_0/Q5_0/Q4_K/Q5_K weights: the quantised
  *     activations are packed four tokens per record and threads run the
  *     int8 GEMM (gemm_avx2.c) over their row blocks -- batched decode and
  *     prompt chunks alike;
- *   - many tokens, other types (F16, BF16, Q6_K keeps its int8 tile): threads take row tiles,
- *     dequantize the tile to f32 in a per-thread buffer and multiply with
- *     cblas_sgemm (OpenBLAS kept single-threaded: our pool owns the cores).
+ *   - 32 tokens or more, other types (F16, BF16, ...): threads take row
+ *     tiles, dequantize the tile to f32 in a per-thread buffer and multiply
+ *     with cblas_sgemm (OpenBLAS kept single-threaded: our pool owns the
+ *     cores).
  * Several matrices that share the same input (Q/K/V, gate/up) go in one call:
  * one pool job, one activation quantisation.
  *

@@ -61,6 +61,10 @@ enum fd_phase_kind {
     FD_OUT                   /* GEMV rows of the output matrix */
 };
 
+/* Attention chunks in a step from which f32 caches also run attention per
+ * KV head group (see fwd_attn_task). */
+#define FWD_GROUP_MIN_CHUNKS 4
+
 /* Matrix groups of the GEMV phases; their row split is the same in every layer. */
 enum { FD_PLAN_QKV, FD_PLAN_WO, FD_PLAN_GU, FD_PLAN_DOWN, FD_PLAN_OUT, FD_N_PLANS };
 /* GEMV tasks per thread and phase: a barrier waits on average half a task
@@ -423,13 +427,16 @@ static void fwd_attn_task(void *ctx, int32_t task, int32_t thread) {
         return;
     }
     int32_t group = n_head / f->shape.n_head_kv;
-    if (group > 1 && kv_cache_type(f->kv) != KV_F32 && c->n * group <= ATTN_Q_CHUNK &&
-        attention_kind_plain(ap, &f->ami, f->layer)) {
-        /* Converted caches, few query rows (decode): the group's first
-         * head's task runs all heads of its KV head, so each block of K/V
-         * rows is converted once instead of once per query head (same
-         * results; f32 rows are read in place, so per-head tasks keep
-         * their parallelism there). */
+    if (group > 1 && (kv_cache_type(f->kv) != KV_F32 || f->n_chunks >= FWD_GROUP_MIN_CHUNKS) &&
+        c->n * group <= ATTN_Q_CHUNK && attention_kind_plain(ap, &f->ami, f->layer)) {
+        /* Few query rows (decode): the group's first head's task runs all
+         * heads of its KV head, so each block of K/V rows is converted
+         * (f16/q8_0/q12_0) or read (f32) once instead of once per query
+         * head (same results). An f32 cache takes this path only in a
+         * batch of several sequences, where the KV heads' tasks still
+         * outnumber the threads: in a 16-sequence step with ~160-token
+         * contexts the per-head reads of f32 K/V rows were a quarter of
+         * the server's time (perf, 135m, GQA 9/3). */
         if (h % group) return;
         attention_causal_group(f->kv, c->seq, f->layer, &f->shape, h, group,
                                f->q + (size_t)c->t0 * f->qd + (size_t)h * hd, (size_t)f->qd, c->n, c->pos0,

@@ -543,6 +543,14 @@ static void gen_start(serve_app *a, http_req *r, gen_request *req) {
     grammar *gr = NULL, *lazy = NULL;
     const tool_syntax *sx = NULL;
     if (ok && structured_setup(a, req, &gr, &lazy, &sx, &e) < 0) ok = 0;
+    /* Build the grammar's per-position mask tables now, within a budget,
+     * rather than on their first use inside decode steps: a new schema's
+     * first run otherwise meets a new table at almost every step (135m,
+     * record schema: 65 -> 40 us of mask time per token over all runs).
+     * Grammars are cached, so this costs once per schema; a later request
+     * finds the tables built (one atomic load per position). */
+    if (ok && gr && a->gvocab) grammar_precompute_budget(gr, a->gvocab, GRAMMAR_TABLES_BUDGET_MS);
+    if (ok && lazy && a->gvocab) grammar_precompute_budget(lazy, a->gvocab, GRAMMAR_TABLES_BUDGET_MS);
     if (ok && req->kind == GEN_CHAT) {
         chat_render_opts ro = {.add_generation_prompt = req->add_generation_prompt,
                                .continue_final_message = req->continue_final_message,

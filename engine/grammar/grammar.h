@@ -97,6 +97,19 @@ int32_t grammar_vocab_n_vocab(const grammar_vocab *v);
  * first use (benchmarks; caches that want flat per-token cost). Binds g to v. */
 int grammar_precompute(grammar *g, const grammar_vocab *v);
 
+/* The same within a time budget: builds the tables still missing, in
+ * position order, until max_ms milliseconds have passed; the rest are
+ * built on first use. 0: every table exists; 1: the budget ran out; < 0:
+ * an error (GRAMMAR_ERR_*). Cheap when the tables already exist (one
+ * atomic load per position), so callers may run it per request. Binds g
+ * to v. */
+int grammar_precompute_budget(grammar *g, const grammar_vocab *v, double max_ms);
+
+/* The budget the server and `qkvd bench --schema` give it when a grammar
+ * is first used: with compile (<= 0.5 ms for the bench schemas) inside the
+ * 20 ms compile target. */
+#define GRAMMAR_TABLES_BUDGET_MS 18.0
+
 /* A matcher at the start of g for the vocabulary v; retains g. The first
  * matcher binds g's mask tables to v: a matcher of another vocabulary on
  * the same grammar is refused (NULL, *rc = GRAMMAR_ERR_VOCAB). rc may be

@@ -17,6 +17,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 
 /* Keys of the mask tables: the top positions of a stack (key[0] the BYTES
@@ -582,6 +583,24 @@ int grammar__check_uncertain(grammar *g, const grammar_vocab *v, const gmachine 
 out:
     pthread_mutex_unlock(&g->lock);
     return rc;
+}
+
+int grammar_precompute_budget(grammar *g, const grammar_vocab *v, double max_ms) {
+    pthread_mutex_lock(&g->lock);
+    int rc = grammar__bind_vocab(g, v);
+    pthread_mutex_unlock(&g->lock);
+    if (rc) return rc;
+    struct timespec t0, t;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    for (int32_t p = 0; p < g->n_elems; p++) {
+        if (g->elems[p].kind != GE_BYTES || __atomic_load_n(&g->pm[p], __ATOMIC_ACQUIRE))
+            continue;
+        clock_gettime(CLOCK_MONOTONIC, &t);
+        if ((double)(t.tv_sec - t0.tv_sec) * 1e3 + (double)(t.tv_nsec - t0.tv_nsec) / 1e6 >= max_ms)
+            return 1;
+        if (!get_pm(g, v, (uint32_t)p)) return GRAMMAR_ERR_NOMEM;
+    }
+    return 0;
 }
 
 int grammar_precompute(grammar *g, const grammar_vocab *v) {

@@ -358,6 +358,48 @@ static void test_mask_speed(void **st) {
     tokenizer_free(t);
 }
 
+/* grammar_precompute_budget: a zero budget stops before building anything
+ * (1), a generous one builds every table (0) and a second call finds them
+ * built (0 at once); masks along a text are the same as a grammar whose
+ * tables are built on first use. */
+static void test_precompute_budget(void **st) {
+    (void)st;
+    tokenizer *t = load_tok("vocab/ggml-vocab-gpt-2.gguf");
+    if (!t) { printf("skip: %s/vocab/ggml-vocab-gpt-2.gguf absent\n", shared_dir()); skip(); }
+    grammar_vocab *v = grammar_vocab_create(t);
+    assert_non_null(v);
+    const char *s = walk_schemas[0];
+    grammar *g = NULL, *h = NULL;
+    char err[256];
+    assert_int_equal(grammar_compile_schema(s, strlen(s), NULL, &g, err, sizeof err), 0);
+    assert_int_equal(grammar_compile_schema(s, strlen(s), NULL, &h, err, sizeof err), 0);
+    assert_int_equal(grammar_precompute_budget(g, v, 0.0), 1);
+    assert_int_equal(grammar_precompute_budget(g, v, 60000.0), 0);
+    assert_int_equal(grammar_precompute_budget(g, v, 0.0), 0);
+    const char *text = "{\"name\":\"Bob Lee\",\"age\":42,\"ok\":true,\"tags\":[\"x\",\"y z\"]}";
+    int32_t ids[256];
+    int64_t n = tokenizer_encode(t, text, strlen(text), 0, 0, ids, 256);
+    assert_true(n > 0);
+    size_t words = ((size_t)tokenizer_n_vocab(t) + 31) / 32;
+    uint32_t *mg = malloc(words * sizeof *mg), *mh = malloc(words * sizeof *mh);
+    grammar_matcher *a = grammar_matcher_create(g, v, NULL), *b = grammar_matcher_create(h, v, NULL);
+    assert_non_null(a);
+    assert_non_null(b);
+    for (int64_t i = 0; i < n; i++) {
+        grammar_matcher_fill_mask(a, mg);
+        grammar_matcher_fill_mask(b, mh);
+        assert_memory_equal(mg, mh, words * sizeof *mg);
+        assert_int_equal(grammar_matcher_accept_token(a, ids[i]), 0);
+        assert_int_equal(grammar_matcher_accept_token(b, ids[i]), 0);
+    }
+    assert_true(grammar_matcher_is_complete(a));
+    free(mg); free(mh);
+    grammar_matcher_free(a); grammar_matcher_free(b);
+    grammar_release(g); grammar_release(h);
+    grammar_vocab_free(v);
+    tokenizer_free(t);
+}
+
 /* Bounded repetitions: tables of lower levels are derived from the top
  * level's (only tokens at least as long as the level are walked again), so
  * check the mask against direct runs for every token at every step of
@@ -432,6 +474,7 @@ static void test_bounded_repetitions(void **st) {
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_bounded_repetitions),
+        cmocka_unit_test(test_precompute_budget),
         cmocka_unit_test(test_walks_spm),
         cmocka_unit_test(test_walks_gpt2),
         cmocka_unit_test(test_vocab_binding),

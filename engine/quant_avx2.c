@@ -712,6 +712,19 @@ static void gemv_q5_1(const void *W, size_t rb, const void *act, float *y, int64
     gemv_by4(gemv4_q5_1, dot_q5_1, sizeof(block_q5_1), sizeof(block_q8_1), W, rb, act, y, n, nrows);
 }
 
+/* Rows in fours through a 4-row kernel that takes every block itself (nb
+ * blocks per row), leftover rows through the single-row dot. */
+static inline void gemv_rows4(gemv4_fn f4, quant__dot_fn dot, const void *W, size_t rb, const void *act, float *y,
+                              int64_t nb, int64_t n, int64_t nrows)
+{
+    const uint8_t *w = W;
+    int64_t r = 0;
+    for (; r + 4 <= nrows; r += 4)
+        f4(w + (size_t)r * rb, rb, act, y + r, nb);
+    for (; r < nrows; r++)
+        y[r] = dot(w + (size_t)r * rb, act, n);
+}
+
 /* Four Q8_0 rows, two blocks per step: per block, the four rows' 8-lane
  * integer sums fold into one vector with three hadds, so one convert and
  * one FMA serve the four rows (1.1x from L2 over folding per row). The
@@ -719,8 +732,9 @@ static void gemv_q5_1(const void *W, size_t rb, const void *act, float *y, int64
  * unsigned operand, so |y| is taken once and each row only moves y's sign
  * onto its quants (one vpsignb instead of two per block), and the eight
  * weight scales of a step are converted together (d_rows4). */
-static void gemv4_q8_0(const uint8_t *W, size_t rb, const block_q8_0 *y, float *out, int64_t nb)
+static void gemv4_q8_0(const uint8_t *W, size_t rb, const void *act, float *out, int64_t nb)
 {
+    const block_q8_0 *y = act;
     const size_t bs = sizeof(block_q8_0);
     const __m256i ones = _mm256_set1_epi16(1);
     __m256 a0 = _mm256_setzero_ps(), a1 = a0;
@@ -766,12 +780,7 @@ static void gemv4_q8_0(const uint8_t *W, size_t rb, const block_q8_0 *y, float *
 
 static void gemv_q8_0(const void *W, size_t rb, const void *act, float *y, int64_t n, int64_t nrows)
 {
-    const uint8_t *w = W;
-    int64_t r = 0;
-    for (; r + 4 <= nrows; r += 4)
-        gemv4_q8_0(w + (size_t)r * rb, rb, act, y + r, n / QK8_0);
-    for (; r < nrows; r++)
-        y[r] = dot_q8_0(w + (size_t)r * rb, act, n);
+    gemv_rows4(gemv4_q8_0, dot_q8_0, W, rb, act, y, n / QK8_0, n, nrows);
 }
 
 
@@ -801,8 +810,9 @@ static inline __m128i k4_scales_mins_v(const uint8_t *s)
  * the rows' d/dmin are converted together and the scales are unpacked in
  * vector registers. The next group of rows is prefetched at the rate this
  * one is consumed (see prefetch_run). */
-static void gemv4_q4_K(const uint8_t *W, size_t rb, const block_q8_K *y, float *out, int64_t nb)
+static void gemv4_q4_K(const uint8_t *W, size_t rb, const void *act, float *out, int64_t nb)
 {
+    const block_q8_K *y = act;
     const __m256i m4 = _mm256_set1_epi8(0xF);
     const __m256i even = _mm256_setr_epi32(0, 2, 4, 6, 0, 2, 4, 6), odd = _mm256_setr_epi32(1, 3, 5, 7, 1, 3, 5, 7);
     const size_t bs = sizeof(block_q4_K);
@@ -855,12 +865,7 @@ static void gemv4_q4_K(const uint8_t *W, size_t rb, const block_q8_K *y, float *
 
 static void gemv_q4_K(const void *W, size_t rb, const void *act, float *y, int64_t n, int64_t nrows)
 {
-    const uint8_t *w = W;
-    int64_t r = 0;
-    for (; r + 4 <= nrows; r += 4)
-        gemv4_q4_K(w + (size_t)r * rb, rb, act, y + r, n / QK_K);
-    for (; r < nrows; r++)
-        y[r] = dot_q4_K(w + (size_t)r * rb, act, n);
+    gemv_rows4(gemv4_q4_K, dot_q4_K, W, rb, act, y, n / QK_K, n, nrows);
 }
 
 /* Four Q6_K rows against one Q8_K activation row. The quants are used
@@ -870,8 +875,9 @@ static void gemv_q4_K(const void *W, size_t rb, const void *act, float *y, int64
  * once per row and block; each 32-element pair is then one in-lane
  * shuffle (q6_scale_pair needs two). Rows fold into one vector as in
  * gemv4_q4_K. */
-static void gemv4_q6_K(const uint8_t *W, size_t rb, const block_q8_K *y, float *out, int64_t nb)
+static void gemv4_q6_K(const uint8_t *W, size_t rb, const void *act, float *out, int64_t nb)
 {
+    const block_q8_K *y = act;
     const __m256i m4 = _mm256_set1_epi8(0xF), m2 = _mm256_set1_epi8(3);
     const size_t bs = sizeof(block_q6_K);
     __m256 acc = _mm256_setzero_ps();
@@ -922,12 +928,7 @@ static void gemv4_q6_K(const uint8_t *W, size_t rb, const block_q8_K *y, float *
 
 static void gemv_q6_K(const void *W, size_t rb, const void *act, float *y, int64_t n, int64_t nrows)
 {
-    const uint8_t *w = W;
-    int64_t r = 0;
-    for (; r + 4 <= nrows; r += 4)
-        gemv4_q6_K(w + (size_t)r * rb, rb, act, y + r, n / QK_K);
-    for (; r < nrows; r++)
-        y[r] = dot_q6_K(w + (size_t)r * rb, act, n);
+    gemv_rows4(gemv4_q6_K, dot_q6_K, W, rb, act, y, n / QK_K, n, nrows);
 }
 
 /* ---- batched decode: several tokens per weight pass --------------------- */

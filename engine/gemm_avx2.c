@@ -44,9 +44,14 @@ _Static_assert(sizeof(gemm_pk) == 192, "packed record layout");
 /* Packed activations in bytes of L2 a token chunk may use. */
 #define GEMM_CHUNK_BYTES (192 * 1024)
 
-static void pack_q8_0(const void *act, size_t act_stride, int64_t n, int32_t ntok, void *dst)
+/* Pack ntok activation rows into records; k8: the rows are Q8_K blocks
+ * (one scale per 256 elements, so the eight records of a block share d,
+ * and s is two of the block's 16-element bsums), else Q8_0 blocks. Tokens
+ * past ntok in the last group are zero. */
+static inline __attribute__((always_inline)) void
+pack_records(const void *act, size_t act_stride, int64_t n, int32_t ntok, void *dst, const int k8)
 {
-    const int64_t nb = n / QK8_0;
+    const int64_t nb = n / 32;
     const int32_t groups = (ntok + 3) / 4;
     const __m256i ones8 = _mm256_set1_epi8(1), ones16 = _mm256_set1_epi16(1);
     gemm_pk *p = dst;
@@ -54,22 +59,35 @@ static void pack_q8_0(const void *act, size_t act_stride, int64_t n, int32_t nto
         for (int64_t i = 0; i < nb; i++, p++) {
             for (int j = 0; j < 4; j++) {
                 int32_t t = 4 * g + j;
-                if (t < ntok) {
-                    const block_q8_0 *b = (const block_q8_0 *)((const uint8_t *)act + (size_t)t * act_stride) + i;
-                    __m256i q = _mm256_loadu_si256((const __m256i *)b->qs);
-                    _mm256_store_si256((__m256i *)p->q[j], q);
-                    p->d[j] = p->d[j + 4] = fp16_to_f32(b->d);
+                __m256i q = _mm256_setzero_si256();
+                float d = 0.0f;
+                int32_t sum = 0;
+                const uint8_t *row = (const uint8_t *)act + (size_t)t * act_stride;
+                if (t < ntok && k8) {
+                    const block_q8_K *b = (const block_q8_K *)row + i / 8;
+                    int sub = (int)(i % 8);
+                    q = _mm256_loadu_si256((const __m256i *)(b->qs + 32 * sub));
+                    d = b->d;
+                    sum = b->bsums[2 * sub] + b->bsums[2 * sub + 1];
+                } else if (t < ntok) {
+                    const block_q8_0 *b = (const block_q8_0 *)row + i;
+                    q = _mm256_loadu_si256((const __m256i *)b->qs);
+                    d = fp16_to_f32(b->d);
                     /* maddubs(1, q) adds signed byte pairs */
-                    p->s[j] = hsum_epi32(_mm256_madd_epi16(_mm256_maddubs_epi16(ones8, q), ones16));
-                } else {
-                    _mm256_store_si256((__m256i *)p->q[j], _mm256_setzero_si256());
-                    p->d[j] = p->d[j + 4] = 0.0f;
-                    p->s[j] = 0;
+                    sum = hsum_epi32(_mm256_madd_epi16(_mm256_maddubs_epi16(ones8, q), ones16));
                 }
+                _mm256_store_si256((__m256i *)p->q[j], q);
+                p->d[j] = p->d[j + 4] = d;
+                p->s[j] = sum;
                 p->s[j + 4] = 0;
             }
         }
     }
+}
+
+static void pack_q8_0(const void *act, size_t act_stride, int64_t n, int32_t ntok, void *dst)
+{
+    pack_records(act, act_stride, n, ntok, dst, 0);
 }
 
 /* Four tokens' 8-lane int32 sums -> [t0 t1 t2 t3 | t0 t1 t2 t3] (partial
@@ -197,34 +215,9 @@ static void gemmp_q5_0(const void *W, size_t rb, const void *packed, float *y, s
 
 /* ---- Q4_K and Q5_K weights against Q8_K activations -------------------- */
 
-/* Q8_K activations in the same records: one scale per 256 elements, so the
- * eight records of a Q8_K block share d; s is the 32-element sum (two of
- * the block's 16-element bsums). */
 static void pack_q8_K(const void *act, size_t act_stride, int64_t n, int32_t ntok, void *dst)
 {
-    const int64_t nb = n / 32;
-    const int32_t groups = (ntok + 3) / 4;
-    gemm_pk *p = dst;
-    for (int32_t g = 0; g < groups; g++) {
-        for (int64_t i = 0; i < nb; i++, p++) {
-            for (int j = 0; j < 4; j++) {
-                int32_t t = 4 * g + j;
-                if (t < ntok) {
-                    const block_q8_K *b =
-                        (const block_q8_K *)((const uint8_t *)act + (size_t)t * act_stride) + i / 8;
-                    int sub = (int)(i % 8);
-                    _mm256_store_si256((__m256i *)p->q[j], _mm256_loadu_si256((const __m256i *)(b->qs + 32 * sub)));
-                    p->d[j] = p->d[j + 4] = b->d;
-                    p->s[j] = b->bsums[2 * sub] + b->bsums[2 * sub + 1];
-                } else {
-                    _mm256_store_si256((__m256i *)p->q[j], _mm256_setzero_si256());
-                    p->d[j] = p->d[j + 4] = 0.0f;
-                    p->s[j] = 0;
-                }
-                p->s[j + 4] = 0;
-            }
-        }
-    }
+    pack_records(act, act_stride, n, ntok, dst, 1);
 }
 
 /* A Q4_K row's per-block constants, unpacked once per row and token chunk:

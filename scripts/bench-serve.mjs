@@ -2,7 +2,8 @@
 // server that takes token-id prompts). N concurrent clients send streaming
 // /v1/completions requests back to back; each prompt is an exact number of
 // token ids (a mix of lengths, optionally after a shared "system prompt" to
-// measure prefix caching). Prints aggregate generated tokens/s, requests/s,
+// measure prefix caching). Prints aggregate generated tokens/s, decode tokens/s
+// (tokens after the first over the time some request was decoding), requests/s,
 // time to first token and inter-token latency percentiles, as a table or JSON.
 // Node 20, no npm packages. See --help and docs/benchmarks.md.
 import { spawn } from 'node:child_process';
@@ -140,7 +141,7 @@ async function oneRequest(o, base, headers, prompt) {
   if (o.modelId) body.model = o.modelId;
   if (o.ignoreEos) body.ignore_eos = true;
   if (o.ban.length) body.logit_bias = Object.fromEntries(o.ban.map((t) => [String(t), -100]));
-  const res = { ok: false, ttft: null, gaps: [], tokens: 0, prompt: prompt.length, t0: performance.now(), t1: 0, error: '' };
+  const res = { ok: false, ttft: null, gaps: [], tokens: 0, prompt: prompt.length, t0: performance.now(), t1: 0, tLast: 0, error: '' };
   try {
     const r = await fetch(`${base}/v1/completions`, { method: 'POST', headers, body: JSON.stringify(body) });
     if (r.status !== 200) {
@@ -169,6 +170,7 @@ async function oneRequest(o, base, headers, prompt) {
           if (res.ttft === null) res.ttft = now - res.t0;
           else res.gaps.push(now - last);
           last = now;
+          res.tLast = now;
           chunks++;
         }
       }
@@ -264,11 +266,24 @@ async function round(o, base, headers, prompts, startIndex) {
   const ttft = ok.map((r) => r.ttft).filter((x) => x !== null);
   const gaps = ok.flatMap((r) => r.gaps);
   const e2e = ok.map((r) => r.t1 - r.t0);
+  // Decode throughput: the streamed tokens after each request's first one,
+  // over the time during which at least one request was between its first
+  // and last token (the union of those windows; prompt processing of
+  // requests that start later still counts when it overlaps).
+  const win = ok.filter((r) => r.ttft !== null && r.gaps.length).map((r) => [r.t0 + r.ttft, r.tLast]).sort((a, b) => a[0] - b[0]);
+  let decodeMs = 0, cur = null;
+  for (const w of win) {
+    if (cur && w[0] <= cur[1]) cur[1] = Math.max(cur[1], w[1]);
+    else { if (cur) decodeMs += cur[1] - cur[0]; cur = [...w]; }
+  }
+  if (cur) decodeMs += cur[1] - cur[0];
+  const decodeTok = ok.reduce((a, r) => a + r.gaps.length, 0);
   const server = before && after ? Object.fromEntries(Object.keys(after).map((k) => [k.replace(/^qkvd_/, ''), after[k] - (before[k] || 0)])) : null;
   return {
     requests: results.length, ok: ok.length, failed: results.length - ok.length,
     errors: [...new Set(results.filter((r) => !r.ok).map((r) => r.error))].slice(0, 3),
     wall_s: wall, req_per_s: ok.length / wall, gen_tok_per_s: gen / wall, prompt_tok_per_s: prm / wall,
+    decode_tok_per_s: decodeMs > 0 ? decodeTok / (decodeMs / 1000) : null,
     generated_tokens: gen, prompt_tokens: prm,
     ttft_p50_s: sec(pct(ttft, 50)), ttft_p99_s: sec(pct(ttft, 99)),
     itl_p50_s: sec(pct(gaps, 50)), itl_p99_s: sec(pct(gaps, 99)),
@@ -327,6 +342,7 @@ async function main() {
       console.log('| figure | value |\n| --- | --- |');
       console.log(`| requests ok / failed | ${rounds.reduce((a, r) => a + r.ok, 0)} / ${rounds.reduce((a, r) => a + r.failed, 0)} |`);
       console.log(`| generated tokens/s | ${f(med.gen_tok_per_s)} |`);
+      console.log(`| decode tokens/s (after each first token) | ${f(med.decode_tok_per_s)} |`);
       console.log(`| prompt tokens/s | ${f(med.prompt_tok_per_s)} |`);
       console.log(`| requests/s | ${f(med.req_per_s, 2)} |`);
       console.log(`| TTFT p50 / p99 (ms) | ${ms(med.ttft_p50_s)} / ${ms(med.ttft_p99_s)} |`);

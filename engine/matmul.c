@@ -63,9 +63,11 @@ struct matmul {
 /* Tokens per activation-preparation task (a multiple of the packed GEMM's
  * four-token group), and the token count from which preparation runs on
  * the pool: a 512-token prompt chunk spends a few percent of a step
- * quantising, which one thread alone would leave the other core idle for. */
-#define MM_PREP_TOKENS 16
-#define MM_PREP_PAR_MIN 64
+ * quantising, which one thread alone would leave the other core idle for;
+ * a 16-sequence decode step splits its 16 rows in two (see
+ * FWD_ROWS_PER_TASK in forward.c for the measurement). */
+#define MM_PREP_TOKENS 8
+#define MM_PREP_PAR_MIN 16
 
 static int32_t env_tokens(const char *name, int32_t dflt) {
     const char *env = getenv(name);

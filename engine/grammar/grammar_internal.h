@@ -68,6 +68,7 @@ struct grammar {
     int32_t *rep_canon; /* per element: the same place in its bounded repetition's top level, or -1 */
     int32_t *rep_level; /* per element: its repetition level (atoms it can still take) */
     struct gstate_cache *sc; /* matcher states met, their masks and successors (state_cache.c) */
+    int tables_done;    /* grammar_precompute_budget built every table it builds (atomic) */
 };
 
 /* Free g's mask tables and precomputation scratch (token_mask.c). */

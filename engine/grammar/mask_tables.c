@@ -585,22 +585,148 @@ out:
     return rc;
 }
 
+static double ms_since(const struct timespec *t0) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)(t.tv_sec - t0->tv_sec) * 1e3 + (double)(t.tv_nsec - t0->tv_nsec) / 1e6;
+}
+
+/* ---- deep keys built ahead ----
+ * A position whose one-position table is partial (a rule called from many
+ * sites: the character of a bounded string, a segment shared by the levels
+ * of a repetition) gets, on first use, a table keyed by the frames below
+ * it. Those frames are few and known from the grammar: a frame of rule r
+ * lies on a frame after one of r's call sites (or, for a call in tail
+ * position, on whatever lies below its caller). Building the tables of
+ * these keys with the one-position tables takes them out of the first
+ * request's decode steps (a new level of a bounded string at most steps). */
+
+/* Rule -> its call sites (REF elements), as CSR arrays. */
+typedef struct gsites { int32_t *off, *at; } gsites;
+
+static int sites_build(const grammar *g, gsites *cs) {
+    cs->off = calloc((size_t)g->n_rules + 1, sizeof *cs->off);
+    int32_t nref = 0;
+    for (int32_t e = 0; e < g->n_elems; e++) nref += g->elems[e].kind == GE_REF;
+    cs->at = malloc((size_t)(nref ? nref : 1) * sizeof *cs->at);
+    if (!cs->off || !cs->at) return -1;
+    for (int32_t e = 0; e < g->n_elems; e++)
+        if (g->elems[e].kind == GE_REF) cs->off[g->elems[e].arg + 1]++;
+    for (int32_t r = 0; r < g->n_rules; r++) cs->off[r + 1] += cs->off[r];
+    int32_t *fill = calloc((size_t)g->n_rules + 1, sizeof *fill);
+    if (!fill) return -1;
+    for (int32_t e = 0; e < g->n_elems; e++)
+        if (g->elems[e].kind == GE_REF) {
+            int32_t r = (int32_t)g->elems[e].arg;
+            cs->at[cs->off[r] + fill[r]++] = e;
+        }
+    free(fill);
+    return 0;
+}
+
+/* The frames that can lie right below a frame of rule r (return positions,
+ * or KEY_SENT + GNODE_COMPLETE under the root), at most max into out; seen
+ * is n_rules bytes of scratch, zeroed on return. Returns the count. */
+static int below_frames(const grammar *g, const gsites *cs, int32_t r, uint8_t *seen, int32_t *todo, uint32_t *out,
+                        int max) {
+    int n = 0, nt = 0;
+    todo[nt++] = r;
+    seen[r] = 1;
+    int32_t nvis = 0;
+    while (nt > 0) {
+        int32_t x = todo[--nt];
+        todo[g->n_rules - 1 - nvis++] = x; /* remember to clear seen[x] (the tail of todo is free) */
+        if (x == g->root && n < max) out[n++] = KEY_SENT + GNODE_COMPLETE;
+        for (int32_t i = cs->off[x]; i < cs->off[x + 1]; i++) {
+            int32_t site = cs->at[i];
+            if (g->elems[site + 1].kind != GE_END) {
+                uint32_t f = (uint32_t)site + 1;
+                int dup = 0;
+                for (int k = 0; k < n && !dup; k++) dup = out[k] == f;
+                if (!dup && n < max) out[n++] = f;
+            } else {
+                int32_t c = g->elem_rule[site];
+                if (!seen[c] && nt + nvis < g->n_rules) { seen[c] = 1; todo[nt++] = c; }
+            }
+        }
+    }
+    while (nvis > 0) seen[todo[g->n_rules - nvis--]] = 0;
+    return n;
+}
+
+/* Earlier levels of a bounded repetition come first in the output (the top
+ * level, then from the highest level down): the order a string is written. */
+static int32_t frame_rank(const grammar *g, uint32_t f) {
+    if (f >= KEY_SENT || g->rep_canon[f] < 0) return INT32_MAX;
+    return g->rep_level[f];
+}
+
+typedef struct gdkey { uint32_t key[3]; int32_t n, rank; } gdkey;
+
+static int cmp_dkey(const void *a, const void *b) {
+    const gdkey *x = a, *y = b;
+    if (x->rank != y->rank) return x->rank > y->rank ? -1 : 1;
+    return memcmp(x->key, y->key, sizeof x->key);
+}
+
+/* Tables of the deep keys [p, f] (and [p, f, f2] when [p, f] is still
+ * partial) of the positions with partial one-position tables, until the
+ * budget ends. 0 done, 1 budget reached, < 0 error. */
+#define DEEP_AHEAD_MAX 4096
+static int precompute_deep(grammar *g, const grammar_vocab *v, const struct timespec *t0, double max_ms) {
+    pthread_mutex_lock(&g->lock);
+    int rc = (!g->rep_canon && rep_analyse(g)) ? GRAMMAR_ERR_NOMEM : 0;
+    pthread_mutex_unlock(&g->lock);
+    if (rc) return rc;
+    gsites cs = {0};
+    uint8_t *seen = calloc((size_t)g->n_rules, 1);
+    int32_t *todo = malloc((size_t)g->n_rules * sizeof *todo);
+    uint32_t fr[64];
+    gdkey *keys = malloc(DEEP_AHEAD_MAX * sizeof *keys);
+    int32_t nk = 0;
+    rc = GRAMMAR_ERR_NOMEM;
+    if (!seen || !todo || !keys || sites_build(g, &cs)) goto out;
+    for (int32_t p = 0; p < g->n_elems; p++) {
+        const gpos_mask *pm = g->elems[p].kind == GE_BYTES ? __atomic_load_n(&g->pm[p], __ATOMIC_ACQUIRE) : NULL;
+        if (!pm || pm->n_uncertain <= DEEP_THRESHOLD) continue;
+        int nf = below_frames(g, &cs, g->elem_rule[p], seen, todo, fr, 64);
+        for (int i = 0; i < nf && nk < DEEP_AHEAD_MAX; i++)
+            keys[nk++] = (gdkey){{(uint32_t)p, fr[i], 0}, 2, frame_rank(g, fr[i])};
+    }
+    qsort(keys, (size_t)nk, sizeof *keys, cmp_dkey);
+    rc = 0;
+    /* keys[i] may append deeper keys at the end (processed after the rest) */
+    for (int32_t i = 0; i < nk; i++) {
+        if (ms_since(t0) >= max_ms) { rc = 1; break; }
+        gpos_mask *pm = get_pm_deep(g, v, keys[i].key, keys[i].n);
+        if (!pm) { rc = GRAMMAR_ERR_NOMEM; break; }
+        if (pm->n_uncertain <= DEEP_THRESHOLD || keys[i].n == 3 || keys[i].key[1] >= KEY_SENT) continue;
+        int nf = below_frames(g, &cs, g->elem_rule[keys[i].key[1]], seen, todo, fr, 64);
+        for (int j = 0; j < nf && nk < DEEP_AHEAD_MAX; j++)
+            keys[nk++] = (gdkey){{keys[i].key[0], keys[i].key[1], fr[j]}, 3, 0};
+    }
+out:
+    free(cs.off); free(cs.at); free(seen); free(todo); free(keys);
+    return rc;
+}
+
 int grammar_precompute_budget(grammar *g, const grammar_vocab *v, double max_ms) {
     pthread_mutex_lock(&g->lock);
     int rc = grammar__bind_vocab(g, v);
     pthread_mutex_unlock(&g->lock);
     if (rc) return rc;
-    struct timespec t0, t;
+    if (__atomic_load_n(&g->tables_done, __ATOMIC_ACQUIRE)) return 0;
+    struct timespec t0;
     clock_gettime(CLOCK_MONOTONIC, &t0);
     for (int32_t p = 0; p < g->n_elems; p++) {
         if (g->elems[p].kind != GE_BYTES || __atomic_load_n(&g->pm[p], __ATOMIC_ACQUIRE))
             continue;
-        clock_gettime(CLOCK_MONOTONIC, &t);
-        if ((double)(t.tv_sec - t0.tv_sec) * 1e3 + (double)(t.tv_nsec - t0.tv_nsec) / 1e6 >= max_ms)
-            return 1;
+        if (ms_since(&t0) >= max_ms) return 1;
         if (!get_pm(g, v, (uint32_t)p)) return GRAMMAR_ERR_NOMEM;
     }
-    return 0;
+    rc = precompute_deep(g, v, &t0, max_ms);
+    if (rc == 0) __atomic_store_n(&g->tables_done, 1, __ATOMIC_RELEASE);
+    return rc;
 }
 
 int grammar_precompute(grammar *g, const grammar_vocab *v) {

@@ -262,6 +262,10 @@ static void walk_vocab(const char *rel, int n_walks, int full_walks) {
         } else {
             assert_int_equal(grammar_compile_json_object(NULL, &g, err, sizeof err), 0);
         }
+        /* every other grammar has all its tables built ahead (the one-position
+         * tables and the deep keys grammar_precompute_budget adds), the rest
+         * builds them on first use: both must agree with the direct runs */
+        if (i % 2) assert_int_equal(grammar_precompute_budget(g, v, 600000.0), 0);
         walk_stats ws = {0};
         run_walks(t, v, g, schema, n_walks, 160, full_walks, &ws);
         printf("%s schema %d: %d walks, %d completed and valid, %d truncated, mean mask %.1f us\n", rel, i, ws.walks,
@@ -428,11 +432,16 @@ static void test_bounded_repetitions(void **st) {
     assert_non_null(mask);
     int n_g = (int)(sizeof gbnf / sizeof gbnf[0]), n_s = (int)(sizeof schemas / sizeof schemas[0]);
     long checks = 0;
-    for (int i = 0; i < n_g + n_s; i++) {
+    /* the schemas a second time with every table built ahead (deep keys included) */
+    for (int i = 0; i < n_g + 2 * n_s; i++) {
         grammar *g = NULL;
         char err[256];
         if (i < n_g) assert_int_equal(grammar_compile_gbnf(gbnf[i], strlen(gbnf[i]), &g, err, sizeof err), 0);
-        else assert_int_equal(grammar_compile_schema(schemas[i - n_g], strlen(schemas[i - n_g]), NULL, &g, err, sizeof err), 0);
+        else {
+            const char *sc = schemas[(i - n_g) % n_s];
+            assert_int_equal(grammar_compile_schema(sc, strlen(sc), NULL, &g, err, sizeof err), 0);
+            if (i >= n_g + n_s) assert_int_equal(grammar_precompute_budget(g, v, 600000.0), 0);
+        }
         grammar_matcher *m = grammar_matcher_create(g, v, NULL);
         assert_non_null(m);
         for (int w = 0; w < 3; w++) {

@@ -190,6 +190,10 @@ gpos_mask *grammar__table_for_stack(grammar *g, const grammar_vocab *v, const gm
 int grammar__check_uncertain(grammar *g, const grammar_vocab *v, const gmachine *mc, uint32_t x, const gpos_mask *pm,
                              uint32_t *mask);
 
+/* logits[32 w + i] = -inf where bit i of bits[w] is clear, for the first
+ * n_words words (mask_apply_avx2.c; only on CPUs with AVX2). */
+void grammar__apply_bits_avx2(float *logits, const uint32_t *bits, int32_t n_words);
+
 /* ---- matcher states shared by a grammar's matchers (state_cache.c) ----
  * A state is a set of stacks written as words: per stack its positions top
  * to bottom then GSC_END + the sentinel below, stacks in canonical order.

@@ -64,6 +64,17 @@ static void mask_word(float *logits, uint32_t bits) {
 #endif
 }
 
+static int has_avx2(void) {
+    static int cached = -1;
+    int c = __atomic_load_n(&cached, __ATOMIC_RELAXED);
+    if (c < 0) {
+        __builtin_cpu_init();
+        c = __builtin_cpu_supports("avx2") != 0;
+        __atomic_store_n(&cached, c, __ATOMIC_RELAXED);
+    }
+    return c;
+}
+
 /* ---- vocabulary ---- */
 
 static const grammar_vocab *sort_vocab;
@@ -421,7 +432,12 @@ int32_t grammar_matcher_apply(grammar_matcher *m, float *logits) {
         count = grammar_matcher_fill_mask(m, m->maskbuf);
         buf = m->maskbuf;
     }
-    for (int32_t w = 0; w < v->n_words; w++) {
+    int32_t w = 0;
+    if (has_avx2()) { /* the whole words; the last, partial one below */
+        w = v->n_vocab / 32;
+        grammar__apply_bits_avx2(logits, buf, w);
+    }
+    for (; w < v->n_words; w++) {
         uint32_t bits = buf[w];
         if (bits == 0xFFFFFFFFu) continue;
         int32_t lo = w * 32, hi = lo + 32 < v->n_vocab ? lo + 32 : v->n_vocab;

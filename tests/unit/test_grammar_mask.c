@@ -184,7 +184,9 @@ static void run_walks(tokenizer *t, grammar_vocab *v, grammar *g, json_t *schema
     uint32_t *mask = malloc(((size_t)nv + 31) / 32 * sizeof *mask);
     int32_t *allowed = malloc((size_t)nv * sizeof *allowed);
     char *out = malloc(65536);
+    float *logits = malloc((size_t)nv * sizeof *logits);
     assert_non_null(mask);
+    assert_non_null(logits);
     grammar_matcher *m = grammar_matcher_create(g, v, NULL);
     assert_non_null(m);
     for (int w = 0; w < n_walks; w++) {
@@ -219,6 +221,14 @@ static void run_walks(tokenizer *t, grammar_vocab *v, grammar *g, json_t *schema
             }
             if (full) ws->full_checks++;
             assert_int_equal(na, cnt);
+            /* apply writes -inf exactly where the mask is clear */
+            for (int32_t id = 0; id < nv; id++) logits[id] = (float)(id & 7);
+            assert_int_equal(grammar_matcher_apply(m, logits), cnt);
+            for (int32_t id = 0; id < nv; id++) {
+                int bit = (mask[id >> 5] >> (id & 31)) & 1;
+                if (bit ? logits[id] != (float)(id & 7) : !(isinf(logits[id]) && logits[id] < 0))
+                    fail_msg("apply: token %d has logit %g, mask bit %d", id, (double)logits[id], bit);
+            }
             int32_t pick = -1;
             if (complete && (rnd() % 3 == 0)) {
                 for (int32_t i = 0; i < na; i++) if (tokenizer_is_eog(t, allowed[i])) { pick = allowed[i]; break; }
@@ -242,7 +252,7 @@ static void run_walks(tokenizer *t, grammar_vocab *v, grammar *g, json_t *schema
         json_decref(inst);
     }
     grammar_matcher_free(m);
-    free(mask); free(allowed); free(out);
+    free(mask); free(allowed); free(out); free(logits);
 }
 
 static void walk_vocab(const char *rel, int n_walks, int full_walks) {

@@ -502,6 +502,7 @@ void engine_kv_stats_get(const engine *e, engine_kv_stats *out) {
     out->bytes_per_block = ks.bytes_per_block;
     out->bytes_allocated = ks.bytes_allocated;
     out->bytes_needed = ks.bytes_needed;
+    out->bytes_resident = ks.bytes_resident;
     out->prefix_lookup_tokens = ks.prefix_lookup_tokens;
     out->prefix_hit_tokens = ks.prefix_hit_tokens;
 }

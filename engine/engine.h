@@ -158,6 +158,7 @@ typedef struct engine_kv_stats {
     int32_t block_tokens;
     int64_t blocks_total, blocks_used, blocks_cached;
     uint64_t bytes_per_block, bytes_allocated, bytes_needed;
+    uint64_t bytes_resident;  /* of blocks live sequences hold, the pages the OS backs (written rows) */
     uint64_t prefix_lookup_tokens, prefix_hit_tokens;
 } engine_kv_stats;
 

@@ -271,6 +271,45 @@ uint64_t kv_cache_bytes_allocated(const kv_cache *kv) {
     return (uint64_t)(kv->n_blocks - kv->n_free) * kv->block_bytes;
 }
 
+/* Bytes of [s, e) of the pool the OS has backed with memory. */
+static uint64_t kv_range_resident(const kv_cache *kv, size_t s, size_t e) {
+    const size_t pg = kv->page, p0 = s / pg, p1 = (e + pg - 1) / pg;
+    unsigned char vec[256];
+    uint64_t bytes = 0;
+    for (size_t p = p0; p < p1; p += sizeof vec) {
+        size_t n = p1 - p < sizeof vec ? p1 - p : sizeof vec;
+        if (mincore(kv->base + p * pg, n * pg, vec) != 0) return e - s; /* unknown: count it all */
+        for (size_t k = 0; k < n; k++) {
+            if (!(vec[k] & 1)) continue;
+            size_t a = (p + k) * pg > s ? (p + k) * pg : s, b = (p + k + 1) * pg < e ? (p + k + 1) * pg : e;
+            bytes += b - a;
+        }
+    }
+    return bytes;
+}
+
+uint64_t kv_cache_bytes_resident(const kv_cache *kv) {
+    /* Blocks every row of which a live sequence has written are resident
+     * whole; only the others (each sequence's last, partly filled block)
+     * are measured, so this stays a few syscalls per step. */
+    uint8_t *full = calloc((size_t)kv->n_blocks, 1);
+    if (!full) return kv_cache_bytes_allocated(kv);
+    for (int32_t i = 0; i < kv->max_seqs; i++) {
+        const kv_seq *q = &kv->seqs[i];
+        if (!q->live) continue;
+        for (int32_t b = 0; b < q->n_blocks && (int64_t)(b + 1) * kv->bt <= q->len; b++)
+            if (q->table[b] >= 0) full[q->table[b]] = 1;
+    }
+    uint64_t bytes = 0;
+    for (int64_t id = 0; id < kv->n_blocks; id++) {
+        if (kv->blk[id].ref <= 0) continue;
+        size_t s = (size_t)id * kv->block_bytes;
+        bytes += full[id] ? kv->block_bytes : kv_range_resident(kv, s, s + kv->block_bytes);
+    }
+    free(full);
+    return bytes;
+}
+
 int32_t kv_cache_block_tokens(const kv_cache *kv) { return kv->bt; }
 enum kv_type kv_cache_type(const kv_cache *kv) { return kv->type; }
 int64_t kv_cache_blocks_total(const kv_cache *kv) { return kv->n_blocks; }
@@ -388,6 +427,7 @@ void kv_cache_stats_get(const kv_cache *kv, kv_cache_stats *out) {
     out->blocks_cached = kv->n_cached;
     out->blocks_used = kv->n_blocks - kv->n_free - kv->n_cached;
     out->bytes_allocated = kv_cache_bytes_allocated(kv);
+    out->bytes_resident = kv_cache_bytes_resident(kv);
     for (int32_t i = 0; i < kv->max_seqs; i++)
         if (kv->seqs[i].live) out->bytes_needed += (uint64_t)kv_cache_seq_held(kv, i) * kv_cache_bytes_per_token(kv);
     out->prefix_lookup_tokens = kv->lookup_tokens;

@@ -96,6 +96,13 @@ uint64_t kv_cache_plan_bytes_per_token(enum kv_type t, int32_t n_layer, int32_t 
 uint64_t kv_cache_bytes_per_token(const kv_cache *kv);
 /* Bytes of blocks that hold data (used by sequences or cached). */
 uint64_t kv_cache_bytes_allocated(const kv_cache *kv);
+/* Bytes of the blocks live sequences hold (ref > 0) that the OS has backed
+ * with memory (mincore): the pool is reserved address space whose pages
+ * become memory when first written and go back when a block is freed, so
+ * a partly filled last block costs the pages its written rows touched, not
+ * the whole block. Blocks whose rows are all written count whole; the
+ * others (a sequence's last block) are measured: a few syscalls. */
+uint64_t kv_cache_bytes_resident(const kv_cache *kv);
 int32_t kv_cache_block_tokens(const kv_cache *kv);
 enum kv_type kv_cache_type(const kv_cache *kv);
 int64_t kv_cache_blocks_total(const kv_cache *kv);
@@ -107,6 +114,7 @@ typedef struct kv_cache_stats {
     int32_t block_tokens;
     int64_t blocks_total, blocks_used, blocks_cached;
     uint64_t bytes_per_block, bytes_allocated, bytes_needed;
+    uint64_t bytes_resident;  /* kv_cache_bytes_resident */
     uint64_t prefix_lookup_tokens, prefix_hit_tokens;
 } kv_cache_stats;
 void kv_cache_stats_get(const kv_cache *kv, kv_cache_stats *out);

@@ -205,7 +205,7 @@ async function scrapeGauges(base, headers) {
     if (r.status !== 200) return null;
     const out = {};
     for (const line of (await r.text()).split('\n')) {
-      const m = /^(qkvd_kv_(?:allocated_bytes|needed_bytes|block_bytes|blocks))(\{[^}]*\})? ([0-9.e+-]+)$/.exec(line);
+      const m = /^(qkvd_kv_(?:allocated_bytes|needed_bytes|resident_bytes|block_bytes|blocks))(\{[^}]*\})? ([0-9.e+-]+)$/.exec(line);
       if (!m) continue;
       if (m[1] === 'qkvd_kv_blocks') {
         if (/state="used"/.test(m[2] || '')) out.used_blocks = (out.used_blocks || 0) + Number(m[3]);
@@ -243,7 +243,7 @@ async function round(o, base, headers, prompts, startIndex) {
   const t1 = performance.now();
   if (o.duration !== undefined) deadline = t1 + o.duration * 1000;
   // KV memory while the load runs: allocated vs what the live sequences need.
-  const kv = [], kvUsed = [];
+  const kv = [], kvUsed = [], kvRes = [];
   let running = true;
   const sampler = (async () => {
     while (running) {
@@ -251,6 +251,7 @@ async function round(o, base, headers, prompts, startIndex) {
       if (g && g.qkvd_kv_needed_bytes > 0) {
         kv.push(g.qkvd_kv_allocated_bytes / g.qkvd_kv_needed_bytes);
         if (g.qkvd_kv_block_bytes) kvUsed.push((g.used_blocks || 0) * g.qkvd_kv_block_bytes / g.qkvd_kv_needed_bytes);
+        if (g.qkvd_kv_resident_bytes !== undefined) kvRes.push(g.qkvd_kv_resident_bytes / g.qkvd_kv_needed_bytes);
       }
       await new Promise((r) => setTimeout(r, 250));
     }
@@ -294,6 +295,9 @@ async function round(o, base, headers, prompts, startIndex) {
     // blocks held by live sequences / what their tokens need (partial last blocks; shared blocks count once)
     kv_used_over_needed_mean: kvUsed.length ? kvUsed.reduce((a, x) => a + x, 0) / kvUsed.length : null,
     kv_used_over_needed_max: kvUsed.length ? Math.max(...kvUsed) : null,
+    // memory the OS backs for those blocks (written pages: a partly filled last block costs what was written) / needed
+    kv_resident_over_needed_mean: kvRes.length ? kvRes.reduce((a, x) => a + x, 0) / kvRes.length : null,
+    kv_resident_over_needed_max: kvRes.length ? Math.max(...kvRes) : null,
     kv_samples: kv.length,
     server,
   };
@@ -350,6 +354,8 @@ async function main() {
       console.log(`| request latency p50 / p99 (s) | ${f(med.e2e_p50_s, 2)} / ${f(med.e2e_p99_s, 2)} |`);
       if (med.kv_samples) {
         console.log(`| KV held by live sequences / needed, mean (max) | ${f(med.kv_used_over_needed_mean, 3)} (${f(med.kv_used_over_needed_max, 3)}) |`);
+        if (med.kv_resident_over_needed_mean !== null)
+          console.log(`| KV memory backed for those blocks (written pages) / needed, mean (max) | ${f(med.kv_resident_over_needed_mean, 3)} (${f(med.kv_resident_over_needed_max, 3)}) |`);
         console.log(`| KV pool allocated (incl. prefix cache) / needed, mean (max) | ${f(med.kv_alloc_over_needed_mean, 3)} (${f(med.kv_alloc_over_needed_max, 3)}) |`);
       }
       const s0 = rounds.at(-1).server;

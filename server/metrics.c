@@ -379,6 +379,10 @@ char *metrics_render(metrics *m, size_t *len) {
     put_family(&b, "qkvd_kv_needed_bytes", "gauge", "KV memory the live sequences' tokens occupy (tokens x bytes per token).");
     for (int i = 0; i < n; i++)
         if (have[i]) put_model_sample(&b, "qkvd_kv_needed_bytes", m->models[i], (double)kv[i].bytes_needed);
+    put_family(&b, "qkvd_kv_resident_bytes", "gauge",
+               "Memory the OS has backed for the KV blocks live sequences hold: pages of written rows (a partly filled last block costs only those).");
+    for (int i = 0; i < n; i++)
+        if (have[i]) put_model_sample(&b, "qkvd_kv_resident_bytes", m->models[i], (double)kv[i].bytes_resident);
 
     put_family(&b, "qkvd_prefix_cache_lookup_tokens_total", "counter", "Prompt tokens looked up in the prefix cache.");
     for (int i = 0; i < n; i++)

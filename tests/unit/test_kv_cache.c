@@ -497,6 +497,55 @@ static void randomised(int window, uint64_t seed) {
     kv_cache_free(kv);
 }
 
+/* Memory the OS backs for a sequence's blocks: only the pages its written
+ * rows touched in a partly filled last block (rows of 1 KiB, each layer's
+ * K and V region of a block 4 pages), whole blocks once full, pages of a
+ * freed block given back before another sequence reuses it. */
+static void resident_fill(kv_cache *kv, int32_t seq, int32_t to) {
+    float k[256], v[256];
+    for (int i = 0; i < 256; i++) k[i] = v[i] = (float)i;
+    int32_t from = kv_cache_seq_len(kv, seq), toks[64];
+    assert_int_equal(kv_cache_seq_reserve(kv, seq, to), 0);
+    for (int32_t p = from; p < to; p++) {
+        for (int l = 0; l < 2; l++) kv_cache_store(kv, seq, l, p, k, v);
+        toks[p - from] = p;
+    }
+    kv_cache_seq_commit(kv, seq, toks, to - from);
+}
+
+static void test_resident(void **state) {
+    (void)state;
+    kv_cache_params p;
+    kv_cache_params_default(&p, 2, 256, 64, 2);
+    p.block_tokens = 16;
+    p.prefix_cache = 0;
+    kv_cache *kv = kv_cache_create_params(&p, NULL, 0);
+    assert_non_null(kv);
+    const uint64_t block = 2 * 2 * 16 * 256 * sizeof(float), quarter = block / 4;
+    int32_t a = kv_cache_seq_create(kv);
+    assert_int_equal(kv_cache_bytes_resident(kv), 0);
+    resident_fill(kv, a, 1);
+    assert_int_equal(kv_cache_bytes_resident(kv), quarter); /* one page of each of 4 regions */
+    resident_fill(kv, a, 5);
+    assert_int_equal(kv_cache_bytes_resident(kv), 2 * quarter);
+    resident_fill(kv, a, 16);
+    assert_int_equal(kv_cache_bytes_resident(kv), block);
+    resident_fill(kv, a, 17);
+    assert_int_equal(kv_cache_bytes_resident(kv), block + quarter);
+    kv_cache_stats st;
+    kv_cache_stats_get(kv, &st);
+    assert_int_equal(st.bytes_resident, block + quarter);
+    assert_int_equal(st.bytes_needed, 17 * kv_cache_bytes_per_token(kv));
+    assert_int_equal(st.bytes_allocated, 2 * block);
+    kv_cache_seq_free(kv, a);
+    assert_int_equal(kv_cache_bytes_resident(kv), 0);
+    /* The freed blocks' pages went back: a new sequence's first row costs a page per region again. */
+    int32_t b = kv_cache_seq_create(kv);
+    resident_fill(kv, b, 1);
+    assert_int_equal(kv_cache_bytes_resident(kv), quarter);
+    kv_cache_free(kv);
+}
+
 static void test_randomised(void **state) {
     (void)state;
     for (uint64_t seed = 1; seed <= 4; seed++) {
@@ -510,7 +559,7 @@ int main(void) {
         cmocka_unit_test(test_lifecycle),     cmocka_unit_test(test_copy_on_write),
         cmocka_unit_test(test_prefix_cache),  cmocka_unit_test(test_lru_order),
         cmocka_unit_test(test_window),        cmocka_unit_test(test_types),
-        cmocka_unit_test(test_quant_rows),
+        cmocka_unit_test(test_quant_rows),    cmocka_unit_test(test_resident),
         cmocka_unit_test(test_randomised),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

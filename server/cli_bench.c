@@ -24,6 +24,9 @@
 #include <time.h>
 #include <unistd.h>
 
+/* Counts a -s list may hold. */
+#define BENCH_MAX_SEQ_LIST 4
+
 static void bench_usage(FILE *to) {
     fprintf(to,
             "usage: qkvd bench -m MODEL.gguf [-p 512] [-n 128] [-r 3] [-t THREADS] [--batch 512] [--json]\n"
@@ -32,7 +35,9 @@ static void bench_usage(FILE *to) {
             "  -n N      tokens generated one by one for the tg test (0: skip)\n"
             "  -r REPS   repetitions of each test (default 3), after a warm-up\n"
             "  -s SEQS   sequences decoded together in each tg step (default 1, max 64);\n"
-            "            tg tok/s then counts the tokens of all of them\n"
+            "            tg tok/s then counts the tokens of all of them. A list (-s 1,16)\n"
+            "            runs each count in turn within every repetition and prints each\n"
+            "            one's rate against the first's (paired per repetition)\n"
             "  --batch N max tokens per forward step (default 512)\n"
             "  --kv-type T, --kv-block N  KV cache element type (f32, f16, q8_0, q12_0) and block size\n"
             "  --json    one JSON object instead of the table\n"
@@ -234,9 +239,43 @@ static void bench_stats(const double *tps, int n, double *mean, double *sd, doub
     *sd = n > 1 ? sqrt(q / (n - 1)) : 0;
 }
 
+static int bench_cmp_double(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* The other counts of a -s list against the first: tg rate of each
+ * (tps[k * reps + r]), ratio of the means, of the bests, and the median
+ * and lowest of the per-repetition ratios (runs next to each other in
+ * time). JSON: a "tg_seqs_compare" member for the object being printed. */
+static void bench_seq_compare(const double *tps, int reps, const long *list, int n, int json) {
+    double m0, s0, b0;
+    bench_stats(tps, reps, &m0, &s0, &b0);
+    if (json) printf(", \"tg_seqs_compare\": [");
+    for (int k = 1; k < n; k++) {
+        double m, sd, b, ratio[100];
+        const double *t = tps + (size_t)k * reps;
+        bench_stats(t, reps, &m, &sd, &b);
+        for (int r = 0; r < reps; r++) ratio[r] = tps[r] > 0 ? t[r] / tps[r] : 0;
+        qsort(ratio, (size_t)reps, sizeof ratio[0], bench_cmp_double);
+        double med = reps % 2 ? ratio[reps / 2] : 0.5 * (ratio[reps / 2 - 1] + ratio[reps / 2]);
+        if (json)
+            printf("%s{\"seqs\": %ld, \"vs_seqs\": %ld, \"tok_s\": %.2f, \"std\": %.2f, \"best\": %.2f, "
+                   "\"ratio_mean\": %.3f, \"ratio_best\": %.3f, \"ratio_paired_median\": %.3f, \"ratio_paired_min\": %.3f}",
+                   k > 1 ? ", " : "", list[k], list[0], m, sd, b, m0 > 0 ? m / m0 : 0, b0 > 0 ? b / b0 : 0, med, ratio[0]);
+        else
+            printf("tg %ld seqs %8.2f +- %.2f (best %.2f) vs %ld: %.2fx (means), %.2fx (bests), "
+                   "per repetition median %.2fx, lowest %.2fx\n",
+                   list[k], m, sd, b, list[0], m0 > 0 ? m / m0 : 0, b0 > 0 ? b / b0 : 0, med, ratio[0]);
+    }
+    if (json) printf("]");
+}
+
 int cli_bench(int argc, char **argv) {
     const char *model = NULL, *schema = NULL;
     long pp = 512, tg = 128, reps = 3, threads = 0, batch = 512, seqs = 1, kv_block = 16;
+    long seq_list[BENCH_MAX_SEQ_LIST] = {1};
+    int n_seq_list = 1;
     int kv_type = ENGINE_KV_F32;
     int json = 0, membw_only = 0, membw_skip = 0;
     for (int i = 1; i < argc; i++) {
@@ -257,7 +296,25 @@ int cli_bench(int argc, char **argv) {
         else if (!strcmp(a, "-p")) pp = strtol(val, &end, 10);
         else if (!strcmp(a, "-n")) tg = strtol(val, &end, 10);
         else if (!strcmp(a, "-r")) reps = strtol(val, &end, 10);
-        else if (!strcmp(a, "-s") || !strcmp(a, "--seqs")) seqs = strtol(val, &end, 10);
+        else if (!strcmp(a, "-s") || !strcmp(a, "--seqs")) {
+            n_seq_list = 0;
+            const char *q = val;
+            for (;;) {
+                if (n_seq_list == BENCH_MAX_SEQ_LIST) {
+                    fprintf(stderr, "qkvd bench: -s takes at most %d counts\n", BENCH_MAX_SEQ_LIST);
+                    return 2;
+                }
+                seq_list[n_seq_list++] = strtol(q, &end, 10);
+                if (end == q || (*end && *end != ',')) break;
+                if (!*end) break;
+                q = end + 1;
+            }
+            seqs = 0;
+            for (int k = 0; k < n_seq_list; k++)
+                if (seq_list[k] < 1 || seq_list[k] > 64) seqs = -1;
+                else if (seqs >= 0 && seq_list[k] > seqs) seqs = seq_list[k];
+            val = q; /* the integer check below looks at the last count */
+        }
         else if (!strcmp(a, "-t") || !strcmp(a, "--threads")) threads = strtol(val, &end, 10);
         else if (!strcmp(a, "--batch") || !strcmp(a, "-b")) batch = strtol(val, &end, 10);
         else if (!strcmp(a, "--kv-block")) kv_block = strtol(val, &end, 10);
@@ -332,7 +389,8 @@ int cli_bench(int argc, char **argv) {
         n_threads = c > 0 ? (int32_t)c : 1;
     }
     int32_t *toks = malloc((size_t)(pp > 0 ? pp : 1) * sizeof *toks);
-    double *pp_tps = calloc((size_t)reps, sizeof(double)), *tg_tps = calloc((size_t)reps, sizeof(double));
+    double *pp_tps = calloc((size_t)reps, sizeof(double));
+    double *tg_tps = calloc((size_t)reps * BENCH_MAX_SEQ_LIST, sizeof(double));
     if (!toks || !pp_tps || !tg_tps) {
         fprintf(stderr, "qkvd bench: out of memory\n");
         engine_free(e);
@@ -354,15 +412,18 @@ int cli_bench(int argc, char **argv) {
     }
     /* Warm-up: fault the mapping in and settle the pool. */
     if (pp > 0 && bench_pp(e, toks, pp < 32 ? (int32_t)pp : 32, (int32_t)batch) < 0) rc = 1;
-    if (!rc && tg > 0 && bench_tg(e, first, tg < 8 ? (int32_t)tg : 8, (int32_t)seqs, V) < 0) rc = 1;
+    for (int k = 0; !rc && tg > 0 && k < n_seq_list; k++)
+        if (bench_tg(e, first, tg < 8 ? (int32_t)tg : 8, (int32_t)seq_list[k], V) < 0) rc = 1;
     for (long r = 0; !rc && r < reps; r++) {
         if (pp > 0) {
             double dt = bench_pp(e, toks, (int32_t)pp, (int32_t)batch);
             if (dt <= 0) rc = 1; else pp_tps[r] = pp / dt;
         }
-        if (!rc && tg > 0) {
-            double dt = bench_tg(e, first, (int32_t)tg, (int32_t)seqs, V);
-            if (dt <= 0) rc = 1; else tg_tps[r] = (double)tg * seqs / dt;
+        /* Each count of a -s list in turn: neighbours in time see the same
+         * machine, so their ratio is steadier than one of separate runs. */
+        for (int k = 0; !rc && tg > 0 && k < n_seq_list; k++) {
+            double dt = bench_tg(e, first, (int32_t)tg, (int32_t)seq_list[k], V);
+            if (dt <= 0) rc = 1; else tg_tps[k * reps + r] = (double)tg * seq_list[k] / dt;
         }
     }
     if (rc) {
@@ -372,6 +433,7 @@ int cli_bench(int argc, char **argv) {
     double pp_m, pp_s, pp_b, tg_m, tg_s, tg_b;
     bench_stats(pp_tps, (int)reps, &pp_m, &pp_s, &pp_b);
     bench_stats(tg_tps, (int)reps, &tg_m, &tg_s, &tg_b);
+    seqs = seq_list[0];
     uint64_t wbt = bench_weight_bytes_per_token(model);
     double gbs = tg_m / (double)seqs * (double)wbt / 1e9; /* one weight pass per step */
     /* The probe runs after the tests, so it does not warm or evict anything
@@ -391,10 +453,12 @@ int cli_bench(int argc, char **argv) {
                "\"tg\": {\"n\": %ld, \"tok_s\": %.2f, \"std\": %.2f, \"best\": %.2f}, \"weight_type\": \"%s\", "
                "\"weight_bytes_per_token\": %llu, \"tg_gb_s\": %.2f, \"reps\": %ld, \"batch\": %ld, "
                "\"tg_seqs\": %ld, \"kernels\": \"%s\", \"membw_gb_s\": %.2f, \"tg_bw_frac\": %.3f, "
-               "\"tg_ms_per_step\": %.3f}\n",
+               "\"tg_ms_per_step\": %.3f",
                n_threads, pp, pp_m, pp_s, pp_b, tg, tg_m, tg_s, tg_b, info->weight_type,
                (unsigned long long)wbt, gbs, reps, batch, seqs, quant_kernel_name(),
                membw > 0 ? membw : 0, frac, tg_m > 0 ? 1000.0 * (double)seqs / tg_m : 0);
+        if (n_seq_list > 1) bench_seq_compare(tg_tps, (int)reps, seq_list, n_seq_list, 1);
+        printf("}\n");
     } else {
         printf("model: %s (%s, %s, %.1f M params), %d threads, kernels %s\n", base, info->arch,
                info->weight_type, info->n_params / 1e6, n_threads, quant_kernel_name());
@@ -408,6 +472,7 @@ int cli_bench(int argc, char **argv) {
         if (membw > 0)
             printf("read bandwidth probe (%d threads): %.2f GB/s; tg reaches %.0f%% of it\n", n_threads,
                    membw, 100 * frac);
+        if (n_seq_list > 1) bench_seq_compare(tg_tps, (int)reps, seq_list, n_seq_list, 0);
     }
 out:
     free(toks);

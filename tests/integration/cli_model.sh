@@ -42,6 +42,20 @@ if (Object.keys(j.pp).join() !== \"n,tok_s,std,best\") process.exit(1);
 if (!(j.tg.best >= j.tg.tok_s) || !(j.pp.best >= j.pp.tok_s)) process.exit(1);
 " "$bj"'
 
+# -s 1,3: both counts run in every repetition; the 3-sequence rate and its
+# ratios to the 1-sequence one come with the main object.
+bs=$("$BIN" bench -m "$M" -p 0 -n 4 -r 2 -t 1 -s 1,3 --json --no-membw)
+check bench_seqs_compare 'node -e "
+const j = JSON.parse(process.argv[1]);
+if (j.tg_seqs !== 1 || !(j.tg.tok_s > 0)) process.exit(1);
+const c = j.tg_seqs_compare;
+if (!Array.isArray(c) || c.length !== 1 || c[0].seqs !== 3 || c[0].vs_seqs !== 1) process.exit(1);
+if (!(c[0].tok_s > 0) || Math.abs(c[0].ratio_mean - c[0].tok_s / j.tg.tok_s) > 1e-2 * c[0].ratio_mean) process.exit(1);
+if (!(c[0].ratio_paired_min <= c[0].ratio_paired_median)) process.exit(1);
+" "$bs"'
+"$BIN" bench -m "$M" -s 1,0 2>/tmp/qkvd-err-$$ >/dev/null; rc=$?
+check bench_seqs_bad '[ $rc -eq 2 ] && grep -q -- "-s" /tmp/qkvd-err-$$'
+
 info=$("$BIN" info -m "$M" --budget 1G)
 check info_plan 'echo "$info" | grep -q "KV per token" && echo "$info" | grep -q "blk.0.attn_q.weight" && echo "$info" | grep -q "KV tokens fit"'
 

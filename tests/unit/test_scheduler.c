@@ -338,7 +338,7 @@ static void test_embeddings(void **state) {
     run_free(&r);
 }
 
-static engine *load_budget(uint64_t kv_bytes, int prefix) {
+static engine *load_budget_type(uint64_t kv_bytes, int prefix, int kv_type) {
     const char *shared = getenv("QKVD_SHARED") ? getenv("QKVD_SHARED") : "../shared";
     char path[1024], err[512];
     snprintf(path, sizeof path, "%s/models/stories260K.gguf", shared);
@@ -350,10 +350,13 @@ static engine *load_budget(uint64_t kv_bytes, int prefix) {
     p.max_batch_tokens = 64;
     p.kv_memory_bytes = kv_bytes;
     p.kv_no_prefix_cache = !prefix;
+    p.kv_type = kv_type;
     engine *e = NULL;
     if (engine_load(&p, &e, err, sizeof err) < 0) print_message("engine_load: %s\n", err);
     return e;
 }
+
+static engine *load_budget(uint64_t kv_bytes, int prefix) { return load_budget_type(kv_bytes, prefix, ENGINE_KV_F32); }
 
 /* Four jobs (one with n = 2) generating 80 tokens each on engine e;
  * texts go to r[0..3]. Returns the scheduler's pre-emption count. */
@@ -389,10 +392,10 @@ static uint64_t run_four(engine *e, run *r, int32_t prefill_chunk) {
 
 /* KV blocks run out mid-generation: the newest jobs are pre-empted and
  * recomputed, and every text (greedy and sampled, n = 2 included) equals a
- * run with plenty of memory; with and without the prefix cache. */
-static void test_preemption_same_output(void **state) {
-    if (!eng) skip();
-    engine *big = load_budget(0, 1);
+ * run with plenty of memory; with and without the prefix cache, on every
+ * cache element type (the recomputed rows are stored, rounded, again). */
+static void check_preemption_same_output(int kv_type) {
+    engine *big = load_budget_type(0, 1, kv_type);
     assert_non_null(big);
     run want[4];
     memset(want, 0, sizeof want);
@@ -400,15 +403,17 @@ static void test_preemption_same_output(void **state) {
     engine_kv_stats st;
     engine_kv_stats_get(big, &st);
     assert_int_equal(st.blocks_used, 0);
+    /* 12 blocks of 16 tokens: 5 sequences of up to ~100 tokens need ~33. */
+    uint64_t budget = 12 * st.bytes_per_block;
     engine_free(big);
     for (int prefix = 0; prefix < 2; prefix++) {
-        /* 12 blocks of 16 tokens: 5 sequences of up to ~100 tokens need ~33. */
-        engine *small = load_budget(12ull * 16 * 5 * 2 * 32 * 4, prefix);
+        engine *small = load_budget_type(budget, prefix, kv_type);
         assert_non_null(small);
         run got[4];
         memset(got, 0, sizeof got);
         uint64_t n = run_four(small, got, 8);
-        print_message("prefix cache %s: %llu pre-emptions\n", prefix ? "on" : "off", (unsigned long long)n);
+        print_message("%s cache, prefix cache %s: %llu pre-emptions\n", engine_kv_type_name(kv_type),
+                      prefix ? "on" : "off", (unsigned long long)n);
         assert_true(n > 0);
         for (int k = 0; k < 4; k++)
             for (int c = 0; c < (k == 3 ? 2 : 1); c++) {
@@ -422,6 +427,12 @@ static void test_preemption_same_output(void **state) {
         engine_free(small);
     }
     for (int k = 0; k < 4; k++) run_free(&want[k]);
+}
+
+static void test_preemption_same_output(void **state) {
+    if (!eng) skip();
+    const int types[4] = {ENGINE_KV_F32, ENGINE_KV_F16, ENGINE_KV_Q8_0, ENGINE_KV_Q12_0};
+    for (int i = 0; i < 4; i++) check_preemption_same_output(types[i]);
 }
 
 /* A prompt larger than the whole KV pool is refused at submit (400). */

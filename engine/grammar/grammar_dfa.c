@@ -177,6 +177,15 @@ int32_t grammar__dfa_state(gdfa *d, uint32_t node) {
     return intern(d, &v, 1);
 }
 
+int32_t grammar__dfa_state_return(gdfa *d, uint32_t node) {
+    if (node == UINT32_MAX || d->m.oom) return GDFA_OOM;
+    if (node < 2) return intern(d, &node, 1);
+    d->out.n = 0;
+    grammar__machine_begin(&d->m);
+    if (grammar__machine_expand(&d->m, d->m.pos[node], d->m.parent[node], &d->out) || d->m.oom) return GDFA_OOM;
+    return intern(d, d->out.v, d->out.n);
+}
+
 int32_t grammar__dfa_step_slow(gdfa *d, int32_t s, unsigned b) {
     int c = d->bclass[b];
     /* consume from a copy: the pool may move while the successor is interned */

@@ -43,7 +43,12 @@ typedef struct gpos_mask {
     int32_t n_acc;
     int32_t *uncertain;   /* token ids in trie order */
     uint16_t *ulcp;       /* bytes shared with the previous uncertain token */
+    uint64_t *uoff;       /* per uncertain token: bit i set when the known frames can end after
+                             its first i bytes (i < 63); bit 63: also at some later offset */
+    uint8_t *ubytes;      /* the uncertain tokens' bytes back to back (the check reads them in order) */
+    uint16_t *ulen;       /* their lengths */
     int32_t n_uncertain;
+    int32_t n_frames;     /* stack nodes the table knows (top, key frames, static frames) */
     int32_t partial;      /* the walk stopped at too many uncertain tokens: no data, use a deeper key */
 } gpos_mask;
 
@@ -250,6 +255,9 @@ void grammar__dfa_free(gdfa *d);
 int grammar__dfa_trim(gdfa **pd, const grammar *g);
 /* The state {node} (node built in d->m); GDFA_OOM on OOM. */
 int32_t grammar__dfa_state(gdfa *d, uint32_t node);
+/* The state of the stacks that returning into node (built in d->m, its
+ * top a return position) continues with; GDFA_OOM on OOM. */
+int32_t grammar__dfa_state_return(gdfa *d, uint32_t node);
 /* Compute, record and return the successor of state s on byte b. */
 int32_t grammar__dfa_step_slow(gdfa *d, int32_t s, unsigned b);
 

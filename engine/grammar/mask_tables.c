@@ -50,16 +50,17 @@ static inline int popcount32(uint32_t x) {
 
 typedef struct gprecomp {
     int32_t *state;   /* per depth: the DFA state after the trie path */
-    uint8_t *ctx;     /* per depth: some path read past BOTTOM */
+    uint64_t *boff;   /* per depth: the offsets so far where the known frames could end (uoff's form) */
     int32_t depth_cap;
     int32_t *ubuf; int32_t ucap;
+    uint64_t *obuf;   /* the uncertain tokens' offsets, beside ubuf */
 } gprecomp;
 
 static void free_pm(gpos_mask *pm);
 
 static void precomp_free(gprecomp *pc) {
     if (!pc) return;
-    free(pc->state); free(pc->ctx); free(pc->ubuf);
+    free(pc->state); free(pc->boff); free(pc->ubuf); free(pc->obuf);
     free(pc);
 }
 
@@ -84,14 +85,24 @@ void grammar__mask_free(grammar *g) {
     g->rep_level = NULL;
 }
 
-static int push_uncertain(gprecomp *pc, int32_t *n, int32_t id) {
-    if (*n == pc->ucap) {
-        int32_t nc = pc->ucap ? pc->ucap * 2 : 256;
-        int32_t *nb = realloc(pc->ubuf, (size_t)nc * sizeof *nb);
-        if (!nb) return -1;
-        pc->ubuf = nb;
-        pc->ucap = nc;
-    }
+/* Room for n uncertain tokens (and their offsets) in pc's buffers. */
+static int ubuf_reserve(gprecomp *pc, int32_t n) {
+    if (n <= pc->ucap) return 0;
+    int32_t nc = pc->ucap ? pc->ucap : 256;
+    while (nc < n) nc *= 2;
+    int32_t *nb = realloc(pc->ubuf, (size_t)nc * sizeof *nb);
+    if (!nb) return -1;
+    pc->ubuf = nb;
+    uint64_t *no = realloc(pc->obuf, (size_t)nc * sizeof *no);
+    if (!no) return -1;
+    pc->obuf = no;
+    pc->ucap = nc;
+    return 0;
+}
+
+static int push_uncertain(gprecomp *pc, int32_t *n, int32_t id, uint64_t off) {
+    if (*n == pc->ucap && ubuf_reserve(pc, *n + 1)) return -1;
+    pc->obuf[*n] = off;
     pc->ubuf[(*n)++] = id;
     return 0;
 }
@@ -99,7 +110,7 @@ static int push_uncertain(gprecomp *pc, int32_t *n, int32_t id) {
 /* The frames below a frame of rule r that are statically known because
  * each rule on the way has one call site, then BOTTOM (or COMPLETE below a
  * root nobody calls). */
-static uint32_t static_below(const grammar *g, gmachine *m, int32_t r) {
+static uint32_t static_below(const grammar *g, gmachine *m, int32_t r, int32_t *n_frames) {
     uint32_t chain[64];
     int n = 0;
     uint32_t bottom = GNODE_BOTTOM;
@@ -111,17 +122,21 @@ static uint32_t static_below(const grammar *g, gmachine *m, int32_t r) {
         r = g->elem_rule[s];
     }
     if (n == 64) { n = 0; bottom = GNODE_BOTTOM; }
+    *n_frames = n;
     uint32_t x = bottom;
     while (n > 0 && x != UINT32_MAX) x = grammar__machine_node(m, chain[--n], x);
     return x;
 }
 
 
-/* The stack to precompute from: the key's frames, then the static frames. */
-static uint32_t start_node(const grammar *g, gmachine *m, const uint32_t *key, int n) {
+/* The stack to precompute from: the key's frames, then the static frames;
+ * *n_frames the stack nodes above the unknown rest (BOTTOM). */
+static uint32_t start_node(const grammar *g, gmachine *m, const uint32_t *key, int n, int32_t *n_frames) {
     uint32_t x;
+    int32_t ns = 0;
     if (key[n - 1] >= KEY_SENT) { x = key[n - 1] - KEY_SENT; n--; }
-    else x = static_below(g, m, g->elem_rule[key[n - 1]]);
+    else x = static_below(g, m, g->elem_rule[key[n - 1]], &ns);
+    *n_frames = n + ns;
     while (n > 0 && x != UINT32_MAX) x = grammar__machine_node(m, key[--n], x);
     return x;
 }
@@ -132,8 +147,8 @@ static int precomp_init(grammar *g, const grammar_vocab *v) {
         if (!pc) return -1;
         pc->depth_cap = v->max_len + 1;
         pc->state = calloc((size_t)pc->depth_cap, sizeof *pc->state);
-        pc->ctx = calloc((size_t)pc->depth_cap, 1);
-        if (!pc->state || !pc->ctx) { precomp_free(pc); return -1; }
+        pc->boff = calloc((size_t)pc->depth_cap, sizeof *pc->boff);
+        if (!pc->state || !pc->boff) { precomp_free(pc); return -1; }
         g->pre = pc;
     }
     return grammar__dfa_trim(&g->dfa, g);
@@ -141,11 +156,23 @@ static int precomp_init(grammar *g, const grammar_vocab *v) {
 
 /* Fill pm's uncertain list from ids[0..nu) (trie order) and pick the
  * accepted set's form. 0 or -1 on OOM (pm then freed by the caller). */
-static int pm_finish(gpos_mask *pm, const grammar_vocab *v, const int32_t *ids, int32_t nu) {
+static int pm_finish(gpos_mask *pm, const grammar_vocab *v, const int32_t *ids, const uint64_t *offs, int32_t nu) {
     if (nu) {
         pm->uncertain = malloc((size_t)nu * sizeof *pm->uncertain);
         pm->ulcp = malloc((size_t)nu * sizeof *pm->ulcp);
-        if (!pm->uncertain || !pm->ulcp) return -1;
+        pm->uoff = malloc((size_t)nu * sizeof *pm->uoff);
+        pm->ulen = malloc((size_t)nu * sizeof *pm->ulen);
+        size_t nbytes = 0;
+        for (int32_t i = 0; i < nu; i++) nbytes += v->len[ids[i]];
+        pm->ubytes = malloc(nbytes + 1);
+        if (!pm->uncertain || !pm->ulcp || !pm->uoff || !pm->ulen || !pm->ubytes) return -1;
+        memcpy(pm->uoff, offs, (size_t)nu * sizeof *offs);
+        nbytes = 0;
+        for (int32_t i = 0; i < nu; i++) {
+            pm->ulen[i] = v->len[ids[i]];
+            memcpy(pm->ubytes + nbytes, v->bytes + v->off[ids[i]], pm->ulen[i]);
+            nbytes += pm->ulen[i];
+        }
         for (int32_t i = 0; i < nu; i++) {
             int32_t id = ids[i];
             pm->uncertain[i] = id;
@@ -189,13 +216,13 @@ static int pm_finish(gpos_mask *pm, const grammar_vocab *v, const int32_t *ids, 
  * pc->ubuf, *nu counting them. Subtrees without such tokens are skipped.
  * 0 or -1 on OOM. */
 static int walk(grammar *g, const grammar_vocab *v, const uint32_t *key, int keylen, int32_t min_len, uint32_t *acc,
-                int32_t *nu, int32_t max_uncertain) {
+                int32_t *nu, int32_t max_uncertain, int32_t *n_frames) {
     gprecomp *pc = g->pre;
     gdfa *dfa = g->dfa;
-    int32_t s0 = grammar__dfa_state(dfa, start_node(g, &dfa->m, key, keylen));
+    int32_t s0 = grammar__dfa_state(dfa, start_node(g, &dfa->m, key, keylen, n_frames));
     if (s0 < 0) return -1;
     pc->state[0] = s0;
-    pc->ctx[0] = 0;
+    pc->boff[0] = 0;
     const gtnode *tn = v->tn;
     const int32_t *trans = dfa->trans;
     const uint8_t *bclass = dfa->bclass, *flags = dfa->flags;
@@ -206,7 +233,8 @@ static int walk(grammar *g, const grammar_vocab *v, const uint32_t *key, int key
         if (nd.maxlen < min_len) { k = nd.end; continue; }
         int32_t d = nd.depth;
         int32_t s = pc->state[d - 1];
-        int ctx = pc->ctx[d - 1] | (flags[s] & GDFA_HAS_BOTTOM);
+        /* the offsets where some path read past BOTTOM: d - 1 when the parent's set holds it */
+        uint64_t ctx = pc->boff[d - 1] | ((uint64_t)(flags[s] & GDFA_HAS_BOTTOM) << (d - 1 < 63 ? d - 1 : 63));
         int32_t t = trans[(size_t)s * (size_t)nb + bclass[nd.byte]];
         if (t == GDFA_UNKNOWN) {
             t = grammar__dfa_step_slow(dfa, s, nd.byte);
@@ -219,14 +247,14 @@ static int walk(grammar *g, const grammar_vocab *v, const uint32_t *key, int key
             if (ctx) {
                 int32_t hi = nd.end < v->n_nodes ? tn[nd.end].first : v->n_sorted;
                 for (int32_t i = nd.first; i < hi; i++)
-                    if (v->len[v->sorted[i]] >= min_len && push_uncertain(pc, nu, v->sorted[i])) return -1;
+                    if (v->len[v->sorted[i]] >= min_len && push_uncertain(pc, nu, v->sorted[i], ctx)) return -1;
                 if (*nu > max_uncertain) return 1;
             }
             k = nd.end;
             continue;
         }
         pc->state[d] = t;
-        pc->ctx[d] = (uint8_t)(ctx != 0);
+        pc->boff[d] = ctx;
         /* the token ending here, without a branch (a node without one, or
          * a token too short for this walk, sets a bit in the dummy word) */
         int32_t id = d >= min_len ? nd.tok : dummy;
@@ -250,7 +278,7 @@ static gpos_mask *precompute(grammar *g, const grammar_vocab *v, const uint32_t 
     if (!pm) return NULL;
     pm->accepted = calloc((size_t)v->n_words + 1, sizeof *pm->accepted); /* + the walk's dummy word */
     int32_t nu = 0;
-    int rc = pm->accepted ? walk(g, v, key, keylen, 0, pm->accepted, &nu, max_uncertain) : -1;
+    int rc = pm->accepted ? walk(g, v, key, keylen, 0, pm->accepted, &nu, max_uncertain, &pm->n_frames) : -1;
     if (rc == 1) {
         free(pm->accepted);
         pm->accepted = NULL;
@@ -258,7 +286,7 @@ static gpos_mask *precompute(grammar *g, const grammar_vocab *v, const uint32_t 
         pm->n_uncertain = nu;
         return pm;
     }
-    if (rc || pm_finish(pm, v, g->pre->ubuf, nu)) {
+    if (rc || pm_finish(pm, v, g->pre->ubuf, g->pre->obuf, nu)) {
         free_pm(pm);
         return NULL;
     }
@@ -286,7 +314,10 @@ static gpos_mask *derive(grammar *g, const grammar_vocab *v, const gpos_mask *ba
     int32_t nu = 0;
     int32_t nb = 0;
     for (int32_t i = 0; i < base->n_uncertain; i++) nb += v->len[base->uncertain[i]] < k;
-    int rc = walk(g, v, key, keylen, k, pm->accepted, &nu, max_uncertain == INT32_MAX ? INT32_MAX : max_uncertain - nb);
+    /* the key has the frames of base's (levels of the same repetitions, the
+     * same static frames above them), so base's offsets hold here too */
+    int rc = walk(g, v, key, keylen, k, pm->accepted, &nu, max_uncertain == INT32_MAX ? INT32_MAX : max_uncertain - nb,
+                  &pm->n_frames);
     if (rc == 1) { /* as in precompute: only a marker */
         free(pm->accepted);
         pm->accepted = NULL;
@@ -296,23 +327,18 @@ static gpos_mask *derive(grammar *g, const grammar_vocab *v, const gpos_mask *ba
     }
     if (rc) { free_pm(pm); return NULL; }
     int32_t total = nu + nb;
-    while (pc->ucap < 2 * total + 1) {
-        int32_t nc = pc->ucap ? pc->ucap * 2 : 256;
-        int32_t *nbuf = realloc(pc->ubuf, (size_t)nc * sizeof *nbuf);
-        if (!nbuf) { free_pm(pm); return NULL; }
-        pc->ubuf = nbuf;
-        pc->ucap = nc;
-    }
+    if (ubuf_reserve(pc, 2 * total + 1)) { free_pm(pm); return NULL; }
     int32_t *out = pc->ubuf + total, i = 0, j = 0, o = 0;
+    uint64_t *oout = pc->obuf + total;
     while (i < nu || j < base->n_uncertain) {
         while (j < base->n_uncertain && v->len[base->uncertain[j]] >= k) j++;
         int32_t a = i < nu ? pc->ubuf[i] : -1;
         int32_t b = j < base->n_uncertain ? base->uncertain[j] : -1;
         if (a < 0 && b < 0) break;
-        if (b < 0 || (a >= 0 && v->rank[a] < v->rank[b])) { out[o++] = a; i++; }
-        else { out[o++] = b; j++; }
+        if (b < 0 || (a >= 0 && v->rank[a] < v->rank[b])) { oout[o] = pc->obuf[i]; out[o++] = a; i++; }
+        else { oout[o] = base->uoff[j]; out[o++] = b; j++; }
     }
-    if (pm_finish(pm, v, out, o)) { free_pm(pm); return NULL; }
+    if (pm_finish(pm, v, out, oout, o)) { free_pm(pm); return NULL; }
     return pm;
 }
 
@@ -520,7 +546,7 @@ static gpos_mask *get_pm_deep(grammar *g, const grammar_vocab *v, const uint32_t
 
 static void free_pm(gpos_mask *pm) {
     if (!pm) return;
-    free(pm->accepted); free(pm->uncertain); free(pm->ulcp); free(pm->acc_ids); free(pm);
+    free(pm->accepted); free(pm->uncertain); free(pm->ulcp); free(pm->uoff); free(pm->ulen); free(pm->ubytes); free(pm->acc_ids); free(pm);
 }
 
 
@@ -543,6 +569,35 @@ gpos_mask *grammar__table_for_stack(grammar *g, const grammar_vocab *v, const gm
     return pm;
 }
 
+/* The DFA state of the stack x of mc (its nodes built in the DFA's machine):
+ * returning into x when ret, else x itself. */
+static int32_t real_state(gdfa *dfa, const gmachine *mc, uint32_t x, int ret) {
+    /* collect the positions top to bottom, build the nodes bottom up */
+    uint32_t n = 0, y;
+    for (y = x; y >= 2; y = mc->parent[y]) {
+        if (grammar__set_push(&dfa->tmp, 0)) return GDFA_OOM; /* grow */
+        n++;
+    }
+    dfa->tmp.n = 0;
+    for (y = x; y >= 2; y = mc->parent[y]) dfa->tmp.v[dfa->tmp.n++] = mc->pos[y];
+    uint32_t node = y;
+    for (uint32_t k = n; k-- > 0 && node != UINT32_MAX;) node = grammar__machine_node(&dfa->m, dfa->tmp.v[k], node);
+    return ret ? grammar__dfa_state_return(dfa, node) : grammar__dfa_state(dfa, node);
+}
+
+/* Whether bytes b[0..len) survive from DFA state s. 1, 0, or -1 on OOM. */
+static int run_bytes(gdfa *dfa, int32_t s, const unsigned char *b, int32_t len) {
+    for (int32_t i = 0; i < len && s >= 0; i++) s = grammar__dfa_step(dfa, s, b[i]);
+    return s == GDFA_OOM ? -1 : s >= 0;
+}
+
+/* An uncertain token is valid on the real stack exactly when, at one of
+ * the offsets where the table's known frames can end (uoff), the rest of
+ * its bytes is valid on the real stack below those frames. That lower
+ * stack is the same for many stacks (the levels of a bounded string, the
+ * steps of a repetition, every request), so its DFA states and transitions
+ * are met again and are one array load per byte; the whole real stack,
+ * new at each level, would cost a stack-machine step per byte instead. */
 int grammar__check_uncertain(grammar *g, const grammar_vocab *v, const gmachine *mc, uint32_t x, const gpos_mask *pm,
                              uint32_t *mask) {
     pthread_mutex_lock(&g->lock);
@@ -550,27 +605,45 @@ int grammar__check_uncertain(grammar *g, const grammar_vocab *v, const gmachine 
     if (precomp_init(g, v)) goto out;
     gdfa *dfa = g->dfa;
     gprecomp *pc = g->pre;
-    /* the real stack, interned in the DFA's machine: collect it top to bottom, build it bottom up */
-    uint32_t n = 0, y;
-    for (y = x; y >= 2; y = mc->parent[y]) {
-        if (grammar__set_push(&dfa->tmp, 0)) goto out; /* grow */
-        n++;
+    /* the stack below the known frames */
+    uint32_t y = x;
+    for (int32_t i = 0; i < pm->n_frames && y >= 2; i++) y = mc->parent[y];
+    int32_t low = GDFA_DEAD; /* y COMPLETE: nothing can follow the known frames */
+    int by_offset = y != GNODE_BOTTOM; /* else a stack shorter than the table's frames: whole tokens */
+    if (y >= 2) {
+        low = real_state(dfa, mc, y, 1);
+        if (low == GDFA_OOM) goto out;
     }
-    dfa->tmp.n = 0;
-    for (y = x; y >= 2; y = mc->parent[y]) dfa->tmp.v[dfa->tmp.n++] = mc->pos[y];
-    uint32_t node = y;
-    for (uint32_t k = n; k-- > 0 && node != UINT32_MAX;) node = grammar__machine_node(&dfa->m, dfa->tmp.v[k], node);
-    int32_t s0 = grammar__dfa_state(dfa, node);
-    if (s0 < 0) goto out;
+    int32_t whole = GDFA_UNKNOWN; /* the whole real stack's state, when needed */
     int32_t *st = pc->state;
-    st[0] = s0;
-    int32_t have = 0; /* st[0..have] hold the previous token's prefix (GDFA_DEAD where it died) */
-    for (int32_t i = 0; i < pm->n_uncertain; i++) {
+    int32_t have = -1; /* st[0..have] hold the previous whole-stack token's prefix (GDFA_DEAD where it died) */
+    const unsigned char *b = pm->ubytes;
+    for (int32_t i = 0, len = 0; i < pm->n_uncertain; i++) {
         int32_t id = pm->uncertain[i];
+        b += len; /* this token's bytes */
+        len = pm->ulen[i];
+        if (mask[id >> 5] >> (id & 31) & 1) { if (have > pm->ulcp[i]) have = pm->ulcp[i]; continue; }
+        uint64_t off = pm->uoff[i];
+        if (!(off >> 63) && by_offset) {
+            int ok = 0;
+            if (low >= 0)
+                for (uint64_t o = off; o && !ok; o &= o - 1) {
+                    int r = run_bytes(dfa, low, b + __builtin_ctzll(o), len - __builtin_ctzll(o));
+                    if (r < 0) goto out;
+                    ok = r;
+                }
+            if (ok) mask[id >> 5] |= 1u << (id & 31);
+            if (have > pm->ulcp[i]) have = pm->ulcp[i];
+            continue;
+        }
+        /* an offset past 62 bytes: the token from the whole real stack */
+        if (whole == GDFA_UNKNOWN) {
+            whole = real_state(dfa, mc, x, 0);
+            if (whole < 0) goto out;
+            st[0] = whole;
+            have = 0;
+        }
         int32_t d = pm->ulcp[i] < have ? pm->ulcp[i] : have;
-        if (mask[id >> 5] >> (id & 31) & 1) { have = d; continue; }
-        const unsigned char *b = (const unsigned char *)v->bytes + v->off[id];
-        int32_t len = v->len[id];
         while (d < len && st[d] >= 0) {
             int32_t t = grammar__dfa_step(dfa, st[d], b[d]);
             if (t == GDFA_OOM) goto out;

@@ -48,16 +48,18 @@ static void attn_softmax_row(float *row, const attn_keys *r, const kv_policy_cfg
         b[n++] = r->base[k] + hi - r->lo[k];
     }
     float mx = -INFINITY;
-    for (int32_t k = 0; k < n; k++)
-        for (int32_t c = a[k]; c < b[k]; c++)
-            if (row[c] > mx) mx = row[c];
+    for (int32_t k = 0; k < n; k++) {
+        float m = vec_max(row + a[k], (size_t)(b[k] - a[k]));
+        if (m > mx) mx = m;
+    }
     float sum = 0;
     for (int32_t k = 0; k < n; k++) sum += vec_exp_shift_sum(row + a[k], (size_t)(b[k] - a[k]), mx);
     float inv = sum > 0 ? 1.0f / sum : 0.0f;
     int32_t c = 0;
     for (int32_t k = 0; k < n; k++) {
         for (; c < a[k]; c++) row[c] = 0;
-        for (; c < b[k]; c++) row[c] *= inv;
+        vec_scale(row + a[k], (size_t)(b[k] - a[k]), inv);
+        c = b[k];
     }
     for (; c < r->n; c++) row[c] = 0;
 }

@@ -58,17 +58,19 @@ static const float *kind_rows(const kv_span *sp, int v, int32_t kvh, int32_t hd,
 /* Softmax over two valid column ranges [0, a1) and [b0, b1) of row[0..n);
  * the rest is zeroed. */
 static void kind_softmax_segments(float *row, int32_t a1, int32_t b0, int32_t b1, int32_t n) {
-    float mx = -INFINITY;
-    for (int32_t c = 0; c < a1; c++) if (row[c] > mx) mx = row[c];
-    for (int32_t c = b0; c < b1; c++) if (row[c] > mx) mx = row[c];
+    float mx = a1 > 0 ? vec_max(row, (size_t)a1) : -INFINITY;
+    if (b1 > b0) {
+        float m2 = vec_max(row + b0, (size_t)(b1 - b0));
+        if (m2 > mx) mx = m2;
+    }
     float sum = 0;
     if (a1 > 0) sum += vec_exp_shift_sum(row, (size_t)a1, mx);
     if (b1 > b0) sum += vec_exp_shift_sum(row + b0, (size_t)(b1 - b0), mx);
     float inv = sum > 0 ? 1.0f / sum : 0.0f;
-    for (int32_t c = 0; c < n; c++) {
-        if (c < a1 || (c >= b0 && c < b1)) row[c] *= inv;
-        else row[c] = 0;
-    }
+    if (a1 > 0) vec_scale(row, (size_t)a1, inv);
+    if (b1 > b0) vec_scale(row + b0, (size_t)(b1 - b0), inv);
+    for (int32_t c = a1 > 0 ? a1 : 0; c < n; c++)
+        if (c < b0 || c >= b1) row[c] = 0;
 }
 
 /* Masked softmax attention: row i sees sinks [0, min(S, i+1)) and the body

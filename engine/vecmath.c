@@ -17,6 +17,22 @@ static int vec_has_avx2(void) {
     return cached;
 }
 
+float vec_max(const float *x, size_t n) {
+    if (vec_has_avx2()) return vec__max_avx2(x, n);
+    float mx = -INFINITY;
+    for (size_t i = 0; i < n; i++)
+        if (x[i] > mx) mx = x[i];
+    return mx;
+}
+
+void vec_scale(float *x, size_t n, float s) {
+    if (vec_has_avx2()) {
+        vec__scale_avx2(x, n, s);
+        return;
+    }
+    for (size_t i = 0; i < n; i++) x[i] *= s;
+}
+
 float vec_exp_shift_sum(float *x, size_t n, float mx) {
     if (vec_has_avx2()) return vec__exp_shift_sum_avx2(x, n, mx);
     float s = 0;

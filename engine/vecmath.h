@@ -10,6 +10,12 @@
 /* x[i] = exp(x[i] - mx) for i < n; returns the sum of the results. */
 float vec_exp_shift_sum(float *x, size_t n, float mx);
 
+/* The largest of x[0..n) (-INFINITY for n = 0; NaNs are skipped). */
+float vec_max(const float *x, size_t n);
+
+/* x[i] *= s for i < n. */
+void vec_scale(float *x, size_t n, float s);
+
 /* g[i] = silu(g[i]) * u[i] = g[i] / (1 + exp(-g[i])) * u[i] for i < n. */
 void vec_silu_mul(float *g, const float *u, size_t n);
 
@@ -31,6 +37,8 @@ uint64_t vec_read_bytes(const void *p, size_t bytes);
 /* Internal: the AVX2 kernels (vecmath_avx2.c), called only after a CPU check. */
 float vec__exp_shift_sum_avx2(float *x, size_t n, float mx);
 void vec__silu_mul_avx2(float *g, const float *u, size_t n);
+float vec__max_avx2(const float *x, size_t n);
+void vec__scale_avx2(float *x, size_t n, float s);
 void vec__dot_rows_avx2(const float *q, const float *rows, size_t stride, size_t n_rows, size_t n,
                         float scale, float *out);
 void vec__axpy_rows_avx2(float *out, const float *rows, size_t stride, size_t n_rows, size_t n,

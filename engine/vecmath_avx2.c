@@ -46,6 +46,33 @@ float vec__exp_shift_sum_avx2(float *x, size_t n, float mx) {
     return s;
 }
 
+float vec__max_avx2(const float *x, size_t n) {
+    /* max_ps(v, m) returns m where v is NaN: NaNs are skipped, as in the
+     * scalar loop. */
+    __m256 m0 = _mm256_set1_ps(-INFINITY), m1 = m0;
+    size_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        m0 = _mm256_max_ps(_mm256_loadu_ps(x + i), m0);
+        m1 = _mm256_max_ps(_mm256_loadu_ps(x + i + 8), m1);
+    }
+    for (; i + 8 <= n; i += 8) m0 = _mm256_max_ps(_mm256_loadu_ps(x + i), m0);
+    m0 = _mm256_max_ps(m0, m1);
+    __m128 m = _mm_max_ps(_mm256_castps256_ps128(m0), _mm256_extractf128_ps(m0, 1));
+    m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+    m = _mm_max_ss(m, _mm_movehdup_ps(m));
+    float mx = _mm_cvtss_f32(m);
+    for (; i < n; i++)
+        if (x[i] > mx) mx = x[i];
+    return mx;
+}
+
+void vec__scale_avx2(float *x, size_t n, float s) {
+    const __m256 v = _mm256_set1_ps(s);
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(x + i, _mm256_mul_ps(_mm256_loadu_ps(x + i), v));
+    for (; i < n; i++) x[i] *= s;
+}
+
 void vec__silu_mul_avx2(float *g, const float *u, size_t n) {
     const __m256 one = _mm256_set1_ps(1.0f), zero = _mm256_setzero_ps();
     size_t i = 0;

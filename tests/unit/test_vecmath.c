@@ -69,9 +69,34 @@ static void test_rows_kernels(void **state) {
     free(rows);
 }
 
+/* vec_max / vec_scale at lengths around the vector widths; NaNs are
+ * skipped by the max, an empty range is -inf. */
+static void test_max_scale(void **state) {
+    (void)state;
+    float x[41], y[41];
+    for (size_t n = 0; n <= 41; n++) {
+        for (size_t pos = 0; pos < (n ? n : 1); pos++) {
+            float want = -INFINITY;
+            for (size_t i = 0; i < n; i++) {
+                x[i] = sinf((float)i * 1.7f) - 2.0f;
+                if (i == pos) x[i] = 3.0f + (float)pos;
+                if (i == (pos + 5) % (n ? n : 1) && i != pos) x[i] = NAN;
+                if (!isnan(x[i]) && x[i] > want) want = x[i];
+            }
+            float got = vec_max(x, n);
+            if (n == 0) assert_true(isinf(got) && got < 0);
+            else assert_true(got == want);
+        }
+        for (size_t i = 0; i < n; i++) y[i] = x[i] = cosf((float)i);
+        vec_scale(x, n, 0.37f);
+        for (size_t i = 0; i < n; i++) assert_true(x[i] == y[i] * 0.37f);
+    }
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_exp_shift_sum),
+        cmocka_unit_test(test_max_scale),
         cmocka_unit_test(test_silu_mul),
         cmocka_unit_test(test_rows_kernels),
     };

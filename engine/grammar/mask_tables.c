@@ -791,6 +791,7 @@ int grammar_precompute_budget(grammar *g, const grammar_vocab *v, double max_ms)
     if (__atomic_load_n(&g->tables_done, __ATOMIC_ACQUIRE)) return 0;
     struct timespec t0;
     clock_gettime(CLOCK_MONOTONIC, &t0);
+    grammar__state_cache_reserve(g);
     for (int32_t p = 0; p < g->n_elems; p++) {
         if (g->elems[p].kind != GE_BYTES || __atomic_load_n(&g->pm[p], __ATOMIC_ACQUIRE))
             continue;

@@ -40,7 +40,7 @@ typedef struct gpos_mask {
     uint32_t *accepted;   /* n_vocab bits, or NULL when acc_ids lists them */
     int32_t w_lo, w_hi;   /* accepted words outside [w_lo, w_hi) are zero */
     int32_t *acc_ids;     /* the accepted tokens when there are few */
-    int32_t n_acc;
+    int32_t n_acc;        /* their count (with a bitset: only some count over 512) */
     int32_t *uncertain;   /* token ids in trie order */
     uint16_t *ulcp;       /* bytes shared with the previous uncertain token */
     uint64_t *uoff;       /* per uncertain token: bit i set when the known frames can end after
@@ -164,6 +164,8 @@ struct grammar_vocab {
     int32_t *rank;        /* token id -> index in sorted, -1 without bytes */
     int32_t *bylen;       /* tokens with bytes, longest first */
     int32_t *n_ge;        /* [L] tokens of at least L bytes (L <= max_len + 1): bylen[0 .. n_ge[L]) */
+    uint32_t *shorter;    /* [(k - 2) * n_words ..]: the tokens of 1 .. k-1 bytes, for 2 <= k < n_shorter + 2 */
+    int32_t n_shorter;
 };
 
 

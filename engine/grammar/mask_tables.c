@@ -193,11 +193,11 @@ static int pm_finish(gpos_mask *pm, const grammar_vocab *v, const int32_t *ids, 
     pm->w_hi = 0;
     for (int32_t w = 0; w < v->n_words; w++)
         if (pm->accepted[w]) {
-            na += popcount32(pm->accepted[w]);
+            if (na <= 512) na += popcount32(pm->accepted[w]); /* counted only as far as the choice needs */
             if (w < pm->w_lo) pm->w_lo = w;
             pm->w_hi = w + 1;
         }
-    pm->n_acc = na;
+    pm->n_acc = na; /* exact when at most 512 (the list's length), else only "more" */
     if (na <= 512) {
         pm->acc_ids = malloc((size_t)(na ? na : 1) * sizeof *pm->acc_ids);
         if (!pm->acc_ids) return -1;
@@ -221,23 +221,29 @@ static int walk(grammar *g, const grammar_vocab *v, const uint32_t *key, int key
     gdfa *dfa = g->dfa;
     int32_t s0 = grammar__dfa_state(dfa, start_node(g, &dfa->m, key, keylen, n_frames));
     if (s0 < 0) return -1;
-    pc->state[0] = s0;
-    pc->boff[0] = 0;
-    const gtnode *tn = v->tn;
+    /* locals the compiler may keep in registers (the stores into acc could
+     * otherwise alias everything, -fno-strict-aliasing being on) */
+    int32_t *restrict st = pc->state;
+    uint64_t *restrict bo = pc->boff;
+    uint32_t *restrict ac = acc;
+    st[0] = s0;
+    bo[0] = 0;
+    const gtnode *restrict tn = v->tn;
     const int32_t *trans = dfa->trans;
     const uint8_t *bclass = dfa->bclass, *flags = dfa->flags;
-    const int32_t nb = dfa->n_bclass;
-    const int32_t dummy = v->n_words * 32;
-    for (int32_t k = 0; k < v->n_nodes;) {
-        const gtnode nd = tn[k];
-        if (nd.maxlen < min_len) { k = nd.end; continue; }
-        int32_t d = nd.depth;
-        int32_t s = pc->state[d - 1];
+    const size_t nb = (size_t)dfa->n_bclass;
+    const int32_t dummy = v->n_words * 32, n_nodes = v->n_nodes;
+    for (int32_t k = 0; k < n_nodes;) {
+        const gtnode *nd = &tn[k];
+        if (nd->maxlen < min_len) { k = nd->end; continue; }
+        int32_t d = nd->depth;
+        int32_t s = st[d - 1];
         /* the offsets where some path read past BOTTOM: d - 1 when the parent's set holds it */
-        uint64_t ctx = pc->boff[d - 1] | ((uint64_t)(flags[s] & GDFA_HAS_BOTTOM) << (d - 1 < 63 ? d - 1 : 63));
-        int32_t t = trans[(size_t)s * (size_t)nb + bclass[nd.byte]];
-        if (t == GDFA_UNKNOWN) {
-            t = grammar__dfa_step_slow(dfa, s, nd.byte);
+        uint64_t ctx = bo[d - 1];
+        if (__builtin_expect(flags[s] & GDFA_HAS_BOTTOM, 0)) ctx |= (uint64_t)1 << (d - 1 < 63 ? d - 1 : 63);
+        int32_t t = trans[(size_t)s * nb + bclass[nd->byte]];
+        if (__builtin_expect(t == GDFA_UNKNOWN, 0)) {
+            t = grammar__dfa_step_slow(dfa, s, nd->byte);
             if (t == GDFA_OOM) return -1;
             trans = dfa->trans; /* the DFA may have grown */
             flags = dfa->flags;
@@ -245,24 +251,24 @@ static int walk(grammar *g, const grammar_vocab *v, const uint32_t *key, int key
         if (t == GDFA_DEAD) {
             /* dead prefix: the whole subtree is rejected, or uncertain when a path left the frame */
             if (ctx) {
-                int32_t hi = nd.end < v->n_nodes ? tn[nd.end].first : v->n_sorted;
-                for (int32_t i = nd.first; i < hi; i++)
+                int32_t hi = nd->end < n_nodes ? tn[nd->end].first : v->n_sorted;
+                for (int32_t i = nd->first; i < hi; i++)
                     if (v->len[v->sorted[i]] >= min_len && push_uncertain(pc, nu, v->sorted[i], ctx)) return -1;
                 if (*nu > max_uncertain) return 1;
             }
-            k = nd.end;
+            k = nd->end;
             continue;
         }
-        pc->state[d] = t;
-        pc->boff[d] = ctx;
+        st[d] = t;
+        bo[d] = ctx;
         /* the token ending here, without a branch (a node without one, or
          * a token too short for this walk, sets a bit in the dummy word) */
-        int32_t id = d >= min_len ? nd.tok : dummy;
-        acc[id >> 5] |= 1u << (id & 31);
-        if (nd.ntok > 1 && d >= min_len) /* several tokens with the same bytes */
-            for (int32_t i = nd.first + 1; i < nd.first + nd.ntok; i++) {
+        int32_t id = d >= min_len ? nd->tok : dummy;
+        ac[id >> 5] |= 1u << (id & 31);
+        if (__builtin_expect(nd->ntok > 1, 0) && d >= min_len) /* several tokens with the same bytes */
+            for (int32_t i = nd->first + 1; i < nd->first + nd->ntok; i++) {
                 id = v->sorted[i];
-                acc[id >> 5] |= 1u << (id & 31);
+                ac[id >> 5] |= 1u << (id & 31);
             }
         k++;
     }
@@ -308,8 +314,13 @@ static gpos_mask *derive(grammar *g, const grammar_vocab *v, const gpos_mask *ba
     if (base->accepted) memcpy(pm->accepted, base->accepted, (size_t)v->n_words * sizeof *pm->accepted);
     else
         for (int32_t i = 0; i < base->n_acc; i++) pm->accepted[base->acc_ids[i] >> 5] |= 1u << (base->acc_ids[i] & 31);
-    int32_t nlong = k <= v->max_len ? v->n_ge[k] : 0;
-    for (int32_t i = 0; i < nlong; i++) pm->accepted[v->bylen[i] >> 5] &= ~(1u << (v->bylen[i] & 31));
+    if (k >= 2 && k < v->n_shorter + 2) {
+        const uint32_t *sh = v->shorter + (size_t)(k - 2) * (size_t)v->n_words;
+        for (int32_t w = 0; w < v->n_words; w++) pm->accepted[w] &= sh[w];
+    } else {
+        int32_t nlong = k <= v->max_len ? v->n_ge[k] : 0;
+        for (int32_t i = 0; i < nlong; i++) pm->accepted[v->bylen[i] >> 5] &= ~(1u << (v->bylen[i] & 31));
+    }
     /* the long tokens' verdicts go to the front of ubuf, then base's short uncertain ones are merged in */
     int32_t nu = 0;
     int32_t nb = 0;
@@ -664,6 +675,21 @@ static double ms_since(const struct timespec *t0) {
     return (double)(t.tv_sec - t0->tv_sec) * 1e3 + (double)(t.tv_nsec - t0->tv_nsec) / 1e6;
 }
 
+/* A time budget that is not started past: a table is built only when the
+ * longest build so far would still end within it (one table can take a
+ * millisecond or two: a string's full walk, on a loaded machine). */
+typedef struct gbudget { struct timespec t0; double max_ms, longest, last; } gbudget;
+
+static int budget_allows(gbudget *b) {
+    b->last = ms_since(&b->t0);
+    return b->last + b->longest < b->max_ms;
+}
+
+static void budget_built(gbudget *b) {
+    double d = ms_since(&b->t0) - b->last;
+    if (d > b->longest) b->longest = d;
+}
+
 /* ---- deep keys built ahead ----
  * A position whose one-position table is partial (a rule called from many
  * sites: the character of a bounded string, a segment shared by the levels
@@ -746,7 +772,7 @@ static int cmp_dkey(const void *a, const void *b) {
  * partial) of the positions with partial one-position tables, until the
  * budget ends. 0 done, 1 budget reached, < 0 error. */
 #define DEEP_AHEAD_MAX 4096
-static int precompute_deep(grammar *g, const grammar_vocab *v, const struct timespec *t0, double max_ms) {
+static int precompute_deep(grammar *g, const grammar_vocab *v, gbudget *bud) {
     pthread_mutex_lock(&g->lock);
     int rc = (!g->rep_canon && rep_analyse(g)) ? GRAMMAR_ERR_NOMEM : 0;
     pthread_mutex_unlock(&g->lock);
@@ -770,9 +796,10 @@ static int precompute_deep(grammar *g, const grammar_vocab *v, const struct time
     rc = 0;
     /* keys[i] may append deeper keys at the end (processed after the rest) */
     for (int32_t i = 0; i < nk; i++) {
-        if (ms_since(t0) >= max_ms) { rc = 1; break; }
+        if (!budget_allows(bud)) { rc = 1; break; }
         gpos_mask *pm = get_pm_deep(g, v, keys[i].key, keys[i].n);
         if (!pm) { rc = GRAMMAR_ERR_NOMEM; break; }
+        budget_built(bud);
         if (pm->n_uncertain <= DEEP_THRESHOLD || keys[i].n == 3 || keys[i].key[1] >= KEY_SENT) continue;
         int nf = below_frames(g, &cs, g->elem_rule[keys[i].key[1]], seen, todo, fr, 64);
         for (int j = 0; j < nf && nk < DEEP_AHEAD_MAX; j++)
@@ -789,16 +816,17 @@ int grammar_precompute_budget(grammar *g, const grammar_vocab *v, double max_ms)
     pthread_mutex_unlock(&g->lock);
     if (rc) return rc;
     if (__atomic_load_n(&g->tables_done, __ATOMIC_ACQUIRE)) return 0;
-    struct timespec t0;
-    clock_gettime(CLOCK_MONOTONIC, &t0);
+    gbudget bud = {.max_ms = max_ms};
+    clock_gettime(CLOCK_MONOTONIC, &bud.t0);
     grammar__state_cache_reserve(g);
     for (int32_t p = 0; p < g->n_elems; p++) {
         if (g->elems[p].kind != GE_BYTES || __atomic_load_n(&g->pm[p], __ATOMIC_ACQUIRE))
             continue;
-        if (ms_since(&t0) >= max_ms) return 1;
+        if (!budget_allows(&bud)) return 1;
         if (!get_pm(g, v, (uint32_t)p)) return GRAMMAR_ERR_NOMEM;
+        budget_built(&bud);
     }
-    rc = precompute_deep(g, v, &t0, max_ms);
+    rc = precompute_deep(g, v, &bud);
     if (rc == 0) __atomic_store_n(&g->tables_done, 1, __ATOMIC_RELEASE);
     return rc;
 }

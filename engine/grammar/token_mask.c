@@ -77,6 +77,10 @@ static int has_avx2(void) {
 
 /* ---- vocabulary ---- */
 
+/* Derived tables of levels up to this use a precomputed set of the
+ * shorter tokens (a few KB each for a 50k vocabulary). */
+#define VOCAB_SHORTER_MAX 24
+
 static const grammar_vocab *sort_vocab;
 static int cmp_tok(const void *a, const void *b) {
     const grammar_vocab *v = sort_vocab;
@@ -92,7 +96,7 @@ void grammar_vocab_free(grammar_vocab *v) {
     if (!v) return;
     free(v->bytes); free(v->off); free(v->len); free(v->eog); free(v->sorted);
     free(v->tn_byte); free(v->tn_depth); free(v->tn_end); free(v->tn_first); free(v->tn_ntok);
-    free(v->tn_maxlen); free(v->tn); free(v->rank); free(v->bylen); free(v->n_ge);
+    free(v->tn_maxlen); free(v->tn); free(v->rank); free(v->bylen); free(v->n_ge); free(v->shorter);
     free(v);
 }
 
@@ -200,6 +204,19 @@ grammar_vocab *grammar_vocab_create(const tokenizer *t) {
             v->bylen[v->n_ge[L + 1] + at[L]++] = id;
         }
         free(at);
+    }
+    /* the sets of short tokens that derived tables keep from their base
+     * (mask_tables.c): ANDed per word instead of clearing each long token */
+    v->n_shorter = v->max_len < VOCAB_SHORTER_MAX ? v->max_len : VOCAB_SHORTER_MAX;
+    if (v->n_shorter > 0) {
+        v->shorter = calloc((size_t)v->n_shorter * (size_t)v->n_words, sizeof *v->shorter);
+        if (!v->shorter) goto fail;
+        for (int32_t k = 2; k < v->n_shorter + 2; k++) {
+            uint32_t *b = v->shorter + (size_t)(k - 2) * (size_t)v->n_words;
+            if (k > 2) memcpy(b, b - v->n_words, (size_t)v->n_words * sizeof *b);
+            /* add the tokens of exactly k - 1 bytes: bylen[n_ge[k] .. n_ge[k - 1]) */
+            for (int32_t i = v->n_ge[k]; i < v->n_ge[k - 1]; i++) b[v->bylen[i] >> 5] |= 1u << (v->bylen[i] & 31);
+        }
     }
     return v;
 fail:

@@ -3,26 +3,19 @@
  * Q5_K against packed Q8_K activations.
  *
  * Used for batched decode (one token per sequence, many sequences) and for
- * prompt chunks. The activations of four tokens are interleaved block by
- * block (quant_pack_act): one 192-byte record holds, for one 32-element
- * block, the four tokens' scales (twice, one per 128-bit half), their
- * quant sums (for the Q4_0/Q5_0 zero point) and their 4 x 32 int8 values, so
- * the kernel streams one record per weight block.
+ * prompt chunks; quant_pack_act lays the step's activations out once, every
+ * weight row then streams over them. The kernels take one weight row and
+ * up to four token groups in one pass over it: each weight block is decoded
+ * once (the sign trick for Q8_0; Q4_0/Q5_0 nibbles, used unsigned, need no
+ * sign) and dotted with every token while it is in registers; the row is
+ * read once, in order, which the hardware prefetcher follows.
  *
- * The kernel takes one weight row and up to four token groups (16 tokens)
- * in one pass over the row: each weight block is decoded once (the sign
- * trick for Q8_0; Q4_0/Q5_0 nibbles, used unsigned, need no sign) and
- * dotted with every token while it is in registers, and each group's four
- * 8-lane sums fold into one vector of [t0 t1 t2 t3 | t0 t1 t2 t3] with
- * unpacks and adds rather than vphaddd: on Zen 3 (llvm-mca -mcpu=znver3)
- * three hadds per group cost more FP-pipe cycles than the multiplies. One
- * convert and one FMA per group and block then serve four tokens.
- * Measured against 4-row x 4-token tiles (1 thread, 16 tokens, min of many
- * runs, multiply-adds per TSC cycle): equal on cache-resident Q8_0
- * matrices (16.5-17.3), Q4_0 14.2 -> 17.7 and Q5_0 11.9 -> 17.4 (the
- * unpack is shared by 16 tokens, not 4), and 7.7 -> 9.1-11.9 on the
- * 50257-row output matrix streaming from DRAM: the row is read once, in
- * order, which the hardware prefetcher follows.
+ * Q8_0-type activations: records of eight tokens, four bytes of each token
+ * at a time (gemm_pk8): a broadcast of four weight bytes against a record
+ * vector gives each token's partial sum in its own lane, so a block's sums
+ * need no cross-lane folding. Q8_K activations (Q4_K, Q5_K): records of
+ * four tokens x 32 values (gemm_pk) whose per-token sums fold with unpacks
+ * and adds (cheaper than vphaddd on Zen 3) once per 256-element block.
  *
  * Cache blocking: tokens are taken in chunks whose packed activations fit
  * in about half of L2, and every row of the caller's range is swept per
@@ -44,16 +37,14 @@ _Static_assert(sizeof(gemm_pk) == 192, "packed record layout");
 /* Packed activations in bytes of L2 a token chunk may use. */
 #define GEMM_CHUNK_BYTES (192 * 1024)
 
-/* Pack ntok activation rows into records; k8: the rows are Q8_K blocks
- * (one scale per 256 elements, so the eight records of a block share d,
- * and s is two of the block's 16-element bsums), else Q8_0 blocks. Tokens
- * past ntok in the last group are zero. */
-static inline __attribute__((always_inline)) void
-pack_records(const void *act, size_t act_stride, int64_t n, int32_t ntok, void *dst, const int k8)
+/* Pack ntok rows of Q8_K activations into four-token records: one scale
+ * per 256 elements, so the eight records of a block share d, and s is two
+ * of the block's 16-element bsums. Tokens past ntok in the last group are
+ * zero. */
+static void pack_q8_K(const void *act, size_t act_stride, int64_t n, int32_t ntok, void *dst)
 {
     const int64_t nb = n / 32;
     const int32_t groups = (ntok + 3) / 4;
-    const __m256i ones8 = _mm256_set1_epi8(1), ones16 = _mm256_set1_epi16(1);
     gemm_pk *p = dst;
     for (int32_t g = 0; g < groups; g++) {
         for (int64_t i = 0; i < nb; i++, p++) {
@@ -62,19 +53,12 @@ pack_records(const void *act, size_t act_stride, int64_t n, int32_t ntok, void *
                 __m256i q = _mm256_setzero_si256();
                 float d = 0.0f;
                 int32_t sum = 0;
-                const uint8_t *row = (const uint8_t *)act + (size_t)t * act_stride;
-                if (t < ntok && k8) {
-                    const block_q8_K *b = (const block_q8_K *)row + i / 8;
+                if (t < ntok) {
+                    const block_q8_K *b = (const block_q8_K *)((const uint8_t *)act + (size_t)t * act_stride) + i / 8;
                     int sub = (int)(i % 8);
                     q = _mm256_loadu_si256((const __m256i *)(b->qs + 32 * sub));
                     d = b->d;
                     sum = b->bsums[2 * sub] + b->bsums[2 * sub + 1];
-                } else if (t < ntok) {
-                    const block_q8_0 *b = (const block_q8_0 *)row + i;
-                    q = _mm256_loadu_si256((const __m256i *)b->qs);
-                    d = fp16_to_f32(b->d);
-                    /* maddubs(1, q) adds signed byte pairs */
-                    sum = hsum_epi32(_mm256_madd_epi16(_mm256_maddubs_epi16(ones8, q), ones16));
                 }
                 _mm256_store_si256((__m256i *)p->q[j], q);
                 p->d[j] = p->d[j + 4] = d;
@@ -83,11 +67,6 @@ pack_records(const void *act, size_t act_stride, int64_t n, int32_t ntok, void *
             }
         }
     }
-}
-
-static void pack_q8_0(const void *act, size_t act_stride, int64_t n, int32_t ntok, void *dst)
-{
-    pack_records(act, act_stride, n, ntok, dst, 0);
 }
 
 /* Four tokens' 8-lane int32 sums -> [t0 t1 t2 t3 | t0 t1 t2 t3] (partial
@@ -99,72 +78,109 @@ static inline __m256i fold4(__m256i p0, __m256i p1, __m256i p2, __m256i p3)
     return _mm256_add_epi32(_mm256_unpacklo_epi64(a, b), _mm256_unpackhi_epi64(a, b));
 }
 
-enum { KIND_Q8_0, KIND_Q4_0, KIND_Q5_0 };
+/* ---- Q8_0, Q4_0 and Q5_0 weights against Q8_0 activations --------------
+ *
+ * Eight tokens per record, interleaved four bytes at a time: q[s][t] holds
+ * elements 4s .. 4s+3 of token t's block. A weight block's four bytes of
+ * sub-group s are broadcast to all eight lanes, so one maddubs + madd
+ * gives every token's partial sum in its own 32-bit lane: the sums of a
+ * block collect per lane with plain adds and need no fold. Four-token
+ * records (as Q8_K's below) spent 36 of 103 vector operations per block
+ * and 16 tokens on unpack folds: llvm-mca -mcpu=znver3 27.2 -> 24.1 cycles
+ * per block and 16 tokens (what remains is the per-token vpsignb and the
+ * multiplies, which share pipes 0/1 and 0/3). */
+typedef struct {
+    int8_t q[8][8][4]; /* q[s][t][e] = element 4s + e of token t */
+    float d[8];        /* token scales (0 past the last token) */
+    int32_t s[8];      /* token quant sums (Q4_0 / Q5_0 zero points) */
+} gemm_pk8;            /* 320 bytes, 32-aligned in the packed buffer */
 
-/* One weight block of one row against the four tokens of record pk:
- * acc += d_w * d_t * sum_k w[k] * a_t[k], lanes as fold4. */
-static inline __attribute__((always_inline)) __m256
-gemm_row(const uint8_t *b, __m256i a0, __m256i a1, __m256i a2, __m256i a3, __m256 d4, __m256i c4,
-         __m256 acc, const int kind)
+_Static_assert(sizeof(gemm_pk8) == 320, "packed 8-token record layout");
+
+static void pack_q8_0(const void *act, size_t act_stride, int64_t n, int32_t ntok, void *dst)
 {
-    const __m256i ones = _mm256_set1_epi16(1);
-    __m256i p0, p1, p2, p3;
-    if (kind == KIND_Q8_0) {
-        __m256i w = _mm256_loadu_si256((const __m256i *)(b + offsetof(block_q8_0, qs)));
-        __m256i wa = _mm256_sign_epi8(w, w);
-        p0 = _mm256_madd_epi16(_mm256_maddubs_epi16(wa, _mm256_sign_epi8(a0, w)), ones);
-        p1 = _mm256_madd_epi16(_mm256_maddubs_epi16(wa, _mm256_sign_epi8(a1, w)), ones);
-        p2 = _mm256_madd_epi16(_mm256_maddubs_epi16(wa, _mm256_sign_epi8(a2, w)), ones);
-        p3 = _mm256_madd_epi16(_mm256_maddubs_epi16(wa, _mm256_sign_epi8(a3, w)), ones);
-    } else {
-        /* 0..15 (Q4_0) or 0..31 (Q5_0) as unsigned bytes; the zero point
-         * (8 or 16 times the token's quant sum) is subtracted after the fold.
-         * |w0*a0 + w1*a1| <= 2*31*127: maddubs cannot saturate. */
-        __m256i w = kind == KIND_Q5_0 ? quants5_32(b + offsetof(block_q5_0, qs), b + offsetof(block_q5_0, qh))
-                                      : nibbles_32(b + offsetof(block_q4_0, qs));
-        p0 = _mm256_madd_epi16(_mm256_maddubs_epi16(w, a0), ones);
-        p1 = _mm256_madd_epi16(_mm256_maddubs_epi16(w, a1), ones);
-        p2 = _mm256_madd_epi16(_mm256_maddubs_epi16(w, a2), ones);
-        p3 = _mm256_madd_epi16(_mm256_maddubs_epi16(w, a3), ones);
+    const int64_t nb = n / 32;
+    const int32_t groups = (ntok + 7) / 8;
+    const __m256i ones8 = _mm256_set1_epi8(1), ones16 = _mm256_set1_epi16(1);
+    gemm_pk8 *p = dst;
+    for (int32_t g = 0; g < groups; g++) {
+        for (int64_t i = 0; i < nb; i++, p++) {
+            for (int t = 0; t < 8; t++) {
+                int32_t tok = 8 * g + t;
+                if (tok >= ntok) {
+                    for (int k = 0; k < 8; k++) memset(p->q[k][t], 0, 4);
+                    p->d[t] = 0.0f;
+                    p->s[t] = 0;
+                    continue;
+                }
+                const block_q8_0 *b = (const block_q8_0 *)((const uint8_t *)act + (size_t)tok * act_stride) + i;
+                for (int k = 0; k < 8; k++) memcpy(p->q[k][t], b->qs + 4 * k, 4);
+                p->d[t] = fp16_to_f32(b->d);
+                /* maddubs(1, q) adds signed byte pairs */
+                __m256i q = _mm256_loadu_si256((const __m256i *)b->qs);
+                p->s[t] = hsum_epi32(_mm256_madd_epi16(_mm256_maddubs_epi16(ones8, q), ones16));
+            }
+        }
     }
-    __m256i h = fold4(p0, p1, p2, p3);
-    if (kind != KIND_Q8_0)
-        h = _mm256_sub_epi32(h, c4);
-    __m256 d = _mm256_mul_ps(_mm256_set1_ps(fp16_to_f32(ld16(b))), d4);
-    return _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(h), acc);
 }
 
-/* One row x G token groups (G <= 4, a decode batch of up to 16 tokens) in
- * a single pass over the row: each weight block is decoded once (the
- * compiler shares gemm_row's loads and signs between the G calls) and
- * used for every token while it is in registers, so the row streams from
- * memory once, in order, with nothing else in between. */
+enum { KIND_Q8_0, KIND_Q4_0, KIND_Q5_0 };
+
+/* One row x G groups of eight tokens (G <= 4): each weight block is
+ * decoded once and its sub-groups broadcast against every group. */
 static inline __attribute__((always_inline)) void
-gemm_row_groups(const uint8_t *W, const gemm_pk *pk, int64_t nb, float *y, size_t ys, int32_t ntok, const int G,
-                const int kind)
+gemm8_row(const uint8_t *W, const gemm_pk8 *pk, int64_t nb, float *y, size_t ys, int32_t ntok, const int G,
+          const int kind)
 {
     const size_t bs = kind == KIND_Q5_0 ? sizeof(block_q5_0)
                       : kind == KIND_Q4_0 ? sizeof(block_q4_0) : sizeof(block_q8_0);
+    const __m256i ones = _mm256_set1_epi16(1);
     __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+    _Alignas(32) uint8_t wu[32];
     for (int64_t i = 0; i < nb; i++) {
         const uint8_t *b = W + (size_t)i * bs;
+        const uint8_t *wq = b + offsetof(block_q8_0, qs);
+        if (kind != KIND_Q8_0) {
+            /* 0..15 (Q4_0) or 0..31 (Q5_0) as unsigned bytes; the zero point
+             * (8 or 16 times the token's quant sum) is subtracted below.
+             * |w0*a0 + w1*a1| <= 2*31*127: maddubs cannot saturate. */
+            __m256i w = kind == KIND_Q5_0 ? quants5_32(b + offsetof(block_q5_0, qs), b + offsetof(block_q5_0, qh))
+                                          : nibbles_32(b + offsetof(block_q4_0, qs));
+            _mm256_store_si256((__m256i *)wu, w);
+            wq = wu;
+        }
+        __m256i isum[4] = {_mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256(),
+                           _mm256_setzero_si256()};
+#pragma GCC unroll 8
+        for (int k = 0; k < 8; k++) {
+            int32_t w4;
+            memcpy(&w4, wq + 4 * k, 4);
+            const __m256i wb = _mm256_set1_epi32(w4);
+            /* Q8_0: the sign trick (|w| unsigned, a with w's sign); |w| <= 128 */
+            const __m256i wa = kind == KIND_Q8_0 ? _mm256_sign_epi8(wb, wb) : wb;
+#pragma GCC unroll 4
+            for (int g = 0; g < G; g++) {
+                __m256i a = _mm256_load_si256((const __m256i *)pk[(size_t)g * nb + i].q[k]);
+                if (kind == KIND_Q8_0) a = _mm256_sign_epi8(a, wb);
+                isum[g] = _mm256_add_epi32(isum[g], _mm256_madd_epi16(_mm256_maddubs_epi16(wa, a), ones));
+            }
+        }
+        const __m256 dw = _mm256_set1_ps(fp16_to_f32(ld16(b)));
 #pragma GCC unroll 4
         for (int g = 0; g < G; g++) {
-            const gemm_pk *p = pk + (size_t)g * nb + i;
-            __m256i c4 = _mm256_setzero_si256();
+            const gemm_pk8 *p = pk + (size_t)g * nb + i;
+            __m256i h = isum[g];
             if (kind != KIND_Q8_0)
-                c4 = _mm256_slli_epi32(_mm256_load_si256((const __m256i *)p->s), kind == KIND_Q5_0 ? 4 : 3);
-            acc[g] = gemm_row(b, _mm256_load_si256((const __m256i *)p->q[0]), _mm256_load_si256((const __m256i *)p->q[1]),
-                              _mm256_load_si256((const __m256i *)p->q[2]), _mm256_load_si256((const __m256i *)p->q[3]),
-                              _mm256_load_ps(p->d), c4, acc[g], kind);
+                h = _mm256_sub_epi32(h, _mm256_slli_epi32(_mm256_load_si256((const __m256i *)p->s),
+                                                          kind == KIND_Q5_0 ? 4 : 3));
+            acc[g] = _mm256_fmadd_ps(_mm256_mul_ps(dw, _mm256_load_ps(p->d)), _mm256_cvtepi32_ps(h), acc[g]);
         }
     }
     for (int g = 0; g < G; g++) {
-        __m128 s = _mm_add_ps(_mm256_castps256_ps128(acc[g]), _mm256_extractf128_ps(acc[g], 1));
-        float o[4];
-        _mm_storeu_ps(o, s);
-        int nt = ntok - 4 * g < 4 ? ntok - 4 * g : 4;
-        for (int j = 0; j < nt; j++) y[(size_t)(4 * g + j) * ys] = o[j];
+        float o[8];
+        _mm256_storeu_ps(o, acc[g]);
+        int nt = ntok - 8 * g < 8 ? ntok - 8 * g : 8;
+        for (int t = 0; t < nt; t++) y[(size_t)(8 * g + t) * ys] = o[t];
     }
 }
 
@@ -173,22 +189,22 @@ gemm_packed(const void *W, size_t rb, const void *packed, float *y, size_t ys, i
             int32_t ntok, const int kind)
 {
     const int64_t nb = n / 32;
-    const int32_t groups = (ntok + 3) / 4;
-    int32_t chunk = (int32_t)(GEMM_CHUNK_BYTES / ((size_t)nb * sizeof(gemm_pk)));
+    const int32_t groups = (ntok + 7) / 8;
+    int32_t chunk = (int32_t)(GEMM_CHUNK_BYTES / ((size_t)nb * sizeof(gemm_pk8)));
     chunk = chunk < 4 ? 4 : chunk & ~3;
     for (int32_t g0 = 0; g0 < groups; g0 += chunk) {
         int32_t g1 = g0 + chunk < groups ? g0 + chunk : groups;
         for (int64_t r = 0; r < nrows; r++) {
             const uint8_t *w = (const uint8_t *)W + (size_t)r * rb;
             for (int32_t g = g0; g < g1; g += 4) {
-                const gemm_pk *pg = (const gemm_pk *)packed + (size_t)g * nb;
-                float *yg = y + (size_t)(4 * g) * ys + r;
-                int32_t nt = ntok - 4 * g;
+                const gemm_pk8 *pg = (const gemm_pk8 *)packed + (size_t)g * nb;
+                float *yg = y + (size_t)(8 * g) * ys + r;
+                int32_t nt = ntok - 8 * g;
                 switch (g1 - g) {
-                case 1: gemm_row_groups(w, pg, nb, yg, ys, nt, 1, kind); break;
-                case 2: gemm_row_groups(w, pg, nb, yg, ys, nt, 2, kind); break;
-                case 3: gemm_row_groups(w, pg, nb, yg, ys, nt, 3, kind); break;
-                default: gemm_row_groups(w, pg, nb, yg, ys, nt, 4, kind); break;
+                case 1: gemm8_row(w, pg, nb, yg, ys, nt, 1, kind); break;
+                case 2: gemm8_row(w, pg, nb, yg, ys, nt, 2, kind); break;
+                case 3: gemm8_row(w, pg, nb, yg, ys, nt, 3, kind); break;
+                default: gemm8_row(w, pg, nb, yg, ys, nt, 4, kind); break;
                 }
             }
         }
@@ -214,11 +230,6 @@ static void gemmp_q5_0(const void *W, size_t rb, const void *packed, float *y, s
 }
 
 /* ---- Q4_K and Q5_K weights against Q8_K activations -------------------- */
-
-static void pack_q8_K(const void *act, size_t act_stride, int64_t n, int32_t ntok, void *dst)
-{
-    pack_records(act, act_stride, n, ntok, dst, 1);
-}
 
 /* A Q4_K row's per-block constants, unpacked once per row and token chunk:
  * the eight 6-bit sub-block scales as int16 (both halves), d, and the

@@ -100,9 +100,12 @@ matmul *matmul_create(threadpool *tp, int64_t max_cols, int32_t max_tok) {
         m->act[i] = aligned_alloc(64, m->act_stride * (size_t)m->gemv_max_tok);
         if (!m->act[i]) { matmul_free(m); return NULL; }
     }
-    /* Q8_0 and Q8_K records are both 1.5 bytes per element; 0 when the active kernels have no packed GEMM
-     * (scalar) or the width is not a multiple of 32. */
+    /* The larger of the Q8_0 records (1.25 bytes per element) and the Q8_K
+     * ones (1.5); 0 when the active kernels have no packed GEMM (scalar) or
+     * the width is not a multiple of 32. */
     m->packed_bytes = quant_packed_act_size(QK_Q8_0, max_cols, m->max_tok);
+    size_t k_bytes = quant_packed_act_size(QK_Q4_K, (max_cols + 255) / 256 * 256, m->max_tok);
+    if (m->packed_bytes && k_bytes > m->packed_bytes) m->packed_bytes = k_bytes;
     for (int i = 0; m->packed_bytes && i < MM_PACKED_SLOTS; i++) {
         m->packed[i] = aligned_alloc(64, (m->packed_bytes + 63) & ~(size_t)63);
         if (!m->packed[i]) { matmul_free(m); return NULL; }

@@ -1166,8 +1166,12 @@ size_t quant_packed_act_size(enum qk_type t, int64_t n, int32_t ntok)
     /* the Q4_K/Q5_K kernel unpacks a row's block constants on the stack */
     if ((t == QK_Q4_K || t == QK_Q5_K) && (n % QK_K || n / QK_K > 64))
         return 0;
-    /* one 192-byte record per group of four tokens and 32-element block */
-    return (size_t)((ntok + 3) / 4) * (size_t)(n / 32) * 192;
+    /* Q8_K activations (Q4_K, Q5_K): a 192-byte record per group of four
+     * tokens and 32-element block; Q8_0 (Q8_0, Q4_0, Q5_0): 320 bytes per
+     * group of eight (gemm_avx2.c) */
+    if (t == QK_Q4_K || t == QK_Q5_K)
+        return (size_t)((ntok + 3) / 4) * (size_t)(n / 32) * 192;
+    return (size_t)((ntok + 7) / 8) * (size_t)(n / 32) * 320;
 }
 
 void quant_pack_act(enum qk_type t, const void *act, size_t act_stride, int64_t n, int32_t ntok, void *dst)

@@ -72,7 +72,7 @@ static void check_type(threadpool *tp, enum qk_type t, int64_t K, int64_t N) {
 
 /* The packed int8 GEMM does the same integer products as the scalar
  * per-token GEMV: results agree to float summation order, for token counts
- * that are and are not multiples of the four-token group and row counts
+ * that are and are not multiples of the four- and eight-token groups and row counts
  * that leave a tail after the four-row tiles. */
 static void test_packed_matches_scalar(void **state) {
     (void)state;
@@ -93,7 +93,7 @@ static void test_packed_matches_scalar(void **state) {
             for (int64_t c = 0; c < K; c++) row[c] = frand(&s) * (1 + r % 3);
             quant_quantize_row(t, row, W + (size_t)r * rb, K);
         }
-        int32_t counts[] = {1, 3, 4, 6, 9, 16, 37};
+        int32_t counts[] = {1, 3, 4, 6, 8, 9, 16, 32, 37};
         for (size_t ci = 0; ci < sizeof counts / sizeof counts[0]; ci++) {
             int32_t T = counts[ci];
             uint8_t *act = malloc(as * (size_t)T);

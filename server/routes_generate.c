@@ -523,8 +523,89 @@ static int structured_setup(serve_app *a, const gen_request *req, grammar **g, g
     return 0;
 }
 
-/* Shared by both endpoints once the body is parsed into req. */
-static void gen_start(serve_app *a, http_req *r, gen_request *req) {
+static void gen_run(serve_app *a, http_req *r, gen_request *req, grammar *gr, grammar *lazy, const tool_syntax *sx);
+
+/* A request whose grammar still lacks mask tables, while a worker builds
+ * them (gen_start). */
+typedef struct gen_pending {
+    uv_work_t work;
+    serve_app *a;
+    http_req *r;      /* NULL once the request closed */
+    gen_request req;  /* owned */
+    grammar *gr, *lazy;
+    const tool_syntax *sx;
+} gen_pending;
+
+static void pending_on_close(http_req *r, void *user) {
+    gen_pending *p = user;
+    p->r = NULL;
+}
+
+static void pending_work(uv_work_t *w) {
+    gen_pending *p = w->data;
+    if (p->gr) grammar_precompute_budget(p->gr, p->a->gvocab, GRAMMAR_TABLES_BUDGET_MS);
+    if (p->lazy) grammar_precompute_budget(p->lazy, p->a->gvocab, GRAMMAR_TABLES_BUDGET_MS);
+}
+
+static void pending_done(uv_work_t *w, int status) {
+    gen_pending *p = w->data;
+    (void)status;
+    if (p->r) {
+        http_req_set_user(p->r, NULL, NULL);
+        gen_run(p->a, p->r, &p->req, p->gr, p->lazy, p->sx);
+    } else {
+        grammar_release(p->gr);
+        grammar_release(p->lazy);
+    }
+    gen_request_free(&p->req);
+    free(p);
+}
+
+/* Shared by both endpoints once the body is parsed into req. Returns 1
+ * when it keeps req (the caller must not free it), else 0. */
+static int gen_start(serve_app *a, http_req *r, gen_request *req) {
+    api_error e;
+    int32_t n_prompts = req->kind == GEN_CHAT ? 1 : req->n_prompts;
+    if (req->n * n_prompts > a->cfg.max_seqs) {
+        api_error_set(&e, 400, NULL, "n", "invalid_value",
+                      "this request needs %d sequences (prompts x n) but the server runs at most %d (--max-seqs)",
+                      (int)(req->n * n_prompts), a->cfg.max_seqs);
+        http_reply_error(r, &e);
+        return 0;
+    }
+    grammar *gr = NULL, *lazy = NULL;
+    const tool_syntax *sx = NULL;
+    if (structured_setup(a, req, &gr, &lazy, &sx, &e) < 0) {
+        http_reply_error(r, &e);
+        return 0;
+    }
+    /* Build the grammar's mask tables within a budget before the job is
+     * queued, rather than on their first use inside decode steps: a new
+     * schema's first run otherwise meets a new table at almost every step.
+     * Grammars are cached, so this costs once per schema (a later request
+     * finds them built: one atomic load). Up to GRAMMAR_TABLES_BUDGET_MS,
+     * so on a worker of libuv's pool, not on the event loop; the request
+     * waits parked and goes on from gen_run. */
+    if (a->gvocab && ((gr && !grammar_tables_ready(gr)) || (lazy && !grammar_tables_ready(lazy)))) {
+        gen_pending *p = calloc(1, sizeof *p);
+        if (!p) abort();
+        *p = (gen_pending){.a = a, .r = r, .req = *req, .gr = gr, .lazy = lazy, .sx = sx};
+        p->work.data = p;
+        http_req_set_user(r, p, pending_on_close);
+        if (uv_queue_work(a->loop, &p->work, pending_work, pending_done) == 0) return 1;
+        /* no worker: build here, as a last resort */
+        http_req_set_user(r, NULL, NULL);
+        free(p);
+        if (gr) grammar_precompute_budget(gr, a->gvocab, GRAMMAR_TABLES_BUDGET_MS);
+        if (lazy) grammar_precompute_budget(lazy, a->gvocab, GRAMMAR_TABLES_BUDGET_MS);
+    }
+    gen_run(a, r, req, gr, lazy, sx);
+    return 0;
+}
+
+/* The rest of gen_start, with the request's grammars (references it takes
+ * over) and tool syntax. */
+static void gen_run(serve_app *a, http_req *r, gen_request *req, grammar *gr, grammar *lazy, const tool_syntax *sx) {
     api_error e;
     int32_t n_prompts = req->kind == GEN_CHAT ? 1 : req->n_prompts;
     int32_t **toks = calloc((size_t)n_prompts, sizeof *toks);
@@ -534,23 +615,6 @@ static void gen_start(serve_app *a, http_req *r, gen_request *req) {
     gen_ctx *c = calloc(1, sizeof *c);
     if (!toks || !lens || !echo || !echo_len || !c) abort();
     int ok = 1;
-    if (req->n * n_prompts > a->cfg.max_seqs) {
-        api_error_set(&e, 400, NULL, "n", "invalid_value",
-                      "this request needs %d sequences (prompts x n) but the server runs at most %d (--max-seqs)",
-                      (int)(req->n * n_prompts), a->cfg.max_seqs);
-        ok = 0;
-    }
-    grammar *gr = NULL, *lazy = NULL;
-    const tool_syntax *sx = NULL;
-    if (ok && structured_setup(a, req, &gr, &lazy, &sx, &e) < 0) ok = 0;
-    /* Build the grammar's per-position mask tables now, within a budget,
-     * rather than on their first use inside decode steps: a new schema's
-     * first run otherwise meets a new table at almost every step (135m,
-     * record schema: 65 -> 40 us of mask time per token over all runs).
-     * Grammars are cached, so this costs once per schema; a later request
-     * finds the tables built (one atomic load per position). */
-    if (ok && gr && a->gvocab) grammar_precompute_budget(gr, a->gvocab, GRAMMAR_TABLES_BUDGET_MS);
-    if (ok && lazy && a->gvocab) grammar_precompute_budget(lazy, a->gvocab, GRAMMAR_TABLES_BUDGET_MS);
     if (ok && req->kind == GEN_CHAT) {
         chat_render_opts ro = {.add_generation_prompt = req->add_generation_prompt,
                                .continue_final_message = req->continue_final_message,
@@ -804,7 +868,7 @@ static void gen_route(serve_app *a, http_req *r, enum gen_kind kind) {
         http_reply_error(r, &e);
         return;
     }
-    if (routes_check_model(a, r, req.model)) gen_start(a, r, &req);
+    if (routes_check_model(a, r, req.model) && gen_start(a, r, &req)) return; /* req kept */
     gen_request_free(&req);
 }
 

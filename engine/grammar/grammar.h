@@ -107,6 +107,10 @@ int grammar_precompute(grammar *g, const grammar_vocab *v);
  * load), so callers may run it per request. Binds g to v. */
 int grammar_precompute_budget(grammar *g, const grammar_vocab *v, double max_ms);
 
+/* Whether grammar_precompute_budget has built every table it builds for
+ * g (an atomic load: callers decide whether to run it at all). */
+int grammar_tables_ready(const grammar *g);
+
 /* The budget the server and `qkvd bench --schema` give it when a grammar
  * is first used: with compile (<= 0.5 ms for the bench schemas) inside the
  * 20 ms compile target. */

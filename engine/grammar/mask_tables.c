@@ -811,6 +811,8 @@ out:
     return rc;
 }
 
+int grammar_tables_ready(const grammar *g) { return __atomic_load_n(&g->tables_done, __ATOMIC_ACQUIRE); }
+
 int grammar_precompute_budget(grammar *g, const grammar_vocab *v, double max_ms) {
     pthread_mutex_lock(&g->lock);
     int rc = grammar__bind_vocab(g, v);

@@ -100,9 +100,10 @@ int grammar_precompute(grammar *g, const grammar_vocab *v);
 /* The same within a time budget: builds the tables still missing, in
  * position order, then the tables of the deeper stack keys that positions
  * used from many places will need (the levels of a bounded string), and
- * maps the memory the first stored masks go to. It starts no table that
- * the longest build so far would take past max_ms milliseconds; the rest
- * are built on first use. 0: every table exists; 1: the budget ran out;
+ * maps the memory the first stored masks go to, for at most max_ms
+ * milliseconds (a table still being built then is dropped, but the first
+ * table of a call is always finished: calls make progress); the rest are
+ * built on first use. 0: every table exists; 1: the budget ran out;
  * < 0: an error (GRAMMAR_ERR_*). Cheap once everything exists (one atomic
  * load), so callers may run it per request. Binds g to v. */
 int grammar_precompute_budget(grammar *g, const grammar_vocab *v, double max_ms);

@@ -7,6 +7,7 @@
 #include <pthread.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <time.h>
 #include "grammar.h"
 
 /* Element kinds. An alternative is a run of BYTES/REF elements closed by END;
@@ -74,6 +75,11 @@ struct grammar {
     int32_t *rep_level; /* per element: its repetition level (atoms it can still take) */
     struct gstate_cache *sc; /* matcher states met, their masks and successors (state_cache.c) */
     int tables_done;    /* grammar_precompute_budget built every table it builds (atomic) */
+    /* while grammar_precompute_budget builds a table (under lock): the walks
+     * stop at build_deadline and set build_aborted */
+    int has_deadline, build_aborted;
+    uint32_t n_built;   /* tables built so far (under lock) */
+    struct timespec build_deadline;
 };
 
 /* Free g's mask tables and precomputation scratch (token_mask.c). */

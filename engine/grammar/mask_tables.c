@@ -233,8 +233,18 @@ static int walk(grammar *g, const grammar_vocab *v, const uint32_t *key, int key
     const uint8_t *bclass = dfa->bclass, *flags = dfa->flags;
     const size_t nb = (size_t)dfa->n_bclass;
     const int32_t dummy = v->n_words * 32, n_nodes = v->n_nodes;
+    uint32_t tick = 0;
     for (int32_t k = 0; k < n_nodes;) {
         const gtnode *nd = &tn[k];
+        if (__builtin_expect((++tick & 4095) == 0, 0) && g->has_deadline) {
+            struct timespec now;
+            clock_gettime(CLOCK_MONOTONIC, &now);
+            if (now.tv_sec > g->build_deadline.tv_sec ||
+                (now.tv_sec == g->build_deadline.tv_sec && now.tv_nsec >= g->build_deadline.tv_nsec)) {
+                g->build_aborted = 1;
+                return 2;
+            }
+        }
         if (nd->maxlen < min_len) { k = nd->end; continue; }
         int32_t d = nd->depth;
         int32_t s = st[d - 1];
@@ -277,7 +287,8 @@ static int walk(grammar *g, const grammar_vocab *v, const uint32_t *key, int key
 
 /* The table of a key, by a full walk (under g->lock). When more than
  * max_uncertain tokens turn out uncertain the walk stops: the table is
- * then only a marker (partial) that a deeper key is needed. NULL on OOM. */
+ * then only a marker (partial) that a deeper key is needed. NULL on OOM
+ * (or past g's build deadline). */
 static gpos_mask *precompute(grammar *g, const grammar_vocab *v, const uint32_t *key, int keylen, int32_t max_uncertain) {
     if (precomp_init(g, v)) return NULL;
     gpos_mask *pm = calloc(1, sizeof *pm);
@@ -292,7 +303,7 @@ static gpos_mask *precompute(grammar *g, const grammar_vocab *v, const uint32_t 
         pm->n_uncertain = nu;
         return pm;
     }
-    if (rc || pm_finish(pm, v, g->pre->ubuf, g->pre->obuf, nu)) {
+    if (rc || pm_finish(pm, v, g->pre->ubuf, g->pre->obuf, nu)) { /* rc 2: past the deadline */
         free_pm(pm);
         return NULL;
     }
@@ -534,6 +545,7 @@ static gpos_mask *table_locked(grammar *g, const grammar_vocab *v, const uint32_
         pm = precompute(g, v, key, n, n == 1 ? DEEP_THRESHOLD : INT32_MAX);
     }
     if (!pm) return NULL;
+    g->n_built++;
     if (n == 1) __atomic_store_n(&g->pm[key[0]], pm, __ATOMIC_RELEASE);
     else if (deep_insert(g, key, n, pm)) { free_pm(pm); return NULL; }
     return pm;
@@ -544,6 +556,30 @@ static gpos_mask *get_pm(grammar *g, const grammar_vocab *v, uint32_t p) {
     if (pm) return pm;
     pthread_mutex_lock(&g->lock);
     pm = table_locked(g, v, &p, 1);
+    pthread_mutex_unlock(&g->lock);
+    return pm;
+}
+
+/* The table of key built before deadline (none: NULL): NULL with *aborted
+ * set when the deadline came first (nothing is kept), NULL alone on OOM. */
+static gpos_mask *get_pm_until(grammar *g, const grammar_vocab *v, const uint32_t *key, int n,
+                               const struct timespec *deadline, int *aborted, int *built) {
+    pthread_mutex_lock(&g->lock);
+    uint32_t n0 = g->n_built;
+    g->has_deadline = deadline != NULL;
+    if (!deadline) {
+        *aborted = 0;
+        gpos_mask *pm = table_locked(g, v, key, n);
+        *built |= g->n_built != n0;
+        pthread_mutex_unlock(&g->lock);
+        return pm;
+    }
+    g->build_deadline = *deadline;
+    g->build_aborted = 0;
+    gpos_mask *pm = table_locked(g, v, key, n);
+    *aborted = g->build_aborted;
+    *built |= g->n_built != n0;
+    g->has_deadline = 0;
     pthread_mutex_unlock(&g->lock);
     return pm;
 }
@@ -675,21 +711,25 @@ static double ms_since(const struct timespec *t0) {
     return (double)(t.tv_sec - t0->tv_sec) * 1e3 + (double)(t.tv_nsec - t0->tv_nsec) / 1e6;
 }
 
-/* A time budget that is not started past: a table is built only when the
- * longest build so far would still end within it (one table can take a
- * millisecond or two: a string's full walk, on a loaded machine). */
-typedef struct gbudget { struct timespec t0; double max_ms, longest, last; } gbudget;
+/* A time budget: tables are built until it ends, and a walk still running
+ * then stops (its table is dropped), so a build does not run past it. The
+ * first table of a call is built whatever it takes, so that calls always
+ * make progress (a table longer than the budget would otherwise never be
+ * built ahead, and every request would redo the dropped work). */
+typedef struct gbudget { struct timespec t0, deadline; double max_ms; int built; } gbudget;
 
-static int budget_allows(gbudget *b) {
-    b->last = ms_since(&b->t0);
-    /* capped: one slow build (a loaded machine) must not end the budget early */
-    return b->last + (b->longest < 1.5 ? b->longest : 1.5) < b->max_ms;
+static void budget_start(gbudget *b, double max_ms) {
+    clock_gettime(CLOCK_MONOTONIC, &b->t0);
+    b->max_ms = max_ms;
+    b->built = 0;
+    double s = max_ms > 0 ? max_ms / 1e3 : 0;
+    b->deadline = b->t0;
+    b->deadline.tv_sec += (time_t)s;
+    b->deadline.tv_nsec += (long)((s - (double)(time_t)s) * 1e9);
+    if (b->deadline.tv_nsec >= 1000000000L) { b->deadline.tv_sec++; b->deadline.tv_nsec -= 1000000000L; }
 }
 
-static void budget_built(gbudget *b) {
-    double d = ms_since(&b->t0) - b->last;
-    if (d > b->longest) b->longest = d;
-}
+static int budget_allows(const gbudget *b) { return ms_since(&b->t0) < b->max_ms; }
 
 /* ---- deep keys built ahead ----
  * A position whose one-position table is partial (a rule called from many
@@ -798,9 +838,10 @@ static int precompute_deep(grammar *g, const grammar_vocab *v, gbudget *bud) {
     /* keys[i] may append deeper keys at the end (processed after the rest) */
     for (int32_t i = 0; i < nk; i++) {
         if (!budget_allows(bud)) { rc = 1; break; }
-        gpos_mask *pm = get_pm_deep(g, v, keys[i].key, keys[i].n);
-        if (!pm) { rc = GRAMMAR_ERR_NOMEM; break; }
-        budget_built(bud);
+        int aborted = 0;
+        gpos_mask *pm = get_pm_until(g, v, keys[i].key, keys[i].n, bud->built ? &bud->deadline : NULL, &aborted,
+                                     &bud->built);
+        if (!pm) { rc = aborted ? 1 : GRAMMAR_ERR_NOMEM; break; }
         if (pm->n_uncertain <= DEEP_THRESHOLD || keys[i].n == 3 || keys[i].key[1] >= KEY_SENT) continue;
         int nf = below_frames(g, &cs, g->elem_rule[keys[i].key[1]], seen, todo, fr, 64);
         for (int j = 0; j < nf && nk < DEEP_AHEAD_MAX; j++)
@@ -819,15 +860,17 @@ int grammar_precompute_budget(grammar *g, const grammar_vocab *v, double max_ms)
     pthread_mutex_unlock(&g->lock);
     if (rc) return rc;
     if (__atomic_load_n(&g->tables_done, __ATOMIC_ACQUIRE)) return 0;
-    gbudget bud = {.max_ms = max_ms};
-    clock_gettime(CLOCK_MONOTONIC, &bud.t0);
+    gbudget bud;
+    budget_start(&bud, max_ms);
     grammar__state_cache_reserve(g);
     for (int32_t p = 0; p < g->n_elems; p++) {
         if (g->elems[p].kind != GE_BYTES || __atomic_load_n(&g->pm[p], __ATOMIC_ACQUIRE))
             continue;
         if (!budget_allows(&bud)) return 1;
-        if (!get_pm(g, v, (uint32_t)p)) return GRAMMAR_ERR_NOMEM;
-        budget_built(&bud);
+        int aborted = 0;
+        uint32_t key = (uint32_t)p;
+        if (!get_pm_until(g, v, &key, 1, bud.built ? &bud.deadline : NULL, &aborted, &bud.built))
+            return aborted ? 1 : GRAMMAR_ERR_NOMEM;
     }
     rc = precompute_deep(g, v, &bud);
     if (rc == 0) __atomic_store_n(&g->tables_done, 1, __ATOMIC_RELEASE);

@@ -325,7 +325,7 @@ async function main() {
     const prompts = (i) => [...sys, ...tokens(rng(o.seed * 1000003 + i), o.promptLens[i % o.promptLens.length], lo, hi)];
     // Warm-up: maps the weights in and (with a system prompt) caches the prefix.
     for (let w = 0; w < o.warmup; w++) {
-      const r = await oneRequest(o, base, headers, prompts(1e6 + w));
+      const r = await oneRequest(o, base, headers, prompts(1e9 + w)); // never a round's index (k * 1e6 + i)
       if (!r.ok) throw new Error(`warm-up request failed: ${r.error}`);
     }
     const rounds = [];

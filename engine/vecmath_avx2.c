@@ -101,9 +101,10 @@ static inline __m128 vec_hsum4x8(__m256 a0, __m256 a1, __m256 a2, __m256 a3) {
 void vec__dot_rows_avx2(const float *q, const float *rows, size_t stride, size_t n_rows, size_t n,
                         float scale, float *out) {
     /* Four rows at a time: each q vector is loaded once for four FMAs and
-     * the four sums reduce together (one hadd tree instead of four), which
-     * took a 64-float head's decode scores from ~10 to ~5 cycles per row
-     * on cache-resident rows. */
+     * the four sums reduce together (one hadd tree instead of four). With
+     * the 64-column value pass below and the vectorised softmax, decode
+     * attention on cache-resident rows went from 9.4 to 6.9 ns per key and
+     * query head (64-float heads, 256 keys, min of 5000 runs). */
     const __m128 sc = _mm_set1_ps(scale);
     size_t i = 0;
     for (; i + 4 <= n_rows; i += 4) {

@@ -39,13 +39,21 @@ static void fuzz_grammar_exercise(grammar *g, const uint8_t *data, size_t size) 
 
     fuzz_load_vocab();
     if (!fuzz_vocab) return;
+    /* half the inputs build tables ahead (deep keys included), some within
+     * a budget short enough to drop walks at the deadline */
+    if (size && (data[0] & 1)) grammar_precompute_budget(g, fuzz_vocab, (data[0] & 2) ? 0.05 : 50.0);
     m = grammar_matcher_create(g, fuzz_vocab, NULL);
     if (!m) return;
     int32_t nv = grammar_vocab_n_vocab(fuzz_vocab);
     uint32_t *mask = malloc(((size_t)nv + 31) / 32 * sizeof *mask);
-    for (size_t step = 0; mask && step < 24; step++) {
+    float *logits = malloc((size_t)nv * sizeof *logits);
+    for (size_t step = 0; mask && logits && step < 24; step++) {
         int32_t n = grammar_matcher_fill_mask(m, mask);
         if (n <= 0) break;
+        for (int32_t t = 0; t < nv; t++) logits[t] = 0.0f;
+        if (grammar_matcher_apply(m, logits) != n) abort();
+        for (int32_t t = 0; t < nv; t++)
+            if (((mask[t >> 5] >> (t & 31)) & 1) != (logits[t] == 0.0f)) abort();
         uint32_t pick = (uint32_t)(step < size ? data[step] : step) * 2654435761u % (uint32_t)n;
         int32_t id = -1;
         for (int32_t t = 0; t < nv; t++)
@@ -55,6 +63,7 @@ static void fuzz_grammar_exercise(grammar *g, const uint8_t *data, size_t size) 
         if (grammar_matcher_is_terminated(m)) break;
     }
     free(mask);
+    free(logits);
     grammar_matcher_free(m);
 }
 

@@ -215,8 +215,8 @@ void grammar__apply_bits_avx2(float *logits, const uint32_t *bits, int32_t n_wor
 #define GSC_END 0xFFFFFFF0u
 
 void grammar__state_cache_free(struct gstate_cache *c);
-/* Map the first chunk for g's stored masks now, with its page fault (a
- * huge page where the kernel gives one), rather than in a decode step. */
+/* Map the first chunk for g's stored masks now, its pages populated,
+ * rather than page by page in decode steps. */
 void grammar__state_cache_reserve(grammar *g);
 uint64_t grammar__state_hash(const uint32_t *w, uint32_t len);
 /* The id of the state written in w[0..len) (interned if new), or -1 when it

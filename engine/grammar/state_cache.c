@@ -38,14 +38,19 @@ typedef struct gsc_state {
 
 typedef struct gsc_edge { int64_t key; int32_t next; } gsc_edge; /* key state << 32 | token; -1 empty */
 
-/* Masks live in 2 MB chunks carved by a bump pointer (they are only freed
- * with the cache), mapped aligned and advised for a transparent huge page.
- * A first run stores a new 6 KB mask (50k vocabulary) at most steps: in
- * fresh 4 KB pages that was two page faults per step, about 2.7 us each
- * on this kind of machine; a huge page is one fault per 2 MB, taken when
- * the tables are built ahead (grammar__state_cache_reserve). */
+/* Masks live in chunks carved by a bump pointer (they are only freed with
+ * the cache), mapped with their pages populated. A first run stores a new
+ * 6 KB mask (50k vocabulary) at most steps: in fresh pages that was two
+ * page faults per step, about 2.7 us each on this kind of machine. The
+ * first chunk (1 MB, ~170 masks) is mapped when the tables are built
+ * ahead (grammar__state_cache_reserve), later ones (1 MB) when needed:
+ * populating costs about as much per page, but in one go and mostly
+ * outside the decode steps. (Transparent huge pages were tried: with the
+ * kernel's default defrag=madvise one fault could compact memory for
+ * milliseconds.) */
 typedef struct gsc_chunk { struct gsc_chunk *next; size_t used, cap, maplen; } gsc_chunk;
-#define GSC_CHUNK ((size_t)2 << 20)
+#define GSC_CHUNK_FIRST ((size_t)1 << 20)
+#define GSC_CHUNK ((size_t)1 << 20)
 
 struct gstate_cache {
     gsc_state *st; int32_t n, cap;
@@ -89,17 +94,15 @@ static struct gstate_cache *cache_get(grammar *g) {
 /* A new chunk with room for at least sz bytes after its header, counted
  * against the bound; NULL when the bound is reached or on OOM. */
 static gsc_chunk *chunk_new(struct gstate_cache *c, size_t sz) {
-    size_t len = (sizeof(gsc_chunk) + sz + GSC_CHUNK - 1) & ~(GSC_CHUNK - 1);
+    size_t unit = c->chunks ? GSC_CHUNK : GSC_CHUNK_FIRST;
+    size_t len = (sizeof(gsc_chunk) + 32 + sz + unit - 1) / unit * unit;
     if (c->bytes + len > GSC_MAX_BYTES) { c->full = 1; return NULL; }
-    /* map one chunk more to find a 2 MB boundary, then give back the ends */
-    char *p = mmap(NULL, len + GSC_CHUNK, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (p == MAP_FAILED) return NULL;
-    char *a = (char *)(((uintptr_t)p + GSC_CHUNK - 1) & ~(uintptr_t)(GSC_CHUNK - 1));
-    if (a > p) munmap(p, (size_t)(a - p));
-    if (a + len < p + len + GSC_CHUNK) munmap(a + len, (size_t)(p + len + GSC_CHUNK - (a + len)));
-#ifdef MADV_HUGEPAGE
-    madvise(a, len, MADV_HUGEPAGE); /* advice only: without huge pages it is 4 KB pages */
+    int flags = MAP_PRIVATE | MAP_ANONYMOUS;
+#ifdef MAP_POPULATE
+    flags |= MAP_POPULATE;
 #endif
+    void *a = mmap(NULL, len, PROT_READ | PROT_WRITE, flags, -1, 0);
+    if (a == MAP_FAILED) return NULL;
     gsc_chunk *k = (gsc_chunk *)a;
     k->used = 0;
     k->maplen = len;
@@ -125,9 +128,7 @@ void grammar__state_cache_reserve(grammar *g) {
     pthread_mutex_lock(&g->lock);
     struct gstate_cache *c = cache_get(g);
     if (c && !c->chunks && !c->full) {
-        gsc_chunk *k = chunk_new(c, 1);
-        /* fault the first page in now (with a huge page: the whole chunk) */
-        if (k) *((volatile char *)k + ((sizeof(gsc_chunk) + 31) & ~(size_t)31)) = 0;
+        chunk_new(c, 1);
     }
     pthread_mutex_unlock(&g->lock);
 }

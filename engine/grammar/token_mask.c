@@ -22,6 +22,34 @@ static inline int popcount32(uint32_t x) {
     return (int)((x * 0x01010101u) >> 24);
 }
 
+/* Set bits in w[0..n): with the POPCNT instruction when the CPU has it
+ * (the default x86-64 target does not assume it; the portable count was
+ * 20k instructions per new state's 50k-token mask). */
+__attribute__((target("popcnt"))) static int32_t count_bits_popcnt(const uint32_t *w, int32_t n) {
+    int32_t c = 0, i = 0;
+    for (; i + 2 <= n; i += 2) {
+        uint64_t x;
+        memcpy(&x, w + i, sizeof x);
+        c += __builtin_popcountll(x);
+    }
+    for (; i < n; i++) c += __builtin_popcount(w[i]);
+    return c;
+}
+
+static int32_t count_bits(const uint32_t *w, int32_t n) {
+    static int has = -1;
+    int h = __atomic_load_n(&has, __ATOMIC_RELAXED);
+    if (h < 0) {
+        __builtin_cpu_init();
+        h = __builtin_cpu_supports("popcnt") != 0;
+        __atomic_store_n(&has, h, __ATOMIC_RELAXED);
+    }
+    if (h) return count_bits_popcnt(w, n);
+    int32_t c = 0;
+    for (int32_t i = 0; i < n; i++) c += popcount32(w[i]);
+    return c;
+}
+
 /* dst |= src over n words (vectorised: the arrays never overlap). */
 static void or_words(uint32_t *restrict dst, const uint32_t *restrict src, int32_t n) {
     for (int32_t i = 0; i < n; i++) dst[i] |= src[i];
@@ -408,8 +436,7 @@ static int32_t compute_mask(grammar_matcher *m, uint32_t *mask) {
     if (complete)
         for (int32_t id = 0; id < v->n_vocab; id++)
             if (v->eog[id]) mask[id >> 5] |= 1u << (id & 31);
-    int32_t count = 0;
-    for (int32_t w = 0; w < v->n_words; w++) count += popcount32(mask[w]);
+    int32_t count = count_bits(mask, v->n_words);
     if (m->state >= 0) grammar__state_set_mask(m->g, m->state, mask, v->n_words, count);
     return count;
 }

@@ -498,6 +498,24 @@ static inline void q5_hbits2(uint32_t h0, uint32_t h1, __m256i *lo, __m256i *hi)
     *hi = _mm256_and_si256(_mm256_cmpeq_epi8(h, bm), b4);
 }
 
+/* The quants of two Q4_0 (qh_off < 0) or Q5_0 blocks b0, b1 as unsigned
+ * bytes in gemv4_small's lane layout: *lo elements 0..15 of b0 (low lane)
+ * and b1 (high lane), *hi elements 16..31. */
+static inline __attribute__((always_inline)) void q45_quants2(const uint8_t *b0, const uint8_t *b1, int qs_off, int qh_off, __m256i *lo,
+                               __m256i *hi)
+{
+    const __m256i m4 = _mm256_set1_epi8(0x0F);
+    __m256i v = load_2x16(b0 + qs_off, b1 + qs_off);
+    *lo = _mm256_and_si256(v, m4);
+    *hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
+    if (qh_off >= 0) {
+        __m256i hl, hh;
+        q5_hbits2(ld32(b0 + qh_off), ld32(b1 + qh_off), &hl, &hh);
+        *lo = _mm256_or_si256(*lo, hl);
+        *hi = _mm256_or_si256(*hi, hh);
+    }
+}
+
 /* bs: block bytes; qs_off/qh_off (-1: none)/m_off (-1: none): field offsets;
  * off: the type's zero point (8, 16 or 0); ybs/yqs_off: activation block.
  * Every type has its fp16 scale d first. */
@@ -506,7 +524,6 @@ gemv4_small(const uint8_t *W, size_t rb, const uint8_t *y, float *out, int64_t n
             const int bs, const int qs_off, const int qh_off, const int m_off, const int off,
             const int ybs, const int yqs_off)
 {
-    const __m256i m4 = _mm256_set1_epi8(0xF);
     __m256 acc[4] = { _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps() };
     float summ[4] = { 0, 0, 0, 0 };
     int64_t i = 0;
@@ -538,14 +555,8 @@ gemv4_small(const uint8_t *W, size_t rb, const uint8_t *y, float *out, int64_t n
 #pragma GCC unroll 4
         for (int k = 0; k < 4; k++) {
             const uint8_t *b0 = W + (size_t)k * rb + i * bs, *b1 = b0 + bs;
-            __m256i v = load_2x16(b0 + qs_off, b1 + qs_off);
-            __m256i lo = _mm256_and_si256(v, m4), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
-            if (qh_off >= 0) {
-                __m256i hl, hh;
-                q5_hbits2(ld32(b0 + qh_off), ld32(b1 + qh_off), &hl, &hh);
-                lo = _mm256_or_si256(lo, hl);
-                hi = _mm256_or_si256(hi, hh);
-            }
+            __m256i lo, hi;
+            q45_quants2(b0, b1, qs_off, qh_off, &lo, &hi);
 #ifdef QUANT_VNNI
             __m256i p = dpbusd(dot_us8(lo, qyl), hi, qyh);
             if (off)
@@ -587,7 +598,7 @@ gemv4_fold(const uint8_t *W, size_t rb, const uint8_t *y, float *out, int64_t nb
            const int qh_off, const int off)
 {
     const size_t ybs = sizeof(block_q8_0);
-    const __m256i m4 = _mm256_set1_epi8(0xF), ones = _mm256_set1_epi16(1), vo = _mm256_set1_epi8((char)off);
+    const __m256i ones = _mm256_set1_epi16(1), vo = _mm256_set1_epi8((char)off);
     __m256 acc = _mm256_setzero_ps();
     int64_t i = 0;
     const uint8_t *next = prefetch_start(W, rb);
@@ -616,14 +627,8 @@ gemv4_fold(const uint8_t *W, size_t rb, const uint8_t *y, float *out, int64_t nb
 #pragma GCC unroll 4
         for (int k = 0; k < 4; k++) {
             const uint8_t *b0 = b + (size_t)k * rb, *b1 = b0 + bs;
-            __m256i v = load_2x16(b0 + qs_off, b1 + qs_off);
-            __m256i lo = _mm256_and_si256(v, m4), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
-            if (qh_off >= 0) {
-                __m256i hl, hh;
-                q5_hbits2(ld32(b0 + qh_off), ld32(b1 + qh_off), &hl, &hh);
-                lo = _mm256_or_si256(lo, hl);
-                hi = _mm256_or_si256(hi, hh);
-            }
+            __m256i lo, hi;
+            q45_quants2(b0, b1, qs_off, qh_off, &lo, &hi);
             p[k] = _mm256_add_epi16(_mm256_maddubs_epi16(lo, qyl), _mm256_maddubs_epi16(hi, qyh));
             if (qh_off >= 0)
                 p[k] = _mm256_sub_epi16(p[k], corr);

@@ -767,15 +767,15 @@ static int sites_build(const grammar *g, gsites *cs) {
 /* The frames that can lie right below a frame of rule r (return positions,
  * or KEY_SENT + GNODE_COMPLETE under the root), at most max into out; seen
  * is n_rules bytes of scratch, zeroed on return. Returns the count. */
-static int below_frames(const grammar *g, const gsites *cs, int32_t r, uint8_t *seen, int32_t *todo, uint32_t *out,
+static int below_frames(const grammar *g, const gsites *cs, int32_t r, uint8_t *seen, int32_t *pending, uint32_t *out,
                         int max) {
     int n = 0, nt = 0;
-    todo[nt++] = r;
+    pending[nt++] = r;
     seen[r] = 1;
     int32_t nvis = 0;
     while (nt > 0) {
-        int32_t x = todo[--nt];
-        todo[g->n_rules - 1 - nvis++] = x; /* remember to clear seen[x] (the tail of todo is free) */
+        int32_t x = pending[--nt];
+        pending[g->n_rules - 1 - nvis++] = x; /* remember to clear seen[x] (the tail of pending is free) */
         if (x == g->root && n < max) out[n++] = KEY_SENT + GNODE_COMPLETE;
         for (int32_t i = cs->off[x]; i < cs->off[x + 1]; i++) {
             int32_t site = cs->at[i];
@@ -786,11 +786,11 @@ static int below_frames(const grammar *g, const gsites *cs, int32_t r, uint8_t *
                 if (!dup && n < max) out[n++] = f;
             } else {
                 int32_t c = g->elem_rule[site];
-                if (!seen[c] && nt + nvis < g->n_rules) { seen[c] = 1; todo[nt++] = c; }
+                if (!seen[c] && nt + nvis < g->n_rules) { seen[c] = 1; pending[nt++] = c; }
             }
         }
     }
-    while (nvis > 0) seen[todo[g->n_rules - nvis--]] = 0;
+    while (nvis > 0) seen[pending[g->n_rules - nvis--]] = 0;
     return n;
 }
 
@@ -820,16 +820,16 @@ static int precompute_deep(grammar *g, const grammar_vocab *v, gbudget *bud) {
     if (rc) return rc;
     gsites cs = {0};
     uint8_t *seen = calloc((size_t)g->n_rules, 1);
-    int32_t *todo = malloc((size_t)g->n_rules * sizeof *todo);
+    int32_t *pending = malloc((size_t)g->n_rules * sizeof *pending);
     uint32_t fr[64];
     gdkey *keys = malloc(DEEP_AHEAD_MAX * sizeof *keys);
     int32_t nk = 0;
     rc = GRAMMAR_ERR_NOMEM;
-    if (!seen || !todo || !keys || sites_build(g, &cs)) goto out;
+    if (!seen || !pending || !keys || sites_build(g, &cs)) goto out;
     for (int32_t p = 0; p < g->n_elems; p++) {
         const gpos_mask *pm = g->elems[p].kind == GE_BYTES ? __atomic_load_n(&g->pm[p], __ATOMIC_ACQUIRE) : NULL;
         if (!pm || pm->n_uncertain <= DEEP_THRESHOLD) continue;
-        int nf = below_frames(g, &cs, g->elem_rule[p], seen, todo, fr, 64);
+        int nf = below_frames(g, &cs, g->elem_rule[p], seen, pending, fr, 64);
         for (int i = 0; i < nf && nk < DEEP_AHEAD_MAX; i++)
             keys[nk++] = (gdkey){{(uint32_t)p, fr[i], 0}, 2, frame_rank(g, fr[i])};
     }
@@ -843,12 +843,12 @@ static int precompute_deep(grammar *g, const grammar_vocab *v, gbudget *bud) {
                                      &bud->built);
         if (!pm) { rc = aborted ? 1 : GRAMMAR_ERR_NOMEM; break; }
         if (pm->n_uncertain <= DEEP_THRESHOLD || keys[i].n == 3 || keys[i].key[1] >= KEY_SENT) continue;
-        int nf = below_frames(g, &cs, g->elem_rule[keys[i].key[1]], seen, todo, fr, 64);
+        int nf = below_frames(g, &cs, g->elem_rule[keys[i].key[1]], seen, pending, fr, 64);
         for (int j = 0; j < nf && nk < DEEP_AHEAD_MAX; j++)
             keys[nk++] = (gdkey){{keys[i].key[0], keys[i].key[1], fr[j]}, 3, 0};
     }
 out:
-    free(cs.off); free(cs.at); free(seen); free(todo); free(keys);
+    free(cs.off); free(cs.at); free(seen); free(pending); free(keys);
     return rc;
 }
 

@@ -36,15 +36,21 @@ __attribute__((target("popcnt"))) static int32_t count_bits_popcnt(const uint32_
     return c;
 }
 
-static int32_t count_bits(const uint32_t *w, int32_t n) {
-    static int has = -1;
-    int h = __atomic_load_n(&has, __ATOMIC_RELAXED);
-    if (h < 0) {
+/* CPU features this file dispatches on, probed once: bit 0 = POPCNT, bit 1
+ * = AVX2 (a racing first call stores the same value). */
+static int cpu_flags(void) {
+    static int cached = -1;
+    int c = __atomic_load_n(&cached, __ATOMIC_RELAXED);
+    if (c < 0) {
         __builtin_cpu_init();
-        h = __builtin_cpu_supports("popcnt") != 0;
-        __atomic_store_n(&has, h, __ATOMIC_RELAXED);
+        c = (__builtin_cpu_supports("popcnt") != 0) | (__builtin_cpu_supports("avx2") != 0) << 1;
+        __atomic_store_n(&cached, c, __ATOMIC_RELAXED);
     }
-    if (h) return count_bits_popcnt(w, n);
+    return c;
+}
+
+static int32_t count_bits(const uint32_t *w, int32_t n) {
+    if (cpu_flags() & 1) return count_bits_popcnt(w, n);
     int32_t c = 0;
     for (int32_t i = 0; i < n; i++) c += popcount32(w[i]);
     return c;
@@ -92,16 +98,6 @@ static void mask_word(float *logits, uint32_t bits) {
 #endif
 }
 
-static int has_avx2(void) {
-    static int cached = -1;
-    int c = __atomic_load_n(&cached, __ATOMIC_RELAXED);
-    if (c < 0) {
-        __builtin_cpu_init();
-        c = __builtin_cpu_supports("avx2") != 0;
-        __atomic_store_n(&cached, c, __ATOMIC_RELAXED);
-    }
-    return c;
-}
 
 /* ---- vocabulary ---- */
 
@@ -477,7 +473,7 @@ int32_t grammar_matcher_apply(grammar_matcher *m, float *logits) {
         buf = m->maskbuf;
     }
     int32_t w = 0;
-    if (has_avx2()) { /* the whole words; the last, partial one below */
+    if (cpu_flags() & 2) { /* the whole words; the last, partial one below */
         w = v->n_vocab / 32;
         grammar__apply_bits_avx2(logits, buf, w);
     }
